@@ -1,0 +1,237 @@
+"""kashforce settings, read from the environment (django-environ).
+
+Every variable is listed with a comment in .env.example. The defaults run a fresh clone with no
+configuration: SQLite under var/, DEBUG on, locally generated keys kept in var/. A malformed value
+fails at start with a message naming the variable.
+"""
+
+from pathlib import Path
+
+import environ
+from django.core.exceptions import ImproperlyConfigured
+
+BASE_DIR = Path(__file__).resolve().parent.parent
+VAR_DIR = Path(environ.Env().str("KASHFORCE_VAR_DIR", default=str(BASE_DIR / "var")))
+VAR_DIR.mkdir(parents=True, exist_ok=True)
+
+env = environ.Env()
+environ.Env.read_env(BASE_DIR / ".env", overwrite=False)
+
+
+def _read(name: str, cast, default):
+    """Read one variable; a value that does not parse stops the start with a clear message."""
+    try:
+        return cast(name, default=default)
+    except (ValueError, TypeError) as exc:
+        raise ImproperlyConfigured(f"Environment variable {name} is not valid: {exc}") from None
+
+
+def _local_secret(filename: str, make) -> str:
+    """A development secret generated once and kept in var/ (never committed).
+
+    Production sets the variable instead; see check_production_secrets in integration/checks.py.
+    """
+    path = VAR_DIR / filename
+    if not path.exists():
+        path.write_text(make())
+        path.chmod(0o600)
+    return path.read_text().strip()
+
+
+def _new_django_key() -> str:
+    from django.core.management.utils import get_random_secret_key
+
+    return get_random_secret_key()
+
+
+def _new_fernet_key() -> str:
+    from cryptography.fernet import Fernet
+
+    return Fernet.generate_key().decode()
+
+
+DEBUG = _read("DEBUG", env.bool, True)
+SECRET_KEY = _read("SECRET_KEY", env.str, "") or _local_secret("django-secret-key", _new_django_key)
+# Fernet keys for secrets at rest, newest first (MultiFernet). Independent of SECRET_KEY so that
+# rotating one never makes the other unreadable.
+ENCRYPTION_KEYS = _read("KASHFORCE_ENCRYPTION_KEYS", env.list, []) or [
+    _local_secret("encryption-key", _new_fernet_key)
+]
+ALLOWED_HOSTS = _read("ALLOWED_HOSTS", env.list, ["127.0.0.1", "localhost", "[::1]"])
+CSRF_TRUSTED_ORIGINS = _read("CSRF_TRUSTED_ORIGINS", env.list, [])
+
+INSTALLED_APPS = [
+    "django.contrib.admin",
+    "django.contrib.auth",
+    "django.contrib.contenttypes",
+    "django.contrib.sessions",
+    "django.contrib.messages",
+    "django.contrib.staticfiles",
+    "django_q",
+    "integration",
+    "sandbox",
+]
+
+MIDDLEWARE = [
+    "django.middleware.security.SecurityMiddleware",
+    "whitenoise.middleware.WhiteNoiseMiddleware",
+    "django.contrib.sessions.middleware.SessionMiddleware",
+    "django.middleware.common.CommonMiddleware",
+    "django.middleware.csrf.CsrfViewMiddleware",
+    "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "django.contrib.auth.middleware.LoginRequiredMiddleware",
+    "django.contrib.messages.middleware.MessageMiddleware",
+    "django.middleware.clickjacking.XFrameOptionsMiddleware",
+]
+
+ROOT_URLCONF = "kashforce.urls"
+WSGI_APPLICATION = "kashforce.wsgi.application"
+
+TEMPLATES = [
+    {
+        "BACKEND": "django.template.backends.django.DjangoTemplates",
+        "DIRS": [BASE_DIR / "templates"],
+        "APP_DIRS": True,
+        "OPTIONS": {
+            "context_processors": [
+                "django.template.context_processors.request",
+                "django.contrib.auth.context_processors.auth",
+                "django.contrib.messages.context_processors.messages",
+            ],
+        },
+    },
+]
+
+# Databases. SQLite needs WAL, IMMEDIATE transactions and a busy timeout, or concurrent writers
+# (django-q2's monitor among them) fail at once with "database is locked" and results are lost
+# (../shared/reference/django-q2.md section 5).
+DATABASE_URL = _read("DATABASE_URL", env.str, "")
+if DATABASE_URL:
+    DATABASES = {"default": env.db_url_config(DATABASE_URL)}
+    if DATABASES["default"]["ENGINE"] == "django.db.backends.postgresql":
+        # Without persistent connections django-q2 reconnects on every enqueue/dequeue (~20x slower).
+        DATABASES["default"]["CONN_MAX_AGE"] = _read("CONN_MAX_AGE", env.int, 60)
+        DATABASES["default"]["CONN_HEALTH_CHECKS"] = True
+else:
+    DATABASES = {
+        "default": {
+            "ENGINE": "django.db.backends.sqlite3",
+            "NAME": VAR_DIR / "kashforce.sqlite3",
+            "OPTIONS": {
+                "transaction_mode": "IMMEDIATE",
+                "timeout": 20,
+                "init_command": "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;",
+            },
+        }
+    }
+DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+
+# The job queue (django-q2). The database is the source of truth for work; the queue is only a
+# doorbell, and a periodic sweeper re-enqueues what a lost message left behind.
+REDIS_URL = _read("REDIS_URL", env.str, "")
+Q_CLUSTER = {
+    "name": "kashforce",
+    "workers": _read("Q_WORKERS", env.int, 2),
+    # A task is killed after `timeout` seconds; the broker re-delivers an unacknowledged task after
+    # `retry` seconds. timeout < retry, or a slow task runs twice at once.
+    "timeout": _read("Q_TIMEOUT", env.int, 600),
+    "retry": _read("Q_RETRY", env.int, 720),
+    # Our tasks record their own failures; a bounded count stops a poison task looping for ever.
+    "max_attempts": 3,
+    # Our SyncRun/SyncEvent ledger records every outcome, so django-q2's Success table is not
+    # needed; keeping it (save_limit > 0) costs a select_for_update over all rows on each save.
+    # Failures are still saved for the admin.
+    "save_limit": -1,
+    "catch_up": False,
+    "poll": 0.2,
+    "label": "Job queue",
+}
+if REDIS_URL:
+    Q_CLUSTER["redis"] = REDIS_URL
+else:
+    Q_CLUSTER["orm"] = "default"
+if Q_CLUSTER["timeout"] >= Q_CLUSTER["retry"]:
+    raise ImproperlyConfigured("Q_TIMEOUT must be smaller than Q_RETRY (a slow task would run twice).")
+
+AUTH_PASSWORD_VALIDATORS = [
+    {"NAME": "django.contrib.auth.password_validation.UserAttributeSimilarityValidator"},
+    {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator"},
+    {"NAME": "django.contrib.auth.password_validation.CommonPasswordValidator"},
+    {"NAME": "django.contrib.auth.password_validation.NumericPasswordValidator"},
+]
+LOGIN_URL = "login"
+LOGIN_REDIRECT_URL = "dashboard:overview"
+LOGOUT_REDIRECT_URL = "login"
+
+LANGUAGE_CODE = "en-gb"
+TIME_ZONE = _read("TIME_ZONE", env.str, "Europe/London")
+USE_I18N = True
+USE_TZ = True
+
+STATIC_URL = "static/"
+STATIC_ROOT = BASE_DIR / "staticfiles"
+STATICFILES_DIRS = [BASE_DIR / "static"]
+STORAGES = {
+    "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},
+    "staticfiles": {
+        "BACKEND": "whitenoise.storage.CompressedManifestStaticFilesStorage"
+        if not DEBUG
+        else "django.contrib.staticfiles.storage.StaticFilesStorage"
+    },
+}
+
+# Security. Finance staff sessions end after 8 hours or when the browser closes.
+SESSION_COOKIE_AGE = _read("SESSION_COOKIE_AGE", env.int, 8 * 3600)
+SESSION_EXPIRE_AT_BROWSER_CLOSE = True
+SESSION_COOKIE_HTTPONLY = True
+SECURE_CONTENT_TYPE_NOSNIFF = True
+SECURE_REFERRER_POLICY = "same-origin"
+X_FRAME_OPTIONS = "DENY"
+if not DEBUG:
+    SECURE_SSL_REDIRECT = _read("SECURE_SSL_REDIRECT", env.bool, True)
+    SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
+    SESSION_COOKIE_SECURE = True
+    CSRF_COOKIE_SECURE = True
+    SECURE_HSTS_SECONDS = _read("SECURE_HSTS_SECONDS", env.int, 31536000)
+    SECURE_HSTS_INCLUDE_SUBDOMAINS = True
+    SECURE_HSTS_PRELOAD = _read("SECURE_HSTS_PRELOAD", env.bool, True)
+
+# Logging: one line per record, key=value, easy to grep. The redaction filter replaces any secret
+# kashforce has decrypted in this process, in case one ever reaches a message by mistake.
+LOG_LEVEL = _read("LOG_LEVEL", env.str, "INFO")
+LOGGING = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "filters": {"redact": {"()": "integration.secrets.RedactSecretsFilter"}},
+    "formatters": {
+        "line": {
+            "format": "time=%(asctime)s level=%(levelname)s logger=%(name)s pid=%(process)d "
+            "msg=%(message)s",
+        }
+    },
+    "handlers": {
+        "console": {"class": "logging.StreamHandler", "formatter": "line", "filters": ["redact"]}
+    },
+    "root": {"handlers": ["console"], "level": LOG_LEVEL},
+    "loggers": {
+        "django.db.backends": {"level": "INFO"},
+        "urllib3": {"level": "WARNING"},
+    },
+}
+
+# kashforce's own knobs.
+KASHFORCE = {
+    # Share of Salesforce's daily API limit above which scheduled, non-urgent runs wait.
+    "API_BUDGET_SHARE": _read("KASHFORCE_API_BUDGET_SHARE", env.float, 0.8),
+    # Minutes between scheduled runs of each flow.
+    "SYNC_INTERVAL_MINUTES": _read("KASHFORCE_SYNC_INTERVAL_MINUTES", env.int, 1),
+    # Attempts for a record that fails transiently before it joins the error queue.
+    "MAX_ATTEMPTS": _read("KASHFORCE_MAX_ATTEMPTS", env.int, 5),
+    # HTTP timeouts (connect, read) in seconds for both APIs.
+    "HTTP_TIMEOUT": (
+        _read("KASHFORCE_HTTP_CONNECT_TIMEOUT", env.float, 5.0),
+        _read("KASHFORCE_HTTP_READ_TIMEOUT", env.float, 60.0),
+    ),
+    # Where the sandbox keeps its state and descriptor.
+    "SANDBOX_STATE_DIR": _read("KASHFORCE_SANDBOX_DIR", env.str, str(VAR_DIR / "sandbox")),
+}

@@ -51,9 +51,11 @@ def _new_fernet_key() -> str:
 
 
 DEBUG = _read("DEBUG", env.bool, True)
+SECRET_KEY_FROM_ENV = bool(_read("SECRET_KEY", env.str, ""))
 SECRET_KEY = _read("SECRET_KEY", env.str, "") or _local_secret("django-secret-key", _new_django_key)
 # Fernet keys for secrets at rest, newest first (MultiFernet). Independent of SECRET_KEY so that
 # rotating one never makes the other unreadable.
+ENCRYPTION_KEYS_FROM_ENV = bool(_read("KASHFORCE_ENCRYPTION_KEYS", env.list, []))
 ENCRYPTION_KEYS = _read("KASHFORCE_ENCRYPTION_KEYS", env.list, []) or [
     _local_secret("encryption-key", _new_fernet_key)
 ]
@@ -125,6 +127,7 @@ else:
         }
     }
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+FORMS_URLFIELD_ASSUME_HTTPS = True
 
 # The job queue (django-q2). The database is the source of truth for work; the queue is only a
 # doorbell, and a periodic sweeper re-enqueues what a lost message left behind.
@@ -151,7 +154,9 @@ if REDIS_URL:
 else:
     Q_CLUSTER["orm"] = "default"
 if Q_CLUSTER["timeout"] >= Q_CLUSTER["retry"]:
-    raise ImproperlyConfigured("Q_TIMEOUT must be smaller than Q_RETRY (a slow task would run twice).")
+    raise ImproperlyConfigured(
+        "Q_TIMEOUT must be smaller than Q_RETRY (a slow task would run twice)."
+    )
 
 AUTH_PASSWORD_VALIDATORS = [
     {"NAME": "django.contrib.auth.password_validation.UserAttributeSimilarityValidator"},

@@ -7,8 +7,6 @@ click or two workers cannot do the same work twice.
 
 from __future__ import annotations
 
-import hashlib
-import json
 from datetime import timedelta
 
 from django.conf import settings
@@ -17,6 +15,9 @@ from django.db.models import F, Q
 from django.utils import timezone
 
 from integration import secrets
+
+# One copy of the hash, in the mapping engine; re-exported here for the flows and the ledger.
+from integration.mapping import content_hash as content_hash
 
 
 class Flow(models.TextChoices):
@@ -29,12 +30,6 @@ class Flow(models.TextChoices):
 class Direction(models.TextChoices):
     KASHFLOW_TO_SALESFORCE = "kf_to_sf", "KashFlow → Salesforce"
     SALESFORCE_TO_KASHFLOW = "sf_to_kf", "Salesforce → KashFlow"
-
-
-def content_hash(payload: object) -> str:
-    """A stable hash of a JSON-able payload: same content, same hash, whatever the key order."""
-    text = json.dumps(payload, sort_keys=True, separators=(",", ":"), default=str)
-    return hashlib.sha256(text.encode()).hexdigest()
 
 
 # --------------------------------------------------------------------------------------------

@@ -18,7 +18,13 @@ from integration.mapping import (
     salesforce_fields_from_describe,
     validate_rows,
 )
-from integration.mapping_defaults import CUSTOMER_TO_ACCOUNT, CUSTOMER_TO_CONTACT, row
+from integration.mapping_defaults import (
+    CUSTOMER_TO_ACCOUNT,
+    CUSTOMER_TO_CONTACT,
+    LINE_ITEM_TO_INVOICE_LINE,
+    PAYMENT_TO_SALESFORCE,
+    row,
+)
 from integration.models import CrossRef, Transform, content_hash
 
 # A KashFlow customer as GET /customers/{code} returns it (reference §4.1), trimmed.
@@ -801,3 +807,56 @@ def test_default_contact_template_without_any_contact_name_says_so():
     assert errors_of(CUSTOMER_TO_CONTACT.rows, customer) == [
         "Row 5 (LastName): the customer's primary contact has no name, and this field is required."
     ]
+
+
+def test_default_line_template_gives_a_typed_kashflow_line():
+    result = apply(
+        LINE_ITEM_TO_INVOICE_LINE.rows,
+        LINE_ITEM,
+        lookup=crossref_lookup,
+        vat_rules={"products": {"BOO-0003": "0"}},
+        target_fields=KASHFLOW_FIELDS["InvoiceLine"],
+    )
+    assert (result.errors, result.warnings) == ([], [])
+    assert result.payload == {
+        "Description": "Standard Handbook",  # the line has none: the product's name
+        "Quantity": Decimal("3.0000"),
+        "Rate": Decimal("19.99"),
+        "NominalCode": 4050,
+        "ProductCode": "BOO-0003",
+        "VATLevel": Decimal("0"),  # a zero-rated book
+    }
+
+
+def test_default_line_template_without_a_product_uses_the_default_nominal_and_uk_vat():
+    line = {**LINE_ITEM, "Product2Id": None, "ProductCode": None, "Description": "Day rate"}
+    result = apply(
+        LINE_ITEM_TO_INVOICE_LINE.rows,
+        line,
+        lookup=crossref_lookup,
+        defaults={"nominal_code": "4010"},
+        target_fields=KASHFLOW_FIELDS["InvoiceLine"],
+    )
+    assert result.errors == []
+    assert result.payload == {
+        "Description": "Day rate",
+        "Quantity": Decimal("3.0000"),
+        "Rate": Decimal("19.99"),
+        "NominalCode": 4010,
+        "VATLevel": Decimal("20"),
+    }
+
+
+def test_default_payment_template_links_the_payment_to_its_opportunity():
+    payment = {"Id": 55102, "Date": "2024-11-02 12:00:00", "Amount": 120.0, "Method": 409844,
+               "MethodName": "BACS", "AccountId": 3, "InvoiceNumber": 2041}  # fmt: skip
+    result = apply(PAYMENT_TO_SALESFORCE.rows, payment, lookup=crossref_lookup)
+    assert result.errors == []
+    assert result.payload == {
+        "ExternalID__c": "KF-PAY-55102",
+        "Opportunity__c": "006000000000001AAA",
+        "Amount__c": Decimal("120.00"),
+        "Payment_Date__c": "2024-11-02",
+        "Method__c": "BACS",
+        "Invoice_Number__c": 2041,
+    }

@@ -79,19 +79,22 @@ WRITE_METHODS = ("POST", "PUT", "PATCH", "DELETE")
 
 
 class KashFlowApp:
-    """One simulated KashFlow account, kept in `state_dir/kashflow.sqlite3`.
+    """One simulated KashFlow account, kept in `state_dir/kashflow/account.sqlite3`.
 
     Options: session_minutes (60), temp_token_minutes (5), lockout_after (5), base_url (for
-    page URLs), api_disabled, summary_dates (True), and username / password / memorable_word /
-    company_name to pin the login instead of making one up.
+    page URLs; the runner sets the `base_url` attribute instead), api_disabled, summary_dates
+    (True), seed (applied when the state dir is new; default "empty"), and username / password /
+    memorable_word / company_name to pin the login instead of making one up. Options meant for
+    the other simulator are ignored.
     """
 
     name = "kashflow"
 
     def __init__(self, state_dir: Path, options: dict | None = None):
-        self.options = dict(options or {})
+        self.options = {k: v for k, v in (options or {}).items() if v is not None}
+        self.base_url = self.options.get("base_url", "")
         self.clock_offset = timedelta()
-        self.store = Store(Path(state_dir) / "kashflow.sqlite3")
+        self.store = Store(Path(state_dir) / "kashflow" / "account.sqlite3")
         with self.store.transaction(self.now(), options=self.options) as txn:
             fresh = txn.one("SELECT 1 FROM account") is None
             auth.ensure_account(txn, self.options)
@@ -100,6 +103,8 @@ class KashFlowApp:
                     "UPDATE account SET api_disabled = ?", (bool(self.options["api_disabled"]),)
                 )
             self.credentials = auth.credentials(txn)
+        # A new account gets its reference data at once, so it works before any reset.
+        self.is_new = fresh
         if fresh:
             self.reset(str(self.options.get("seed", "empty")))
 
@@ -145,11 +150,12 @@ class KashFlowApp:
 
     def reset(self, seed_name: str) -> None:
         """Wipe the account's data and apply a seed. The login and open sessions survive, so
-        a connected client carries on; a lock-out is lifted."""
+        a connected client carries on; a lock-out is lifted and the clock is real again."""
         try:
             seed.parse(seed_name)
         except ValueError as exc:
             raise ValueError(f"bad KashFlow seed {seed_name!r}: {exc}") from exc
+        self.clock_offset = timedelta()
         with self.store.transaction(self.now(), options=self.options) as txn:
             self.store.wipe(txn)
             txn.run("UPDATE account SET failures = 0, locked = 0")
@@ -194,7 +200,7 @@ class KashFlowApp:
         )
 
     def _base_url(self, request) -> str:
-        base = self.options.get("base_url") or f"http://{request.headers.get('Host', 'localhost')}"
+        base = self.base_url or f"http://{request.headers.get('Host', 'localhost')}"
         base = base.rstrip("/")
         return base[: -len("/v2")] if base.endswith("/v2") else base
 

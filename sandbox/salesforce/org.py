@@ -378,7 +378,7 @@ class Org:
     def _after_write(self, sobj: schema.SObject, before: dict | None, record: dict) -> None:
         if sobj.name == "OpportunityLineItem":
             self._roll_up(record["OpportunityId"])
-        became_won = record["IsWon"] and not (before or {}).get("IsWon")
+        became_won = record.get("IsWon") and not (before or {}).get("IsWon")
         if sobj.name == "Opportunity" and became_won and not record["IsDeleted"]:
             for listener in self.won_listeners:
                 self.store.on_commit(lambda f=listener, i=record["Id"]: f(i))

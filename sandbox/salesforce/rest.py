@@ -179,15 +179,15 @@ class Cursors:
         self._open: OrderedDict[str, list] = OrderedDict()
         self._numbers = itertools.count(1)
 
-    def open(self, records: list) -> str:
+    def open(self, records: list, batch_size: int) -> str:
         with self._lock:
             locator = ids.make_id("01g", next(self._numbers))
-            self._open[locator] = records
+            self._open[locator] = (records, batch_size)
             while len(self._open) > MAX_OPEN_CURSORS:
                 self._open.popitem(last=False)
             return locator
 
-    def get(self, locator: str) -> list:
+    def get(self, locator: str) -> tuple[list, int]:
         with self._lock:
             if locator not in self._open:
                 raise ApiError(400, "INVALID_QUERY_LOCATOR", "invalid query locator")
@@ -209,7 +209,8 @@ def query(app, request: Request, version: str, include_deleted=False) -> Respons
         return Response.json(200, {"totalSize": len(rows), "done": True, "records": []})
     sobj = schema.sobject(parsed.sobject)
     records = [evaluator.serialize(sobj, r, parsed.fields) for r in rows]
-    return Response.json(200, page(app, request, version, records, None, 0))
+    size = batch_size(app, request, int(app.options["query_batch_size"]))
+    return Response.json(200, page(app, version, records, size, None, 0))
 
 
 def query_all(app, request: Request, version: str) -> Response:
@@ -220,28 +221,29 @@ def query_more(app, request: Request, version: str, locator: str) -> Response:
     cursor, _, offset = locator.rpartition("-")
     if not cursor or not offset.isdigit():
         raise ApiError(400, "INVALID_QUERY_LOCATOR", "invalid query locator")
-    records = app.cursors.get(cursor)
-    return Response.json(200, page(app, request, version, records, cursor, int(offset)))
+    records, size = app.cursors.get(cursor)
+    size = batch_size(app, request, size)
+    return Response.json(200, page(app, version, records, size, cursor, int(offset)))
 
 
-def page(app, request: Request, version: str, records: list, cursor, offset: int) -> dict:
-    size = batch_size(app, request)
+def page(app, version: str, records: list, size: int, cursor, offset: int) -> dict:
+    """One batch; the cursor remembers its batch size for the following pages."""
     chunk = records[offset : offset + size]
     result = {"totalSize": len(records), "done": offset + size >= len(records), "records": chunk}
     if not result["done"]:
-        cursor = cursor or app.cursors.open(records)
+        cursor = cursor or app.cursors.open(records, size)
         result["nextRecordsUrl"] = f"/services/data/v{version}/query/{cursor}-{offset + size}"
     return result
 
 
-def batch_size(app, request: Request) -> int:
-    """Sforce-Query-Options: batchSize=N (200..2000) wins over the simulator's default."""
+def batch_size(app, request: Request, default: int) -> int:
+    """Sforce-Query-Options: batchSize=N (200..2000) wins over the default."""
     header = request.headers.get("Sforce-Query-Options") or ""
     for option in header.split(","):
         name, _, value = option.strip().partition("=")
         if name.strip() == "batchSize" and value.strip().isdigit():
             return min(2000, max(200, int(value)))
-    return int(app.options["query_batch_size"])
+    return default
 
 
 # -- helpers -------------------------------------------------------------------------------------

@@ -128,27 +128,28 @@ def start_run(
     """Create a run for a flow and enqueue it; an unfinished run of the flow is returned instead.
 
     One unfinished run per flow keeps a double-clicked "Sync now", a schedule and a push from
-    reading the same changes three times; a push that finds a run under way still gets its
-    change read, because the running collect or the next poll overlaps the cursor.
+    reading the same changes three times. The queue is rung either way: an extra task on a
+    running run only joins its processing, and it guarantees that an event recorded just before
+    this call is picked up even if the run was about to finish (see _finish_if_done).
     """
     FlowName(flow)  # ValueError for an unknown flow name
-    if not dry_run:
-        existing = (
+    run = None
+    if not dry_run and not params:
+        run = (
             SyncRun.objects.select_for_update()
             .unfinished()
             .filter(flow=flow, dry_run=False, params={})
             .first()
         )
-        if existing and not params:
-            return existing
-    run = SyncRun.objects.create(
-        flow=flow,
-        trigger=trigger,
-        triggered_by=user if getattr(user, "pk", None) else None,
-        dry_run=dry_run,
-        full=full,
-        params=params or {},
-    )
+    if run is None:
+        run = SyncRun.objects.create(
+            flow=flow,
+            trigger=trigger,
+            triggered_by=user if getattr(user, "pk", None) else None,
+            dry_run=dry_run,
+            full=full,
+            params=params or {},
+        )
     ring("integration.tasks.run_flow", run.pk)
     return run
 
@@ -400,22 +401,29 @@ def _count_outcomes(run: SyncRun, ids: list[int]) -> None:
 
 
 def _finish_if_done(run: SyncRun) -> None:
-    """Finish the run when nothing of its flow is due or in a worker's hands."""
+    """Finish the run when nothing of its flow is waiting or in a worker's hands.
+
+    The run row is locked first and the check made inside that transaction: start_run locks the
+    same row, so an event recorded before a start_run that found this run still running is
+    always seen here, and the run stays open for the task start_run rang.
+    """
     busy = SyncEvent.objects.filter(flow=run.flow).filter(
         Q(status=SyncEvent.Status.RUNNING) | Q(status=SyncEvent.Status.PENDING)
     )
-    if busy.exists():
-        return  # another worker is still on it; whoever finishes last closes the run
-    run.refresh_from_db()
-    summary = (
-        f"{run.read_count} read, {run.written_count} written, {run.skipped_count} unchanged, "
-        f"{run.failed_count} failed."
-    )
     with transaction.atomic():
-        if SyncRun.objects.filter(pk=run.pk, status=SyncRun.Status.RUNNING).update(
-            heartbeat_at=timezone.now()
-        ):
-            run.finish(summary)
+        locked = (
+            SyncRun.objects.select_for_update()
+            .filter(pk=run.pk, status=SyncRun.Status.RUNNING)
+            .first()
+        )
+        if locked is None or busy.exists():
+            return  # finished already, or work remains for another worker or task
+        summary = (
+            f"{locked.read_count} read, {locked.written_count} written, "
+            f"{locked.skipped_count} unchanged, {locked.failed_count} failed."
+        )
+        locked.finish(summary)
+    run.refresh_from_db()
 
 
 # --------------------------------------------------------------------------------------------

@@ -306,3 +306,68 @@ def test_cleanup_drops_old_successes_but_keeps_errors():
     kept = SyncEventFactory(status=SyncEvent.Status.FAILED_PERMANENT, created_at=old)
     assert engine.cleanup()["events"] == 1
     assert list(SyncEvent.objects.all()) == [kept]
+
+
+def test_dry_run_plans_writes_without_writing_recording_or_moving_anything(flow, monkeypatch):
+    flow.source = [{"Code": "P1", "Name": "New"}, {"Code": "P2", "Name": "Same"}]
+    flow.target = {"P2": {"Code": "P2", "Name": "Same"}}
+
+    def process(events, ctx):
+        for event in events:
+            current = flow.target.get(event.source_id)
+            if current == event.payload:
+                continue
+            if ctx.dry_run:
+                ctx.plan(
+                    event,
+                    target_object="salesforce.Product2",
+                    action="upsert",
+                    payload=event.payload,
+                    current=current,
+                )
+                continue
+            raise AssertionError("a dry run must not write")
+
+    monkeypatch.setattr(flow, "process", process)
+    plans = engine.dry_run("products")
+    assert [(p.source_id, p.diff) for p in plans] == [
+        ("P1", [("Code", None, "P1"), ("Name", None, "New")])
+    ]
+    assert "Name: None -> 'New'" in plans[0].describe()
+    assert SyncEvent.objects.count() == 0
+    run = SyncRun.objects.get()
+    assert run.dry_run and run.status == SyncRun.Status.SUCCEEDED and run.read_count == 2
+    assert run.summary == "Dry run: 1 write(s) would be made; nothing was written."
+
+
+def test_sync_command_runs_in_the_foreground_and_exits_1_on_failures(flow):
+    import io
+
+    from django.core.management import CommandError, call_command
+
+    flow.source = [{"Code": "P1", "Name": "ok"}, {"Code": "P2", "Name": "bad"}]
+    out = io.StringIO()
+    with pytest.raises(CommandError) as failed:
+        call_command("sync", "products", stdout=out)
+    assert failed.value.returncode == 1
+    assert "P2: Product bad has no KashFlow nominal code." in out.getvalue()
+    assert "1 written" in out.getvalue()
+
+
+def test_sync_command_retries_transient_failures_at_once(flow):
+    import io
+
+    from django.core.management import call_command
+
+    SyncEventFactory(
+        flow="products",
+        source_id="P9",
+        payload={"Code": "P9", "Name": "x"},
+        status=SyncEvent.Status.FAILED_TRANSIENT,
+        next_attempt_at=timezone.now() + timedelta(hours=1),
+    )
+    out = io.StringIO()
+    call_command("sync", "products", stdout=out)
+    assert "Retrying 1 record(s)" in out.getvalue()
+    assert "Succeeded" in out.getvalue()
+    assert flow.target["P9"] == {"Code": "P9", "Name": "x"}

@@ -16,6 +16,7 @@ from __future__ import annotations
 import importlib
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Protocol
@@ -63,12 +64,8 @@ class RunContext:
     cache: dict = field(default_factory=dict)  # per-task memo: clients, prefetched cross-refs
     seen: int = 0  # source records read, not yet added to the run's counters
     recorded: int = 0  # events recorded (new or changed) by this collect
-
-    def flush_counts(self) -> None:
-        """Add what was read so far to the run (also its heartbeat); cheap to call per page."""
-        if self.seen:
-            self.run.add_counts(read=self.seen)
-            self.seen = 0
+    on_progress: Callable[[SyncRun], None] | None = None  # the foreground command's display
+    hand_over: bool = True  # False: the caller loops instead of enqueueing a continuation
 
     @property
     def dry_run(self) -> bool:
@@ -76,6 +73,52 @@ class RunContext:
 
     def time_left(self) -> float:
         return self.deadline - time.monotonic()
+
+    def flush_counts(self) -> None:
+        """Add what was read so far to the run (also its heartbeat); cheap to call per page."""
+        if self.seen:
+            self.run.add_counts(read=self.seen)
+            self.seen = 0
+            self.report()
+
+    def report(self) -> None:
+        if self.on_progress:
+            self.on_progress(self.run)
+
+    def plan(self, event: SyncEvent, **write) -> None:
+        """In a dry run, note a write the flow would make (the flow then writes nothing)."""
+        self.cache.setdefault("plans", []).append(
+            PlannedWrite(source_object=event.source_object, source_id=event.source_id, **write)
+        )
+
+
+@dataclass
+class PlannedWrite:
+    """One write a dry run would have made, with the field-by-field difference it would make."""
+
+    source_object: str
+    source_id: str
+    target_object: str
+    action: str  # "create", "update" or "upsert"
+    payload: dict
+    target_id: str = ""
+    current: dict | None = None  # the target record as it is now, when it exists
+
+    @property
+    def diff(self) -> list[tuple[str, object, object]]:
+        current = self.current or {}
+        return [
+            (name, current.get(name), value)
+            for name, value in self.payload.items()
+            if str(current.get(name, "")) != str(value if value is not None else "")
+        ]
+
+    def describe(self) -> str:
+        target = f"{self.target_object} {self.target_id}".strip()
+        lines = [f"{self.action} {target} from {self.source_object} {self.source_id}"]
+        for name, before, after in self.diff:
+            lines.append(f"    {name}: {before!r} -> {after!r}")
+        return "\n".join(lines)
 
 
 class Flow(Protocol):
@@ -211,6 +254,18 @@ def record_change(
     event is still waiting replaces that event's payload, so stale data is never written.
     """
     flow = ctx.run.flow
+    if ctx.dry_run:
+        event = SyncEvent(
+            flow=flow,
+            direction=direction,
+            source_object=source_object,
+            source_id=source_id,
+            target_object=target_object,
+            payload=payload,
+            content_hash=content_hash(payload),
+        )
+        ctx.cache.setdefault("dry_events", []).append(event)
+        return event
     ctx.seen += 1
     if ctx.seen >= 500:
         ctx.flush_counts()
@@ -253,12 +308,49 @@ def record_change(
 # Executing runs
 
 
-def execute_run(run_id: int) -> None:
+def dry_run(flow_name: str, *, full: bool = False, user=None) -> list[PlannedWrite]:
+    """Read changes and map them exactly as a run would, and return the writes it would make.
+
+    Nothing is written to either system, no event is recorded and no cursor moves; the dry run
+    itself is recorded as a run, so the ledger says who looked and when.
+    """
+    flow = get_flow(flow_name)
+    run = SyncRun.objects.create(
+        flow=flow_name,
+        trigger=Trigger.MANUAL,
+        dry_run=True,
+        full=full,
+        status=SyncRun.Status.RUNNING,
+        started_at=timezone.now(),
+        triggered_by=user if getattr(user, "pk", None) else None,
+    )
+    ctx = RunContext(run=run, deadline=float("inf"))
+    try:
+        flow.collect(ctx)
+        events = ctx.cache.get("dry_events", [])
+        for start in range(0, len(events), flow.batch_size):
+            flow.process(events[start : start + flow.batch_size], ctx)
+    except Exception as exc:
+        run.fail(f"The dry run stopped: {exc}")
+        raise
+    plans = ctx.cache.get("plans", [])
+    run.read_count = len(ctx.cache.get("dry_events", []))
+    run.save(update_fields=["read_count"])
+    run.finish(f"Dry run: {len(plans)} write(s) would be made; nothing was written.")
+    return plans
+
+
+def execute_run(run_id: int, *, on_progress=None, hand_over: bool = True) -> None:
     """Work on a run until it is done or this task's time slice ends (then hand over)."""
     run = SyncRun.objects.filter(pk=run_id).first()
     if run is None or not (run.status == SyncRun.Status.RUNNING or run.claim()):
         return  # finished already, or a duplicate delivery of a finished run's task
-    ctx = RunContext(run=run, deadline=time.monotonic() + _setting("TASK_SLICE_SECONDS"))
+    ctx = RunContext(
+        run=run,
+        deadline=time.monotonic() + _setting("TASK_SLICE_SECONDS"),
+        on_progress=on_progress,
+        hand_over=hand_over,
+    )
     try:
         flow = get_flow(run.flow)
         if _waits_for_budget(run):
@@ -338,8 +430,10 @@ def _process_until_done(flow: Flow, ctx: RunContext) -> None:
         if not batch:
             break
         _process_batch(flow, batch, ctx)
+        ctx.report()
     else:
-        ring("integration.tasks.run_flow", run.pk)  # time slice over: a fresh task goes on
+        if ctx.hand_over:
+            ring("integration.tasks.run_flow", run.pk)  # time slice over: a fresh task goes on
         return
     _finish_if_done(run)
 

@@ -51,9 +51,11 @@ def _new_fernet_key() -> str:
 
 
 DEBUG = _read("DEBUG", env.bool, True)
+SECRET_KEY_FROM_ENV = bool(_read("SECRET_KEY", env.str, ""))
 SECRET_KEY = _read("SECRET_KEY", env.str, "") or _local_secret("django-secret-key", _new_django_key)
 # Fernet keys for secrets at rest, newest first (MultiFernet). Independent of SECRET_KEY so that
 # rotating one never makes the other unreadable.
+ENCRYPTION_KEYS_FROM_ENV = bool(_read("KASHFORCE_ENCRYPTION_KEYS", env.list, []))
 ENCRYPTION_KEYS = _read("KASHFORCE_ENCRYPTION_KEYS", env.list, []) or [
     _local_secret("encryption-key", _new_fernet_key)
 ]
@@ -151,7 +153,9 @@ if REDIS_URL:
 else:
     Q_CLUSTER["orm"] = "default"
 if Q_CLUSTER["timeout"] >= Q_CLUSTER["retry"]:
-    raise ImproperlyConfigured("Q_TIMEOUT must be smaller than Q_RETRY (a slow task would run twice).")
+    raise ImproperlyConfigured(
+        "Q_TIMEOUT must be smaller than Q_RETRY (a slow task would run twice)."
+    )
 
 AUTH_PASSWORD_VALIDATORS = [
     {"NAME": "django.contrib.auth.password_validation.UserAttributeSimilarityValidator"},
@@ -169,7 +173,9 @@ USE_I18N = True
 USE_TZ = True
 
 STATIC_URL = "static/"
-STATIC_ROOT = BASE_DIR / "staticfiles"
+STATIC_ROOT = VAR_DIR / "static"  # collectstatic's output; whitenoise serves it
+STATIC_ROOT.mkdir(exist_ok=True)
+WHITENOISE_USE_FINDERS = DEBUG
 STATICFILES_DIRS = [BASE_DIR / "static"]
 STORAGES = {
     "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},
@@ -232,6 +238,15 @@ KASHFORCE = {
         _read("KASHFORCE_HTTP_CONNECT_TIMEOUT", env.float, 5.0),
         _read("KASHFORCE_HTTP_READ_TIMEOUT", env.float, 60.0),
     ),
+    # A task works on a run for this long, then hands over to a fresh task (stays far below
+    # Q_TIMEOUT, so a long initial load never gets killed mid-way).
+    "TASK_SLICE_SECONDS": _read("KASHFORCE_TASK_SLICE_SECONDS", env.int, 120),
+    # Work claimed but not finished for this long is taken to belong to a dead worker.
+    "STALE_AFTER_SECONDS": _read("KASHFORCE_STALE_AFTER_SECONDS", env.int, 900),
+    # A run still queued after this long lost its queue message; the sweeper enqueues it again.
+    "LOST_TASK_SECONDS": _read("KASHFORCE_LOST_TASK_SECONDS", env.int, 120),
+    # Days to keep successful ledger rows (errors are kept until resolved).
+    "LEDGER_RETENTION_DAYS": _read("KASHFORCE_LEDGER_RETENTION_DAYS", env.int, 90),
     # Where the sandbox keeps its state and descriptor.
     "SANDBOX_STATE_DIR": _read("KASHFORCE_SANDBOX_DIR", env.str, str(VAR_DIR / "sandbox")),
 }

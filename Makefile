@@ -1,0 +1,39 @@
+# kashforce: the everyday commands. `make run` for a local trial, `make test` for the suite.
+PYTHON ?= python3.11
+VENV := .venv
+PY := $(VENV)/bin/python
+HOST ?= 127.0.0.1
+PORT ?= 8000
+
+.PHONY: run test check venv serve clean
+
+$(VENV)/.installed: requirements.txt requirements-dev.txt
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -r requirements-dev.txt
+	touch $@
+
+venv: $(VENV)/.installed
+
+# Set up and run the product on its embedded defaults: SQLite, the sandbox simulators, demo users.
+run: venv
+	$(PY) manage.py migrate --noinput
+	$(PY) manage.py demo_users
+	bash scripts/run-local.sh $(HOST) $(PORT)
+
+# The whole suite (set DATABASE_URL to run it on PostgreSQL).
+test: venv
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+# Lint, formatting, migrations in step with models, deployment checks with production variables.
+check: venv
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(PY) manage.py makemigrations --check --dry-run
+	DEBUG=false SECRET_KEY=check-deploy-$$(date +%s)-0123456789abcdefghijklmnopqrstuvwxyz-ABCDEFGH \
+	  KASHFORCE_ENCRYPTION_KEYS=$$($(PY) -c 'from cryptography.fernet import Fernet; print(Fernet.generate_key().decode())') \
+	  ALLOWED_HOSTS=kashforce.example.co.uk KASHFORCE_VAR_DIR=$$(mktemp -d) \
+	  $(PY) manage.py check --deploy --fail-level WARNING
+
+clean:
+	rm -rf $(VENV) .pytest_cache

@@ -1,0 +1,35 @@
+"""System checks that stop a production start with missing or unsafe configuration."""
+
+from django.conf import settings
+from django.core.checks import Error, Tags, Warning, register
+
+
+@register(Tags.security, deploy=True)
+def check_production_secrets(app_configs, **kwargs):
+    problems = []
+    if not settings.ENCRYPTION_KEYS_FROM_ENV:
+        problems.append(
+            Warning(
+                "KASHFORCE_ENCRYPTION_KEYS is not set: secrets are encrypted with a key generated "
+                "in var/, which is lost with the machine.",
+                hint="Set KASHFORCE_ENCRYPTION_KEYS to one or more Fernet keys, newest first.",
+                id="kashforce.W001",
+            )
+        )
+    if not settings.SECRET_KEY_FROM_ENV:
+        problems.append(
+            Warning(
+                "SECRET_KEY is not set in the environment.",
+                hint="Set SECRET_KEY to a long random value.",
+                id="kashforce.W002",
+            )
+        )
+    return problems
+
+
+@register()
+def check_queue_timeouts(app_configs, **kwargs):
+    q = settings.Q_CLUSTER
+    if q.get("timeout") and q.get("retry") and q["timeout"] >= q["retry"]:
+        return [Error("Q_TIMEOUT must be smaller than Q_RETRY.", id="kashforce.E001")]
+    return []

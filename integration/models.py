@@ -1,0 +1,818 @@
+"""kashforce's data: connections, field mappings, cross-references and the sync ledger.
+
+The ledger (SyncRun, SyncEvent) is the source of truth for work. The job queue only rings the
+doorbell: work is claimed here with conditional UPDATEs, so a duplicate queue message, a double
+click or two workers cannot do the same work twice.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from datetime import timedelta
+
+from django.conf import settings
+from django.db import models, transaction
+from django.db.models import F, Q
+from django.utils import timezone
+
+from integration import secrets
+
+
+class Flow(models.TextChoices):
+    CUSTOMERS = "customers", "Customers"
+    INVOICES = "invoices", "Closed Won → invoices"
+    PAYMENTS = "payments", "Payments"
+    PRODUCTS = "products", "Products"
+
+
+class Direction(models.TextChoices):
+    KASHFLOW_TO_SALESFORCE = "kf_to_sf", "KashFlow → Salesforce"
+    SALESFORCE_TO_KASHFLOW = "sf_to_kf", "Salesforce → KashFlow"
+
+
+def content_hash(payload: object) -> str:
+    """A stable hash of a JSON-able payload: same content, same hash, whatever the key order."""
+    text = json.dumps(payload, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+# --------------------------------------------------------------------------------------------
+# Connections
+
+
+class Connection(models.Model):
+    """Credentials and endpoints for one Salesforce org or one KashFlow account.
+
+    Secrets live encrypted in `encrypted_secrets` (one Fernet token holding a small JSON object)
+    and are decrypted only when a client asks for them, so listing connections never needs a key.
+    """
+
+    class Kind(models.TextChoices):
+        SALESFORCE = "salesforce", "Salesforce"
+        KASHFLOW = "kashflow", "KashFlow"
+
+    class Environment(models.TextChoices):
+        PRODUCTION = "production", "Production"
+        SANDBOX = "sandbox", "Sandbox / test"
+
+    class AuthMethod(models.TextChoices):
+        SF_JWT = "sf_jwt", "Salesforce: JWT bearer (connected app + certificate)"
+        SF_CLIENT_CREDENTIALS = "sf_client_credentials", "Salesforce: client credentials"
+        SF_PASSWORD = "sf_password", "Salesforce: username, password and security token"
+        KF_PASSWORD = "kf_password", "KashFlow: username, password and memorable word"
+
+    class Status(models.TextChoices):
+        UNCHECKED = "unchecked", "Not checked yet"
+        OK = "ok", "Working"
+        FAILING = "failing", "Failing"
+
+    # Which secret names each auth method uses; forms and the client factory read this.
+    SECRET_FIELDS = {
+        AuthMethod.SF_JWT: ("private_key",),
+        AuthMethod.SF_CLIENT_CREDENTIALS: ("consumer_secret",),
+        AuthMethod.SF_PASSWORD: ("password", "security_token"),
+        AuthMethod.KF_PASSWORD: ("password", "memorable_word"),
+    }
+    ALL_SECRET_NAMES = (
+        "password",
+        "security_token",
+        "consumer_secret",
+        "private_key",
+        "memorable_word",
+        "outbound_secret",
+    )
+
+    name = models.CharField(max_length=100, unique=True)
+    kind = models.CharField(max_length=20, choices=Kind.choices)
+    environment = models.CharField(
+        max_length=20, choices=Environment.choices, default=Environment.PRODUCTION
+    )
+    auth_method = models.CharField(max_length=30, choices=AuthMethod.choices)
+    # Salesforce endpoints. login_url is where logins go (https://login.salesforce.com,
+    # https://test.salesforce.com, a My Domain, or the sandbox simulator).
+    login_url = models.URLField(blank=True)
+    instance_url = models.URLField(blank=True)
+    api_version = models.CharField(max_length=10, blank=True, default="59.0")
+    organization_id = models.CharField(
+        max_length=18, blank=True, help_text="Salesforce org id, checked on Outbound Messages."
+    )
+    # KashFlow endpoint.
+    base_url = models.URLField(blank=True, help_text="KashFlow: https://api.kashflow.com/v2")
+    # A CA bundle to trust instead of the system's (the sandbox's own CA, a corporate proxy).
+    ca_file = models.CharField(max_length=500, blank=True)
+    username = models.CharField(max_length=255, blank=True)
+    consumer_key = models.CharField(
+        max_length=255, blank=True, help_text="Salesforce connected app's consumer key."
+    )
+    encrypted_secrets = models.TextField(blank=True, editable=False)
+    # A KashFlow session token or Salesforce access token, reused across tasks. Encrypted too.
+    encrypted_session = models.TextField(blank=True, editable=False)
+    session_obtained_at = models.DateTimeField(null=True, blank=True, editable=False)
+
+    status = models.CharField(max_length=20, choices=Status.choices, default=Status.UNCHECKED)
+    last_checked_at = models.DateTimeField(null=True, blank=True)
+    last_check_message = models.TextField(blank=True)
+    # Salesforce API usage from the latest Sforce-Limit-Info header.
+    api_usage_used = models.PositiveIntegerField(null=True, blank=True)
+    api_usage_limit = models.PositiveIntegerField(null=True, blank=True)
+    api_usage_at = models.DateTimeField(null=True, blank=True)
+    is_active = models.BooleanField(default=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["kind", "name"]
+        constraints = [
+            # The flows use the one active connection of each kind.
+            models.UniqueConstraint(
+                fields=["kind"], condition=Q(is_active=True), name="one_active_connection_per_kind"
+            )
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.name} ({self.get_kind_display()})"
+
+    def __repr__(self) -> str:
+        # Never the secrets: only what identifies the row.
+        return f"<Connection {self.pk} {self.kind} {self.name!r}>"
+
+    @classmethod
+    def active(cls, kind: str) -> Connection:
+        """The active connection of a kind; raises Connection.DoesNotExist with a clear message."""
+        try:
+            return cls.objects.get(kind=kind, is_active=True)
+        except cls.DoesNotExist:
+            raise cls.DoesNotExist(
+                f"No active {cls.Kind(kind).label} connection is set up. "
+                "An Integration admin can add one under Connections."
+            ) from None
+
+    # Secrets ----------------------------------------------------------------------------------
+
+    def get_secrets(self) -> dict[str, str]:
+        """Decrypted secrets; raises secrets.SecretDecryptionError on a wrong or missing key."""
+        return secrets.decrypt_json(self.encrypted_secrets)
+
+    def get_secret(self, name: str) -> str:
+        return self.get_secrets().get(name, "")
+
+    def set_secrets(self, **values: str | None) -> None:
+        """Merge secrets in; a None or '' value leaves the stored one as it is (write-only forms)."""
+        unknown = set(values) - set(self.ALL_SECRET_NAMES)
+        if unknown:
+            raise ValueError(f"Unknown secret names: {sorted(unknown)}")
+        current = self.get_secrets()
+        current.update({k: v for k, v in values.items() if v})
+        self.encrypted_secrets = secrets.encrypt_json(current)
+
+    def clear_secret(self, name: str) -> None:
+        current = self.get_secrets()
+        current.pop(name, None)
+        self.encrypted_secrets = secrets.encrypt_json(current)
+
+    def has_secret(self, name: str) -> bool:
+        return bool(self.get_secrets().get(name))
+
+    def missing_secrets(self) -> list[str]:
+        needed = self.SECRET_FIELDS.get(self.auth_method, ())
+        stored = self.get_secrets()
+        return [name for name in needed if not stored.get(name)]
+
+    def get_session(self) -> dict:
+        return secrets.decrypt_json(self.encrypted_session)
+
+    def save_session(self, session: dict) -> None:
+        """Store a reusable session token without touching any other column (no lost updates)."""
+        now = timezone.now()
+        self.encrypted_session = secrets.encrypt_json(session)
+        self.session_obtained_at = now if session else None
+        Connection.objects.filter(pk=self.pk).update(
+            encrypted_session=self.encrypted_session, session_obtained_at=self.session_obtained_at
+        )
+
+    def rotate_encryption(self) -> None:
+        Connection.objects.filter(pk=self.pk).update(
+            encrypted_secrets=secrets.rotate(self.encrypted_secrets),
+            encrypted_session=secrets.rotate(self.encrypted_session),
+        )
+
+    # Status -----------------------------------------------------------------------------------
+
+    def record_check(self, ok: bool, message: str) -> None:
+        self.status = self.Status.OK if ok else self.Status.FAILING
+        self.last_checked_at = timezone.now()
+        self.last_check_message = secrets.redact(message)
+        Connection.objects.filter(pk=self.pk).update(
+            status=self.status,
+            last_checked_at=self.last_checked_at,
+            last_check_message=self.last_check_message,
+        )
+
+    def record_api_usage(self, used: int, limit: int) -> None:
+        self.api_usage_used, self.api_usage_limit = used, limit
+        self.api_usage_at = timezone.now()
+        Connection.objects.filter(pk=self.pk).update(
+            api_usage_used=used, api_usage_limit=limit, api_usage_at=self.api_usage_at
+        )
+
+    @property
+    def api_usage_share(self) -> float | None:
+        if not self.api_usage_limit or self.api_usage_used is None:
+            return None
+        return self.api_usage_used / self.api_usage_limit
+
+    def over_api_budget(self) -> bool:
+        """True when scheduled, non-urgent runs should wait (the share is in settings)."""
+        share = self.api_usage_share
+        return share is not None and share >= settings.KASHFORCE["API_BUDGET_SHARE"]
+
+
+# --------------------------------------------------------------------------------------------
+# Mappings
+
+
+class Transform(models.TextChoices):
+    COPY = "copy", "Copy as it is"
+    CONSTANT = "constant", "Fixed value"
+    DATE = "date", "Date (calendar day)"
+    DATETIME = "datetime", "Date and time (UTC)"
+    CONCAT = "concat", "Join several fields"
+    SPLIT_NAME = "split_name", "Split a person's name"
+    SPLIT_STREET = "split_street", "Split a street into address lines"
+    JOIN_STREET = "join_street", "Join address lines into a street"
+    LOOKUP = "lookup", "Look up the other system's id"
+    DECIMAL = "decimal", "Money / decimal number"
+    VAT_RATE = "vat_rate", "VAT rate by country or product"
+    TRUNCATE = "truncate", "Cut to a maximum length"
+    LOWER = "lower", "Lower case"
+    UPPER = "upper", "Upper case"
+
+
+class MappingSetQuerySet(models.QuerySet):
+    def active(self) -> MappingSetQuerySet:
+        return self.filter(is_active=True)
+
+    def history(self, flow: str, source_object: str, target_object: str) -> MappingSetQuerySet:
+        return self.filter(
+            flow=flow, source_object=source_object, target_object=target_object
+        ).order_by("-version")
+
+
+class MappingSet(models.Model):
+    """One version of the field mapping for a flow and an object pair.
+
+    Saving an edit makes a new version; old versions are kept for the history and rollback, and
+    exactly one version per (flow, source, target) is active.
+    """
+
+    name = models.CharField(max_length=100)
+    flow = models.CharField(max_length=20, choices=Flow.choices)
+    source_object = models.CharField(max_length=80, help_text="e.g. kashflow.Customer")
+    target_object = models.CharField(max_length=80, help_text="e.g. salesforce.Account")
+    version = models.PositiveIntegerField(default=1)
+    is_active = models.BooleanField(default=False)
+    note = models.CharField(max_length=255, blank=True)
+    created_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL
+    )
+    created_at = models.DateTimeField(default=timezone.now)
+
+    objects = MappingSetQuerySet.as_manager()
+
+    class Meta:
+        ordering = ["flow", "source_object", "target_object", "-version"]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["flow", "source_object", "target_object", "version"],
+                name="mapping_version_unique",
+            ),
+            models.UniqueConstraint(
+                fields=["flow", "source_object", "target_object"],
+                condition=Q(is_active=True),
+                name="one_active_mapping_version",
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.name} v{self.version}"
+
+    def as_rows(self) -> list[dict]:
+        """The field rows as plain dicts, the form the pure mapping engine takes."""
+        return [row.as_dict() for row in self.fields.all()]
+
+    @transaction.atomic
+    def save_new_version(self, rows: list[dict], user=None, note: str = "") -> MappingSet:
+        """Make and activate the next version holding `rows`; this one stays in the history."""
+        siblings = MappingSet.objects.select_for_update().filter(
+            flow=self.flow, source_object=self.source_object, target_object=self.target_object
+        )
+        next_version = (siblings.aggregate(v=models.Max("version"))["v"] or 0) + 1
+        siblings.filter(is_active=True).update(is_active=False)
+        new = MappingSet.objects.create(
+            name=self.name,
+            flow=self.flow,
+            source_object=self.source_object,
+            target_object=self.target_object,
+            version=next_version,
+            is_active=True,
+            note=note,
+            created_by=user,
+        )
+        FieldMapping.objects.bulk_create(
+            FieldMapping.from_dict(new, order, row) for order, row in enumerate(rows, start=1)
+        )
+        return new
+
+    def rollback_to(self, user=None) -> MappingSet:
+        """Rollback is a new version with this version's rows, so history only ever grows."""
+        return self.save_new_version(
+            self.as_rows(), user=user, note=f"Rolled back to v{self.version}"
+        )
+
+
+class FieldMapping(models.Model):
+    mapping_set = models.ForeignKey(MappingSet, on_delete=models.CASCADE, related_name="fields")
+    order = models.PositiveIntegerField(default=0)
+    source_path = models.CharField(
+        max_length=255,
+        blank=True,
+        help_text="Dotted path in the source record, e.g. Contacts.0.Email",
+    )
+    target_path = models.CharField(max_length=255)
+    transform = models.CharField(max_length=20, choices=Transform.choices, default=Transform.COPY)
+    params = models.JSONField(default=dict, blank=True)
+    default = models.CharField(max_length=255, blank=True)
+    required = models.BooleanField(default=False)
+
+    class Meta:
+        ordering = ["mapping_set", "order", "pk"]
+
+    def __str__(self) -> str:
+        return f"{self.source_path or '—'} → {self.target_path}"
+
+    def as_dict(self) -> dict:
+        return {
+            "source_path": self.source_path,
+            "target_path": self.target_path,
+            "transform": self.transform,
+            "params": self.params,
+            "default": self.default,
+            "required": self.required,
+        }
+
+    @classmethod
+    def from_dict(cls, mapping_set: MappingSet, order: int, row: dict) -> FieldMapping:
+        return cls(
+            mapping_set=mapping_set,
+            order=order,
+            source_path=row.get("source_path", ""),
+            target_path=row["target_path"],
+            transform=row.get("transform", Transform.COPY),
+            params=row.get("params") or {},
+            default=row.get("default", ""),
+            required=bool(row.get("required", False)),
+        )
+
+
+# --------------------------------------------------------------------------------------------
+# Cross-references
+
+
+class CrossRef(models.Model):
+    """Which Salesforce record and which KashFlow record are the same thing.
+
+    The hashes are of the payload last written to each side: a record whose newly mapped payload
+    hashes the same is not sent again.
+    """
+
+    class ObjectType(models.TextChoices):
+        CUSTOMER = "customer", "Customer / Account"
+        CONTACT = "contact", "Contact"
+        INVOICE = "invoice", "Invoice / Opportunity"
+        PAYMENT = "payment", "Payment"
+        PRODUCT = "product", "Product"
+
+    object_type = models.CharField(max_length=20, choices=ObjectType.choices)
+    # NULL, not '', for "no record on this side": the unique constraints below ignore NULLs.
+    salesforce_id = models.CharField(max_length=18, null=True, blank=True)  # noqa: DJ001
+    kashflow_key = models.CharField(max_length=100, null=True, blank=True)  # noqa: DJ001
+    salesforce_hash = models.CharField(max_length=64, blank=True)
+    kashflow_hash = models.CharField(max_length=64, blank=True)
+    salesforce_synced_at = models.DateTimeField(null=True, blank=True)
+    kashflow_synced_at = models.DateTimeField(null=True, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(
+                fields=["object_type", "salesforce_id"],
+                condition=Q(salesforce_id__isnull=False),
+                name="crossref_unique_salesforce_id",
+            ),
+            models.UniqueConstraint(
+                fields=["object_type", "kashflow_key"],
+                condition=Q(kashflow_key__isnull=False),
+                name="crossref_unique_kashflow_key",
+            ),
+            models.CheckConstraint(
+                condition=Q(salesforce_id__isnull=False) | Q(kashflow_key__isnull=False),
+                name="crossref_has_a_side",
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.object_type}: {self.salesforce_id or '—'} ↔ {self.kashflow_key or '—'}"
+
+    def record_written(self, side: str, payload_hash: str) -> None:
+        now = timezone.now()
+        if side == "salesforce":
+            self.salesforce_hash, self.salesforce_synced_at = payload_hash, now
+        else:
+            self.kashflow_hash, self.kashflow_synced_at = payload_hash, now
+        self.save()
+
+
+# --------------------------------------------------------------------------------------------
+# The ledger
+
+
+class Trigger(models.TextChoices):
+    SCHEDULE = "schedule", "Schedule"
+    POLL = "poll", "Poll"
+    PUSH = "push", "Push from Salesforce"
+    MANUAL = "manual", "Started by a person"
+    RETRY = "retry", "Retry"
+
+
+class SyncRunQuerySet(models.QuerySet):
+    def for_flow(self, flow: str) -> SyncRunQuerySet:
+        return self.filter(flow=flow)
+
+    def unfinished(self) -> SyncRunQuerySet:
+        return self.filter(status__in=[SyncRun.Status.QUEUED, SyncRun.Status.RUNNING])
+
+    def stale(self, older_than: timedelta) -> SyncRunQuerySet:
+        """Running runs whose worker has not reported for a while: it probably died."""
+        return self.filter(
+            status=SyncRun.Status.RUNNING, heartbeat_at__lt=timezone.now() - older_than
+        )
+
+
+class SyncRun(models.Model):
+    class Status(models.TextChoices):
+        QUEUED = "queued", "Queued"
+        RUNNING = "running", "Running"
+        SUCCEEDED = "succeeded", "Succeeded"
+        PARTIAL = "partial", "Finished with errors"
+        FAILED = "failed", "Failed"
+        WAITING = "waiting", "Waiting (API budget)"
+
+    flow = models.CharField(max_length=20, choices=Flow.choices)
+    trigger = models.CharField(max_length=20, choices=Trigger.choices)
+    triggered_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL
+    )
+    status = models.CharField(max_length=20, choices=Status.choices, default=Status.QUEUED)
+    dry_run = models.BooleanField(default=False)
+    full = models.BooleanField(default=False, help_text="Compare everything, not just changes.")
+    # What the run does instead of reading changes, e.g. {"requeue": {filters}} for a group retry.
+    params = models.JSONField(default=dict, blank=True)
+    created_at = models.DateTimeField(default=timezone.now)
+    started_at = models.DateTimeField(null=True, blank=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+    heartbeat_at = models.DateTimeField(null=True, blank=True)
+    # The run reads changes once (collect), then any number of workers process its events.
+    collect_started_at = models.DateTimeField(null=True, blank=True)
+    collected_at = models.DateTimeField(null=True, blank=True)
+    read_count = models.PositiveIntegerField(default=0)
+    written_count = models.PositiveIntegerField(default=0)
+    skipped_count = models.PositiveIntegerField(default=0)
+    failed_count = models.PositiveIntegerField(default=0)
+    progress_done = models.PositiveIntegerField(default=0)
+    progress_total = models.PositiveIntegerField(null=True, blank=True)
+    summary = models.TextField(blank=True)
+
+    objects = SyncRunQuerySet.as_manager()
+
+    class Meta:
+        ordering = ["-created_at", "-pk"]
+        indexes = [models.Index(fields=["flow", "-created_at"], name="run_flow_recent")]
+
+    def __str__(self) -> str:
+        return f"{self.get_flow_display()} run {self.pk} ({self.get_status_display()})"
+
+    @property
+    def duration(self) -> timedelta | None:
+        if self.started_at is None:
+            return None
+        return (self.finished_at or timezone.now()) - self.started_at
+
+    @property
+    def progress_percent(self) -> int | None:
+        if not self.progress_total:
+            return None
+        return min(100, round(100 * self.progress_done / self.progress_total))
+
+    def claim(self) -> bool:
+        """Move a queued run to running; False if another worker got it first."""
+        now = timezone.now()
+        claimed = SyncRun.objects.filter(pk=self.pk, status=self.Status.QUEUED).update(
+            status=self.Status.RUNNING, started_at=now, heartbeat_at=now
+        )
+        if claimed:
+            self.status, self.started_at, self.heartbeat_at = self.Status.RUNNING, now, now
+        return bool(claimed)
+
+    def add_counts(self, read=0, written=0, skipped=0, failed=0, done=0, total=None) -> None:
+        """Add to the counters with F() expressions, so concurrent workers don't lose updates."""
+        changes = {
+            "read_count": F("read_count") + read,
+            "written_count": F("written_count") + written,
+            "skipped_count": F("skipped_count") + skipped,
+            "failed_count": F("failed_count") + failed,
+            "progress_done": F("progress_done") + done,
+            "heartbeat_at": timezone.now(),
+        }
+        if total is not None:
+            changes["progress_total"] = total
+        SyncRun.objects.filter(pk=self.pk).update(**changes)
+        self.refresh_from_db()
+
+    def finish(self, summary: str = "") -> None:
+        if self.failed_count:
+            status = (
+                self.Status.PARTIAL
+                if self.written_count or self.skipped_count
+                else self.Status.FAILED
+            )
+        else:
+            status = self.Status.SUCCEEDED
+        self.status, self.summary, self.finished_at = status, summary, timezone.now()
+        self.save(update_fields=["status", "summary", "finished_at"])
+
+    def fail(self, summary: str) -> None:
+        self.status, self.summary = self.Status.FAILED, secrets.redact(summary)
+        self.finished_at = timezone.now()
+        self.save(update_fields=["status", "summary", "finished_at"])
+
+    def wait_for_budget(self, summary: str) -> None:
+        self.status, self.summary, self.finished_at = self.Status.WAITING, summary, timezone.now()
+        self.save(update_fields=["status", "summary", "finished_at"])
+
+
+class SyncEventQuerySet(models.QuerySet):
+    def failed(self) -> SyncEventQuerySet:
+        return self.filter(
+            status__in=[SyncEvent.Status.FAILED_TRANSIENT, SyncEvent.Status.FAILED_PERMANENT]
+        )
+
+    def unresolved(self) -> SyncEventQuerySet:
+        """The error queue: failures that need a person (retries exhausted or permanent)."""
+        return self.filter(status=SyncEvent.Status.FAILED_PERMANENT)
+
+    def retrying(self) -> SyncEventQuerySet:
+        return self.filter(status=SyncEvent.Status.FAILED_TRANSIENT)
+
+    def due(self, now=None) -> SyncEventQuerySet:
+        """Work a worker may claim now: pending, or a transient failure whose backoff has passed."""
+        now = now or timezone.now()
+        return self.filter(
+            Q(status=SyncEvent.Status.PENDING)
+            | Q(status=SyncEvent.Status.FAILED_TRANSIENT, next_attempt_at__lte=now)
+        )
+
+    def stale_running(self, older_than: timedelta) -> SyncEventQuerySet:
+        """Claimed by a worker that has not finished in time: it probably died."""
+        return self.filter(
+            status=SyncEvent.Status.RUNNING, claimed_at__lt=timezone.now() - older_than
+        )
+
+    def for_record(self, record_id: str) -> SyncEventQuerySet:
+        return self.filter(Q(source_id=record_id) | Q(target_id=record_id))
+
+    def matching(self, filters: dict) -> SyncEventQuerySet:
+        """The error queue's filters, shared by the page, the CSV export and the group retry.
+
+        Keys (all optional): flow, error_code, source_object, q (text in the record id or the
+        message), date_from, date_to (dates, inclusive).
+        """
+        qs = self
+        for key, lookup in (("flow", "flow"), ("source_object", "source_object")):
+            if filters.get(key):
+                qs = qs.filter(**{lookup: filters[key]})
+        if "error_code" in filters and filters["error_code"] is not None:
+            qs = qs.filter(error_code=filters["error_code"])
+        if filters.get("q"):
+            text = filters["q"].strip()
+            qs = qs.filter(Q(source_id=text) | Q(target_id=text) | Q(message__icontains=text))
+        if filters.get("date_from"):
+            qs = qs.filter(created_at__date__gte=filters["date_from"])
+        if filters.get("date_to"):
+            qs = qs.filter(created_at__date__lte=filters["date_to"])
+        return qs
+
+
+class SyncEvent(models.Model):
+    """One source record arriving for one flow, and what became of it.
+
+    The error queue is the set of events in FAILED_PERMANENT. `dedupe_key` makes the same change
+    arriving twice (poll and push both saw it) one row.
+    """
+
+    class Status(models.TextChoices):
+        PENDING = "pending", "Waiting"
+        RUNNING = "running", "In progress"
+        SUCCEEDED = "succeeded", "Synced"
+        SKIPPED = "skipped", "Unchanged"
+        FAILED_TRANSIENT = "failed_transient", "Failed, will retry"
+        FAILED_PERMANENT = "failed_permanent", "Needs attention"
+        IGNORED = "ignored", "Ignored"
+
+    class ErrorClass(models.TextChoices):
+        NONE = "", "—"
+        TRANSIENT = "transient", "Temporary (network, rate limit, outage)"
+        PERMANENT = "permanent", "Needs a fix"
+
+    run = models.ForeignKey(
+        SyncRun, null=True, blank=True, on_delete=models.SET_NULL, related_name="events"
+    )
+    flow = models.CharField(max_length=20, choices=Flow.choices)
+    direction = models.CharField(max_length=10, choices=Direction.choices)
+    source_object = models.CharField(max_length=80)
+    source_id = models.CharField(max_length=100)
+    target_object = models.CharField(max_length=80, blank=True)
+    target_id = models.CharField(max_length=100, blank=True)
+    payload = models.JSONField(default=dict, blank=True)
+    content_hash = models.CharField(max_length=64, blank=True)
+    dedupe_key = models.CharField(max_length=255, unique=True)
+    status = models.CharField(max_length=20, choices=Status.choices, default=Status.PENDING)
+    attempts = models.PositiveIntegerField(default=0)
+    next_attempt_at = models.DateTimeField(null=True, blank=True)
+    claimed_at = models.DateTimeField(null=True, blank=True)
+    error_class = models.CharField(max_length=20, choices=ErrorClass.choices, blank=True)
+    error_code = models.CharField(max_length=100, blank=True)
+    message = models.TextField(blank=True)
+    ignored_reason = models.CharField(max_length=255, blank=True)
+    resolved_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    created_at = models.DateTimeField(default=timezone.now)
+    updated_at = models.DateTimeField(auto_now=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+
+    objects = SyncEventQuerySet.as_manager()
+
+    class Meta:
+        ordering = ["-created_at", "-pk"]
+        indexes = [
+            # The error queue: unresolved errors, newest first.
+            models.Index(
+                fields=["status", "-created_at"],
+                name="event_status_recent",
+            ),
+            # The record timeline: every event of one record.
+            models.Index(fields=["source_id", "-created_at"], name="event_source_recent"),
+            models.Index(fields=["target_id", "-created_at"], name="event_target_recent"),
+            models.Index(fields=["run", "status"], name="event_run_status"),
+        ]
+        permissions = [
+            ("operate_sync", "Can start syncs and retry or ignore errors"),
+            ("administer_integration", "Can edit connections and mappings"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.get_flow_display()}: {self.source_object} {self.source_id}"
+
+    def __repr__(self) -> str:
+        return f"<SyncEvent {self.pk} {self.flow} {self.source_id} {self.status}>"
+
+    @property
+    def is_error(self) -> bool:
+        return self.status in (self.Status.FAILED_TRANSIENT, self.Status.FAILED_PERMANENT)
+
+    def claim(self) -> bool:
+        """Take this event for work; False if it is not due or another worker took it."""
+        now = timezone.now()
+        claimed = (
+            SyncEvent.objects.due(now)
+            .filter(pk=self.pk)
+            .update(status=self.Status.RUNNING, claimed_at=now, attempts=F("attempts") + 1)
+        )
+        if claimed:
+            self.refresh_from_db()
+        return bool(claimed)
+
+    def mark_succeeded(
+        self, target_id: str = "", content_hash: str = "", message: str = ""
+    ) -> None:
+        self._finish(
+            self.Status.SUCCEEDED, target_id=target_id, content_hash=content_hash, message=message
+        )
+
+    def mark_skipped(
+        self, message: str = "Unchanged since the last sync.", target_id: str = ""
+    ) -> None:
+        self._finish(self.Status.SKIPPED, target_id=target_id, message=message)
+
+    def mark_failed(self, message: str, permanent: bool, code: str = "") -> None:
+        """Record a failure. A transient one is retried with exponential backoff until the
+        attempts run out; then, like a permanent one, it joins the error queue for a person."""
+        message = secrets.redact(message)
+        max_attempts = settings.KASHFORCE["MAX_ATTEMPTS"]
+        if not permanent and self.attempts < max_attempts:
+            delay = timedelta(seconds=min(3600, 30 * 2 ** max(0, self.attempts - 1)))
+            self.status, self.next_attempt_at = self.Status.FAILED_TRANSIENT, timezone.now() + delay
+        else:
+            if not permanent:
+                message = f"Gave up after {self.attempts} attempts. {message}"
+            self.status, self.next_attempt_at = self.Status.FAILED_PERMANENT, None
+        self.error_class = self.ErrorClass.PERMANENT if permanent else self.ErrorClass.TRANSIENT
+        self.error_code, self.message, self.claimed_at = code[:100], message, None
+        self.save(
+            update_fields=[
+                "status",
+                "next_attempt_at",
+                "error_class",
+                "error_code",
+                "message",
+                "claimed_at",
+                "updated_at",
+            ]
+        )
+
+    def _finish(
+        self, status: str, target_id: str = "", content_hash: str = "", message: str = ""
+    ) -> None:
+        self.status, self.finished_at, self.claimed_at = status, timezone.now(), None
+        self.next_attempt_at, self.error_class, self.error_code = None, "", ""
+        self.message = secrets.redact(message)
+        if target_id:
+            self.target_id = target_id
+        if content_hash:
+            self.content_hash = content_hash
+        self.save()
+
+    def retry(self, user=None) -> bool:
+        """Put a failed or ignored event back in line at once. False if it was not failed."""
+        updated = SyncEvent.objects.filter(
+            pk=self.pk,
+            status__in=[
+                self.Status.FAILED_PERMANENT,
+                self.Status.FAILED_TRANSIENT,
+                self.Status.IGNORED,
+            ],
+        ).update(
+            status=self.Status.PENDING, next_attempt_at=None, resolved_by=user, ignored_reason=""
+        )
+        if updated:
+            self.refresh_from_db()
+        return bool(updated)
+
+    def ignore(self, user, reason: str) -> bool:
+        """Take a failed event out of the error queue on purpose, saying why."""
+        if not reason.strip():
+            raise ValueError("Say why this error is being ignored.")
+        updated = SyncEvent.objects.filter(
+            pk=self.pk,
+            status__in=[self.Status.FAILED_PERMANENT, self.Status.FAILED_TRANSIENT],
+        ).update(
+            status=self.Status.IGNORED,
+            ignored_reason=reason.strip()[:255],
+            resolved_by=user,
+            next_attempt_at=None,
+            finished_at=timezone.now(),
+        )
+        if updated:
+            self.refresh_from_db()
+        return bool(updated)
+
+
+class Cursor(models.Model):
+    """Where a flow's incremental read got to on one connection (a watermark)."""
+
+    flow = models.CharField(max_length=20, choices=Flow.choices)
+    connection = models.ForeignKey(Connection, on_delete=models.CASCADE, related_name="cursors")
+    name = models.CharField(max_length=50, default="default", help_text="A flow may keep several.")
+    value = models.CharField(max_length=100, blank=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["flow", "connection", "name"], name="cursor_unique")
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.flow}/{self.connection_id}/{self.name} = {self.value}"
+
+    @classmethod
+    def get_value(cls, flow: str, connection: Connection, name: str = "default") -> str:
+        cursor = cls.objects.filter(flow=flow, connection=connection, name=name).first()
+        return cursor.value if cursor else ""
+
+    @classmethod
+    def advance(cls, flow: str, connection: Connection, value: str, name: str = "default") -> None:
+        cls.objects.update_or_create(
+            flow=flow, connection=connection, name=name, defaults={"value": value}
+        )

@@ -1,4 +1,4 @@
-"""A local simulator of the KashFlow REST API v2 (see README.md in sandbox/)."""
+"""A local simulator of the KashFlow REST API v2; see README.md beside this file."""
 
 from .app import KashFlowApp
 

@@ -1,5 +1,6 @@
 """The KashFlow simulator over real sockets, driven with `requests` as a real client would."""
 
+from concurrent.futures import ThreadPoolExecutor
 from decimal import Decimal
 
 import pytest
@@ -175,8 +176,6 @@ def test_control_reset_with_a_sized_seed_and_stats_per_route(kashflow, kf_contro
 
 
 def test_concurrent_invoice_posts_get_distinct_numbers(kashflow):
-    from concurrent.futures import ThreadPoolExecutor
-
     make_customer(kashflow)
     line = {"Quantity": 1, "Rate": 10, "VATLevel": 20, "NominalCode": 4000}
     body = {"CustomerCode": "ACME001", "LineItems": [line]}

@@ -13,12 +13,8 @@ import os
 from pathlib import Path
 
 from sandbox.core import SimulatorServer
+from sandbox.kashflow.app import KashFlowApp
 from sandbox.salesforce.app import SalesforceApp
-
-try:
-    from sandbox.kashflow.app import KashFlowApp
-except ImportError:  # the KashFlow simulator is built separately; run without it meanwhile
-    KashFlowApp = None
 
 DESCRIPTOR = "sandbox.json"
 
@@ -52,17 +48,16 @@ class SandboxServer:
             verbose=self.verbose,
         )
         self.salesforce.base_url = self.servers["salesforce"].url
-        if KashFlowApp is not None:
-            self.kashflow = KashFlowApp(self.state_dir, self.options)
-            self.servers["kashflow"] = SimulatorServer(
-                self.kashflow, None, self.ports["kashflow"], verbose=self.verbose
-            )
-            if hasattr(self.kashflow, "base_url"):
-                self.kashflow.base_url = self.servers["kashflow"].url
-        if self.reset_state or self.salesforce.is_new:
-            self.salesforce.reset(self.seed)
-            if self.kashflow is not None:
-                self.kashflow.reset(self.seed)
+        self.kashflow = KashFlowApp(self.state_dir, self.options)
+        self.servers["kashflow"] = SimulatorServer(
+            self.kashflow, None, self.ports["kashflow"], verbose=self.verbose
+        )
+        self.kashflow.base_url = self.servers["kashflow"].url
+        # Seed each side that is new (or everything on --reset): one side's state can exist
+        # without the other's, and a new side must get the seed asked for, not "empty".
+        for app in (self.salesforce, self.kashflow):
+            if self.reset_state or app.is_new:
+                app.reset(self.seed)
         for server in self.servers.values():
             server.start()
         self._write_descriptor()
@@ -70,12 +65,9 @@ class SandboxServer:
 
     @property
     def info(self) -> dict:
-        kashflow = {}
-        if self.kashflow is not None:
-            kashflow = {"base_url": self.servers["kashflow"].url, **self.kashflow.credentials}
         return {
             "salesforce": self.salesforce.descriptor(),
-            "kashflow": kashflow,
+            "kashflow": {"base_url": self.servers["kashflow"].url, **self.kashflow.credentials},
             "control": {name: server.control_url for name, server in self.servers.items()},
         }
 

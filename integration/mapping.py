@@ -27,6 +27,8 @@ Settings (`params`) every row understands, whatever its transform
 - `missing`: what to tell a person when a required row yields nothing
   ("the customer has no email address").
 - `master`: "kashflow" or "salesforce", the side that owns the field (see `rows_owned_by`).
+- `as_country_code`: read the value as a country, by ISO code or by name ("United Kingdom",
+  "UK", "Ireland"), and write its two-letter code; a name not known is a row error.
 
 Empty means None, blank text, [] or {}; 0 and False are values. When `context.target_fields`
 knows the target field, text is cut to its length (with a warning) and a text default such as
@@ -60,9 +62,28 @@ EU_COUNTRIES = frozenset([
     "AT", "BE", "BG", "CY", "CZ", "DE", "DK", "EE", "ES", "FI", "FR", "GR", "HR", "HU",
     "IE", "IT", "LT", "LU", "LV", "MT", "NL", "PL", "PT", "RO", "SE", "SI", "SK",
 ])  # fmt: skip
-GB_NAMES = frozenset(
-    ["GB", "UK", "UNITED KINGDOM", "GREAT BRITAIN", "ENGLAND", "SCOTLAND", "WALES"]
-)
+# English names of the countries a UK company most often trades with, as KashFlow and
+# Salesforce spell them, and other names people type. Any other two-letter value is taken as
+# an ISO code already.
+COUNTRY_NAMES = {
+    "GB": "United Kingdom", "IE": "Ireland", "FR": "France", "DE": "Germany", "NL": "Netherlands",
+    "BE": "Belgium", "LU": "Luxembourg", "ES": "Spain", "PT": "Portugal", "IT": "Italy",
+    "AT": "Austria", "DK": "Denmark", "SE": "Sweden", "FI": "Finland", "PL": "Poland",
+    "CZ": "Czechia", "SK": "Slovakia", "HU": "Hungary", "SI": "Slovenia", "HR": "Croatia",
+    "RO": "Romania", "BG": "Bulgaria", "GR": "Greece", "CY": "Cyprus", "MT": "Malta",
+    "EE": "Estonia", "LV": "Latvia", "LT": "Lithuania", "NO": "Norway", "IS": "Iceland",
+    "CH": "Switzerland", "JE": "Jersey", "GG": "Guernsey", "IM": "Isle of Man",
+    "US": "United States", "CA": "Canada", "AU": "Australia", "NZ": "New Zealand",
+    "ZA": "South Africa", "IN": "India", "CN": "China", "JP": "Japan", "SG": "Singapore",
+    "HK": "Hong Kong", "AE": "United Arab Emirates",
+}  # fmt: skip
+COUNTRY_ALIASES = {
+    "UK": "GB", "GREAT BRITAIN": "GB", "BRITAIN": "GB", "ENGLAND": "GB", "SCOTLAND": "GB",
+    "WALES": "GB", "NORTHERN IRELAND": "GB", "REPUBLIC OF IRELAND": "IE", "EIRE": "IE",
+    "THE NETHERLANDS": "NL", "HOLLAND": "NL", "CZECH REPUBLIC": "CZ", "USA": "US",
+    "U.S.A.": "US", "UNITED STATES OF AMERICA": "US", "UAE": "AE", "EL": "GR",
+}  # fmt: skip
+_COUNTRY_CODES = {name.upper(): code for code, name in COUNTRY_NAMES.items()} | COUNTRY_ALIASES
 TEXT_TYPES = frozenset([
     "string", "textarea", "email", "phone", "url", "picklist", "multipicklist", "combobox",
     "id", "reference", "encryptedstring",
@@ -227,6 +248,8 @@ def _apply_row(step: _Step, payload: dict) -> None:
     if "when" in step.params and not condition_holds(step.params["when"], step.source):
         return
     value = TRANSFORMS[step.row.get("transform") or "copy"](_read_source(step), step)
+    if step.params.get("as_country_code") and not is_empty(value):
+        value = _country_code_or_problem(value)
     if is_empty(value):
         value = _default_for(step)
     value = _fit_to_target(value, step)
@@ -239,6 +262,15 @@ def _apply_row(step: _Step, payload: dict) -> None:
             return
         value = None
     _write_path(payload, step.target, value)
+
+
+def _country_code_or_problem(value: object) -> str:
+    code = country_code_of(value)
+    if code is None:
+        raise _RowProblem(
+            f"{value!r} is not a country kashforce knows; use its two-letter ISO code (GB, IE, FR)."
+        )
+    return code
 
 
 def _read_source(step: _Step) -> object:
@@ -495,12 +527,11 @@ def vat_rate_for(
     - A UK customer, or an unknown country: the product's rate in `vat_rules["products"]` if
       there is one (books at 0, fuel at 5); else for the UK `countries["GB"]` or 20, and for an
       unknown country `default`.
-    Country names people type for the UK ("United Kingdom", "UK", "England" ...) count as GB.
+    The country may be an ISO code or a name ("United Kingdom", "UK", "Ireland"); a name
+    kashforce does not know counts as unknown.
     """
-    country_code = _as_text(country).upper()
+    country_code = country_code_of(country) or ""
     countries, products = vat_rules.get("countries", {}), vat_rules.get("products", {})
-    if country_code in GB_NAMES:
-        country_code = "GB"
     if country_code and country_code != "GB":
         if country_code in countries:
             return to_decimal(countries[country_code])
@@ -689,6 +720,14 @@ def _join_street(value: object, step: _Step) -> str | None:
     return join_street([read_path(step.source, path) for path in step.params["sources"]])
 
 
+def country_code_of(value: object) -> str | None:
+    """The ISO 3166 code of a country given by code or by name, or None if it is not known."""
+    text = " ".join(_as_text(value).upper().split())
+    if text in _COUNTRY_CODES:
+        return _COUNTRY_CODES[text]
+    return text if re.fullmatch(r"[A-Z]{2}", text) else None
+
+
 def _lookup(value: object, step: _Step) -> str | None:
     if is_empty(value):
         return None
@@ -729,6 +768,8 @@ def _decimal(value: object, step: _Step) -> Decimal | None:
 
 def _vat_rate(value: object, step: _Step) -> Decimal:
     country = read_path(step.source, step.params.get("country_path", ""))
+    if not is_empty(country) and country_code_of(country) is None:
+        step.warn(f"{country!r} is not a country kashforce knows, so it counts as unknown.")
     product = read_path(step.source, step.params.get("product_path", ""))
     default = step.context.defaults.get("vat_rate", "20")
     rules = step.context.vat_rules
@@ -782,9 +823,6 @@ SOURCELESS_TRANSFORMS = frozenset(["constant", "concat", "join_street", "vat_rat
 
 # --------------------------------------------------------------------------------------------
 # Checking rows
-
-
-COMMON_PARAMS = frozenset(["when", "fallbacks", "default_from", "omit_empty", "missing", "master"])
 
 
 def _is_path_list(value: object) -> bool:
@@ -860,6 +898,7 @@ COMMON_RULES: dict[str, tuple[bool, Callable[[object], bool], str]] = {
     "omit_empty": (False, lambda v: isinstance(v, bool), "true or false"),
     "missing": (False, lambda v: isinstance(v, str), "text"),
     "master": (False, _is_one_of(*SIDES), '"kashflow" or "salesforce"'),
+    "as_country_code": (False, lambda v: isinstance(v, bool), "true or false"),
 }
 
 

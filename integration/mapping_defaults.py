@@ -1,7 +1,7 @@
 """The default field mappings, one template per flow and object pair, installed as version 1.
 
 They are data: people edit them later in the mapping editor, which saves new versions. The
-migration 0003_default_mappings installs them on a new database and the command
+migration 0004_default_mappings installs them on a new database and the command
 `install_default_mappings` on an existing one; both skip a pair that already has a mapping.
 
 Conventions the templates share
@@ -9,6 +9,9 @@ Conventions the templates share
   and Line4 the county, as in KashFlow's own examples ("1 High St", "", "London", ""). So a
   Salesforce BillingStreet of up to two lines round-trips exactly; a longer one keeps every word,
   its extra lines folded into Line2 with ", " (and a warning).
+- Countries: Salesforce's BillingCountry is free text and usually a name ("United Kingdom"), so
+  KashFlow's CountryName goes to Salesforce, and a Salesforce name or code becomes KashFlow's
+  ISO CountryCode (`as_country_code`).
 - The primary contact is `Contacts[?IsPrimary]`: the contact marked IsPrimary, else the first.
 - A Salesforce Account becoming a KashFlow customer gets its Code from the flow (a deterministic
   code), and its primary Contact under `PrimaryContact.*` when the flow has one.
@@ -73,7 +76,8 @@ def _shipping_rows() -> list[dict]:
             row("ShippingCity", f"{address}.Line3", when=when),
             row("ShippingState", f"{address}.Line4", when=when),
             row("ShippingPostalCode", f"{address}.PostCode", when=when),
-            row("ShippingCountry", f"{address}.CountryCode", when=when),
+            row("ShippingCountry", f"{address}.CountryName", when=when,
+                fallbacks=[f"{address}.CountryCode"]),
         ]  # fmt: skip
     return rows
 
@@ -92,7 +96,7 @@ CUSTOMER_TO_ACCOUNT = Template(
         row("BillingCity", "Addresses.0.Line3"),
         row("BillingState", "Addresses.0.Line4"),
         row("BillingPostalCode", "Addresses.0.PostCode"),
-        row("BillingCountry", "Addresses.0.CountryCode"),
+        row("BillingCountry", "Addresses.0.CountryName", fallbacks=["Addresses.0.CountryCode"]),
         *_shipping_rows(),
     ],
 )  # fmt: skip
@@ -129,8 +133,8 @@ ACCOUNT_TO_CUSTOMER = Template(
         row("Addresses.0.Line3", "BillingCity"),
         row("Addresses.0.Line4", "BillingState"),
         row("Addresses.0.PostCode", "BillingPostalCode"),
-        # Salesforce's BillingCountry is free text; KashFlow wants an ISO code such as GB.
-        row("Addresses.0.CountryCode", "BillingCountry", "upper"),
+        # Salesforce's BillingCountry is free text, usually a name; KashFlow wants a code.
+        row("Addresses.0.CountryCode", "BillingCountry", as_country_code=True),
         row("Contacts.0.Name", transform="concat", when=_HAS_CONTACT,
             sources=["PrimaryContact.FirstName", "PrimaryContact.LastName"]),
         row("Contacts.0.Firstname", "PrimaryContact.FirstName", when=_HAS_CONTACT),
@@ -261,7 +265,7 @@ def install_default_mappings(apps, user=None) -> list[Template]:
     """Install each template as active version 1 where its pair has no mapping yet.
 
     `apps` is the migration's app registry or django.apps.apps, so this runs on the historical
-    models in 0003_default_mappings as well as from the management command. Returns what it
+    models in 0004_default_mappings as well as from the management command. Returns what it
     installed; running it twice installs nothing the second time.
     """
     mapping_set_model = apps.get_model("integration", "MappingSet")

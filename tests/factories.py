@@ -71,7 +71,7 @@ class MappingSetFactory(factory.django.DjangoModelFactory):
     class Meta:
         model = MappingSet
 
-    # A pair the default templates (migration 0003) do not install, so tests start clean.
+    # A pair the default templates (migration 0004) do not install, so tests start clean.
     name = "Suppliers to Accounts"
     flow = Flow.CUSTOMERS
     source_object = "kashflow.Supplier"

@@ -470,9 +470,42 @@ def test_vat_rate_by_country_then_product(country, product, expected):
     assert rate == Decimal(expected)
 
 
+def test_vat_rate_reads_country_names_and_warns_about_unknown_ones():
+    vat = row("VATLevel", transform="vat_rate", country_path="Country", eu_rate="21")
+    assert value_of(vat, {"Country": "Republic of Ireland"}) == Decimal("21")
+    result = apply([vat], {"Country": "Narnia"}, defaults={"vat_rate": "20"})
+    assert result.payload == {"VATLevel": Decimal("20")}
+    assert result.warnings == [
+        "Row 1 (VATLevel): 'Narnia' is not a country kashforce knows, so it counts as unknown."
+    ]
+
+
 def test_vat_rate_for_eu_customers_can_be_set():
     vat = row("VATLevel", transform="vat_rate", country_path="Country", eu_rate="21")
     assert value_of(vat, {"Country": "NL"}) == Decimal("21")
+
+
+# Countries ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("billing_country", "code"),
+    [("United Kingdom", "GB"), ("  united   kingdom ", "GB"), ("UK", "GB"), ("Ireland", "IE"),
+     ("gb", "GB"), ("ZW", "ZW"), ("United States of America", "US"), ("", None)],
+)  # fmt: skip
+def test_as_country_code_turns_names_into_iso_codes(billing_country, code):
+    country = row("Addresses.0.CountryCode", "BillingCountry", as_country_code=True)
+    assert apply([country], {"BillingCountry": billing_country}).payload == {
+        "Addresses": [{"CountryCode": code}]
+    }
+
+
+def test_an_unknown_country_name_is_a_row_error_not_a_bad_code():
+    country = row("Addresses.0.CountryCode", "BillingCountry", as_country_code=True)
+    assert errors_of([country], {"BillingCountry": "Narnia"}) == [
+        "Row 1 (Addresses.0.CountryCode): 'Narnia' is not a country kashforce knows; "
+        "use its two-letter ISO code (GB, IE, FR)."
+    ]
 
 
 # Truncation --------------------------------------------------------------------------------
@@ -758,7 +791,7 @@ def test_default_customer_template_gives_the_expected_account():
         "City": "Leeds",
         "State": "West Yorkshire",
         "PostalCode": "LS12 6QD",
-        "Country": "GB",
+        "Country": "United Kingdom",  # KashFlow's CountryName: Salesforce holds names
     }
     assert result.payload == {
         "ExternalID__c": "PENNI001",
@@ -780,7 +813,7 @@ def test_default_customer_template_ships_to_the_delivery_address_when_there_is_o
         "ShippingCity": "Bradford",
         "ShippingState": None,
         "ShippingPostalCode": "BD4 7TT",
-        "ShippingCountry": "GB",
+        "ShippingCountry": "GB",  # no CountryName on this address: the code
     }
 
 

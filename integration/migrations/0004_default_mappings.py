@@ -10,7 +10,7 @@ def install(apps, schema_editor):
 
 
 class Migration(migrations.Migration):
-    dependencies = [("integration", "0002_roles")]
+    dependencies = [("integration", "0003_run_phases")]
 
     # Reversing leaves the mappings alone: by then people may have edited them.
     operations = [migrations.RunPython(install, migrations.RunPython.noop)]

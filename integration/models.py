@@ -10,6 +10,7 @@ from __future__ import annotations
 from datetime import timedelta
 
 from django.conf import settings
+from django.core.serializers.json import DjangoJSONEncoder
 from django.db import models, transaction
 from django.db.models import F, Q
 from django.utils import timezone
@@ -639,7 +640,8 @@ class SyncEvent(models.Model):
     source_id = models.CharField(max_length=100)
     target_object = models.CharField(max_length=80, blank=True)
     target_id = models.CharField(max_length=100, blank=True)
-    payload = models.JSONField(default=dict, blank=True)
+    # Money arrives as Decimal and is stored as its exact text (DjangoJSONEncoder), never a float.
+    payload = models.JSONField(default=dict, blank=True, encoder=DjangoJSONEncoder)
     content_hash = models.CharField(max_length=64, blank=True)
     dedupe_key = models.CharField(max_length=255, unique=True)
     status = models.CharField(max_length=20, choices=Status.choices, default=Status.PENDING)
@@ -725,6 +727,8 @@ class SyncEvent(models.Model):
             self.status, self.next_attempt_at = self.Status.FAILED_PERMANENT, None
         self.error_class = self.ErrorClass.PERMANENT if permanent else self.ErrorClass.TRANSIENT
         self.error_code, self.message, self.claimed_at = code[:100], message, None
+        if self.pk is None:
+            return  # a dry run's event: never recorded, so it only changes in memory
         self.save(
             update_fields=[
                 "status",
@@ -747,7 +751,8 @@ class SyncEvent(models.Model):
             self.target_id = target_id
         if content_hash:
             self.content_hash = content_hash
-        self.save()
+        if self.pk is not None:  # a dry run's event is never recorded
+            self.save()
 
     def retry(self, user=None) -> bool:
         """Put a failed or ignored event back in line at once. False if it was not failed."""

@@ -247,6 +247,20 @@ KASHFORCE = {
     "LOST_TASK_SECONDS": _read("KASHFORCE_LOST_TASK_SECONDS", env.int, 120),
     # Days to keep successful ledger rows (errors are kept until resolved).
     "LEDGER_RETENTION_DAYS": _read("KASHFORCE_LEDGER_RETENTION_DAYS", env.int, 90),
+    # Values the mappings fall back on (an invoice line's nominal code, a payment's method...).
+    "DEFAULTS": {
+        "nominal_code": _read("KASHFORCE_DEFAULT_NOMINAL_CODE", env.int, 4000),
+        "vat_rate": _read("KASHFORCE_DEFAULT_VAT_RATE", env.str, "20"),
+        "payment_method": _read("KASHFORCE_DEFAULT_PAYMENT_METHOD", env.str, ""),
+        "bank_account": _read("KASHFORCE_DEFAULT_BANK_ACCOUNT", env.str, ""),
+        "invoice_prefix": _read("KASHFORCE_INVOICE_PREFIX", env.str, ""),
+    },
+    # VAT rates by country code or KashFlow product code, e.g. "countries": {"IE": "23"}.
+    "VAT_RULES": _read("KASHFORCE_VAT_RULES", env.json, {}),
+    # Which Opportunities become invoices (a SOQL condition on Opportunity).
+    "INVOICE_WHEN": _read("KASHFORCE_INVOICE_WHEN", env.str, "IsWon = true AND Amount > 0"),
+    # Sync records through Bulk API 2.0 above this many in one write.
+    "BULK_THRESHOLD": _read("KASHFORCE_BULK_THRESHOLD", env.int, 2000),
     # Where the sandbox keeps its state and descriptor.
     "SANDBOX_STATE_DIR": _read("KASHFORCE_SANDBOX_DIR", env.str, str(VAR_DIR / "sandbox")),
 }

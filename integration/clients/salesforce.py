@@ -35,7 +35,7 @@ from urllib.parse import urlsplit
 import requests
 from django.conf import settings
 from django.utils import timezone
-from requests.adapters import HTTPAdapter
+from requests.adapters import BaseAdapter
 from simple_salesforce import Salesforce, SalesforceLogin
 from simple_salesforce.exceptions import (
     SalesforceAuthenticationFailed,
@@ -302,22 +302,26 @@ def budget_exhausted(connection: Connection) -> str | None:
 # Session and login
 
 
-class LoginHostAdapter(HTTPAdapter):
+class LoginHostAdapter(BaseAdapter):
     """Sends requests for a stand-in `https://x.salesforce.com` to the configured login URL.
 
     simple-salesforce can only log in at `https://{domain}.salesforce.com`; this is how a login
-    URL elsewhere (a proxy, the sandbox) is reached without changing the library.
+    URL elsewhere (a proxy, the sandbox) is reached without changing the library. The rewritten
+    request goes through whichever adapter the session has for the real URL.
     """
 
-    def __init__(self, stand_in: str, target: str, **kwargs):
-        super().__init__(**kwargs)
+    def __init__(self, session: requests.Session, stand_in: str, target: str):
+        super().__init__()
+        self.session = session
         self.stand_in = stand_in.rstrip("/")
         self.target = target.rstrip("/")
 
     def send(self, request, *args, **kwargs):
-        if request.url.startswith(self.stand_in):
-            request.url = self.target + request.url[len(self.stand_in) :]
-        return super().send(request, *args, **kwargs)
+        request.url = self.target + request.url[len(self.stand_in) :]
+        return self.session.get_adapter(request.url).send(request, *args, **kwargs)
+
+    def close(self) -> None:
+        pass
 
 
 def _salesforce_host_prefix(url: str) -> str | None:
@@ -382,7 +386,7 @@ def salesforce_session(connection: Connection) -> ApiSession:
     _, login_host, redirect = login_arguments(connection)
     if redirect:
         stand_in_url = f"https://{login_host}.salesforce.com/"
-        session.mount(stand_in_url, LoginHostAdapter(stand_in_url, connection.login_url))
+        session.mount(stand_in_url, LoginHostAdapter(session, stand_in_url, connection.login_url))
     return session
 
 

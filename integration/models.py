@@ -477,10 +477,15 @@ class SyncRun(models.Model):
     status = models.CharField(max_length=20, choices=Status.choices, default=Status.QUEUED)
     dry_run = models.BooleanField(default=False)
     full = models.BooleanField(default=False, help_text="Compare everything, not just changes.")
+    # What the run does instead of reading changes, e.g. {"requeue": {filters}} for a group retry.
+    params = models.JSONField(default=dict, blank=True)
     created_at = models.DateTimeField(default=timezone.now)
     started_at = models.DateTimeField(null=True, blank=True)
     finished_at = models.DateTimeField(null=True, blank=True)
     heartbeat_at = models.DateTimeField(null=True, blank=True)
+    # The run reads changes once (collect), then any number of workers process its events.
+    collect_started_at = models.DateTimeField(null=True, blank=True)
+    collected_at = models.DateTimeField(null=True, blank=True)
     read_count = models.PositiveIntegerField(default=0)
     written_count = models.PositiveIntegerField(default=0)
     skipped_count = models.PositiveIntegerField(default=0)
@@ -586,6 +591,27 @@ class SyncEventQuerySet(models.QuerySet):
 
     def for_record(self, record_id: str) -> SyncEventQuerySet:
         return self.filter(Q(source_id=record_id) | Q(target_id=record_id))
+
+    def matching(self, filters: dict) -> SyncEventQuerySet:
+        """The error queue's filters, shared by the page, the CSV export and the group retry.
+
+        Keys (all optional): flow, error_code, source_object, q (text in the record id or the
+        message), date_from, date_to (dates, inclusive).
+        """
+        qs = self
+        for key, lookup in (("flow", "flow"), ("source_object", "source_object")):
+            if filters.get(key):
+                qs = qs.filter(**{lookup: filters[key]})
+        if "error_code" in filters and filters["error_code"] is not None:
+            qs = qs.filter(error_code=filters["error_code"])
+        if filters.get("q"):
+            text = filters["q"].strip()
+            qs = qs.filter(Q(source_id=text) | Q(target_id=text) | Q(message__icontains=text))
+        if filters.get("date_from"):
+            qs = qs.filter(created_at__date__gte=filters["date_from"])
+        if filters.get("date_to"):
+            qs = qs.filter(created_at__date__lte=filters["date_to"])
+        return qs
 
 
 class SyncEvent(models.Model):

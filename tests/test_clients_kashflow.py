@@ -7,6 +7,7 @@ from decimal import Decimal
 import pytest
 import requests
 
+from integration.clients import http
 from integration.clients.errors import ApiError
 from integration.clients.kashflow import (
     KashFlowClient,
@@ -17,6 +18,8 @@ from integration.clients.kashflow import (
 from integration.models import Connection
 from tests.factories import KashFlowConnectionFactory
 from tests.fake_api import FakeApi, body_of, query_of, reply, use_fast_retries
+from tests.fixtures_sandbox import control
+from tests.sandbox_connections import calls, clear_faults, kashflow_connection, set_faults
 
 pytestmark = pytest.mark.django_db
 
@@ -482,3 +485,175 @@ def test_kashflow_dates_are_parsed_in_every_form_seen(text, expected):
 def test_a_calendar_date_is_written_at_midday_so_it_never_shifts():
     assert format_kashflow_date(date(2024, 3, 31)) == "2024-03-31 12:00:00"
     assert parse_kashflow_date(format_kashflow_date(date(2024, 3, 31))) == date(2024, 3, 31)
+
+
+# -- Over real sockets, against the sandbox -------------------------------------------------------
+
+
+@pytest.fixture
+def sandbox_kashflow(sandbox, settings, fast_retries):
+    settings.KASHFORCE = {**settings.KASHFORCE, "HTTP_TIMEOUT": (2.0, 0.3)}
+    return kashflow_connection(sandbox)
+
+
+def new_client(connection):
+    return KashFlowClient(Connection.objects.get(pk=connection.pk))
+
+
+def test_sandbox_sign_in_happens_once_for_many_calls_and_clients(sandbox, sandbox_kashflow):
+    first = new_client(sandbox_kashflow)
+    first.create_customer({"Code": "ACME01", "Name": "Acme Ltd"})
+    first.get_customer("ACME01")
+    new_client(sandbox_kashflow).get_customer("ACME01")
+
+    assert calls(sandbox, "kashflow", "POST /v2/sessiontoken") == 1
+    assert calls(sandbox, "kashflow", "PUT /v2/sessiontoken") == 1
+
+
+def test_sandbox_expired_token_is_renewed_once(sandbox, sandbox_kashflow):
+    client = new_client(sandbox_kashflow)
+    client.create_customer({"Code": "ACME01", "Name": "Acme Ltd"})
+    # 61 idle minutes: the token dies of inactivity.
+    control(sandbox.info["control"]["kashflow"], "clock", {"advance_seconds": 61 * 60})
+
+    assert new_client(sandbox_kashflow).get_customer("ACME01")["Name"] == "Acme Ltd"
+    assert calls(sandbox, "kashflow", "PUT /v2/sessiontoken") == 2
+
+
+def test_sandbox_a_token_that_keeps_dying_ends_in_an_error(sandbox, sandbox_kashflow):
+    client = new_client(sandbox_kashflow)
+    client.login()
+    set_faults(sandbox, "kashflow", ("GET /v2/bankaccounts", "expire_token", 1.0))
+
+    with pytest.raises(ApiError) as caught:
+        client.bank_accounts()
+
+    assert caught.value.code == "InvalidSessionToken"
+    assert calls(sandbox, "kashflow", "GET /v2/bankaccounts") == 2
+    assert calls(sandbox, "kashflow", "PUT /v2/sessiontoken") == 2  # the first and one more
+
+
+def test_sandbox_a_429_storm_is_waited_out_honouring_retry_after(
+    sandbox, sandbox_kashflow, fast_retries, monkeypatch
+):
+    client = new_client(sandbox_kashflow)
+    client.login()
+    set_faults(sandbox, "kashflow", ("GET /v2/nominals", "429", 1.0))
+    waits = []
+
+    def wait_then_calm(seconds):  # the storm passes while we wait
+        waits.append(seconds)
+        clear_faults(sandbox, "kashflow")
+
+    monkeypatch.setattr(http, "sleep", wait_then_calm)
+
+    assert client.nominals()
+    assert waits and waits[0] >= 1  # the sandbox says Retry-After: 1
+    assert calls(sandbox, "kashflow", "GET /v2/nominals") == 2
+
+
+@pytest.mark.parametrize(
+    ("kind", "status", "code"),
+    [
+        ("429", 429, None),
+        ("503", 503, None),
+        ("timeout", None, "timeout"),
+        ("reset", None, "connection_reset"),
+    ],
+)
+def test_sandbox_faults_that_do_not_clear_end_in_a_bounded_transient_error(
+    sandbox, sandbox_kashflow, fast_retries, kind, status, code
+):
+    client = new_client(sandbox_kashflow)
+    client.login()
+    set_faults(sandbox, "kashflow", ("GET /v2/bankaccounts", kind, 1.0, 1))
+
+    with pytest.raises(ApiError) as caught:
+        client.bank_accounts()
+
+    assert caught.value.transient
+    assert caught.value.status == status
+    assert code is None or caught.value.code == code
+    assert calls(sandbox, "kashflow", "GET /v2/bankaccounts") == 3  # HTTP_ATTEMPTS
+    assert len(fast_retries) == 2
+
+
+def test_sandbox_an_ambiguous_create_is_reported_and_not_repeated(sandbox, sandbox_kashflow):
+    client = new_client(sandbox_kashflow)
+    client.login()
+    set_faults(sandbox, "kashflow", ("POST /v2/customers", "ambiguous", 1.0))
+
+    with pytest.raises(ApiError) as caught:
+        client.create_customer({"Code": "ACME01", "Name": "Acme Ltd"})
+
+    assert caught.value.transient and caught.value.ambiguous
+    assert calls(sandbox, "kashflow", "POST /v2/customers") == 1
+    clear_faults(sandbox, "kashflow")
+    assert client.get_customer("ACME01")["Name"] == "Acme Ltd"  # it was saved
+
+
+def test_sandbox_invoices_round_trip_money_and_dates_exactly(sandbox, sandbox_kashflow):
+    client = new_client(sandbox_kashflow)
+    client.create_customer({"Code": "ACME01", "Name": "Acme Ltd"})
+    created = client.create_invoice(
+        {
+            "CustomerCode": "ACME01",
+            "CustomerReference": "SF-0061x000001",
+            "IssuedDate": date(2024, 3, 31),
+            "LineItems": [
+                {
+                    "Description": "Consulting",
+                    "Quantity": Decimal("1"),
+                    "Rate": Decimal("1234.5678"),
+                    "VATLevel": Decimal("20"),
+                    "NominalCode": 4000,
+                }
+            ],
+        }
+    )
+
+    invoice = client.get_invoice(created["Number"])
+    assert invoice["LineItems"][0]["Rate"] == Decimal("1234.5678")
+    assert isinstance(invoice["GrossAmount"], Decimal)
+    assert parse_kashflow_date(invoice["IssuedDate"]) == date(2024, 3, 31)
+    found = client.find_invoices_by_reference("SF-0061x000001")
+    assert [i["Number"] for i in found] == [created["Number"]]
+    client.update_invoice(created["Number"], {"CustomerReference": "SF-0061x000001-B"})
+    assert client.find_invoices_by_reference("SF-0061x000001") == []
+
+
+def test_sandbox_customers_changed_since_stops_at_the_watermark(sandbox, sandbox_kashflow):
+    client = new_client(sandbox_kashflow)
+    clock = sandbox.info["control"]["kashflow"]
+    for code in ("CUST01", "CUST02", "CUST03"):
+        client.create_customer({"Code": code, "Name": f"Customer {code}"})
+        control(clock, "clock", {"advance_seconds": 60})
+    watermark = parse_kashflow_datetime(client.get_customer("CUST02")["LastUpdatedDate"])
+    control(sandbox.info["control"]["kashflow"], "stats/reset", {})
+
+    changed = list(client.customers_changed_since(watermark))
+
+    assert [c["Code"] for c in changed] == ["CUST03", "CUST02"]
+    assert calls(sandbox, "kashflow", "GET /v2/customers/{code}") == 2
+    assert calls(sandbox, "kashflow", "GET /v2/customers") == 3  # one list page + two records
+
+
+def test_sandbox_reference_data(sandbox, sandbox_kashflow):
+    client = new_client(sandbox_kashflow)
+    assert any(n["Code"] == 4000 for n in client.nominals())
+    assert client.bank_accounts() and client.payment_methods() and client.vat_rates()
+    assert list(client.products()) == []  # the empty seed has none
+
+
+def test_sandbox_wrong_memorable_word_is_named_and_no_secret_leaks(sandbox, caplog):
+    connection = kashflow_connection(sandbox, memorable_word="zzzzzzzzzzzzzz")
+    password = sandbox.info["kashflow"]["password"]
+    caplog.set_level(logging.DEBUG)  # every logger, urllib3's included
+
+    with pytest.raises(ApiError) as caught:
+        KashFlowClient(connection).login()
+
+    assert caught.value.message == "KashFlow rejected the memorable word."
+    connection.refresh_from_db()
+    for text in (str(caught.value), caplog.text, connection.last_check_message):
+        assert password not in text and "zzzzzzzzzzzzzz" not in text

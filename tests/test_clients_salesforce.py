@@ -7,6 +7,7 @@ from decimal import Decimal
 import pytest
 from django.utils import timezone
 
+from integration.clients import http
 from integration.clients.errors import ApiError
 from integration.clients.salesforce import (
     OBJECT_MISSING,
@@ -18,6 +19,8 @@ from integration.clients.salesforce import (
 from integration.models import Connection
 from tests.factories import SalesforceConnectionFactory
 from tests.fake_api import FakeApi, body_of, query_of, reply, use_fast_retries
+from tests.fixtures_sandbox import control
+from tests.sandbox_connections import calls, clear_faults, salesforce_connection, set_faults
 
 pytestmark = pytest.mark.django_db
 
@@ -536,3 +539,207 @@ def test_budget_is_free_below_the_share_or_when_the_reading_is_stale(connection,
     settings.KASHFORCE = {**settings.KASHFORCE, "API_BUDGET_SHARE": 0.95}
     connection.record_api_usage(14000, 15000)
     assert budget_exhausted(connection) is None
+
+
+# -- Over real sockets, against the sandbox -------------------------------------------------------
+
+
+@pytest.fixture
+def sandbox_salesforce(sandbox, settings, fast_retries):
+    settings.KASHFORCE = {**settings.KASHFORCE, "HTTP_TIMEOUT": (2.0, 0.5)}
+    return salesforce_connection(sandbox)
+
+
+def new_client(connection):
+    return SalesforceClient(Connection.objects.get(pk=connection.pk))
+
+
+def accounts(count, start=0):
+    return [
+        {"ExternalID__c": f"CUST{i:04d}", "Name": f"Customer {i}"}
+        for i in range(start, start + count)
+    ]
+
+
+@pytest.mark.parametrize("method", ["sf_password", "sf_jwt", "sf_client_credentials"])
+def test_sandbox_every_sign_in_method_works_through_configuration(sandbox, method):
+    connection = salesforce_connection(sandbox, method)
+    client = SalesforceClient(connection)
+
+    assert client.missing_fields() == {}
+    assert client.instance_url == sandbox.info["salesforce"]["instance_url"]
+    assert calls(sandbox, "salesforce", "POST /services/") == 1  # SOAP or OAuth token
+
+
+def test_sandbox_the_token_is_reused_across_clients(sandbox, sandbox_salesforce):
+    new_client(sandbox_salesforce).describe("Account")
+    new_client(sandbox_salesforce).describe("Opportunity")
+
+    assert calls(sandbox, "salesforce", "POST /services/Soap") == 1
+
+
+def test_sandbox_an_invalid_token_means_one_new_login(sandbox, sandbox_salesforce):
+    new_client(sandbox_salesforce).describe("Account")
+    sandbox_salesforce.save_session(
+        {
+            "access_token": "00D000000000001!AQrevoked",
+            "instance_url": new_client(sandbox_salesforce).instance_url,
+        }
+    )
+
+    new_client(sandbox_salesforce).describe("Account")
+
+    assert calls(sandbox, "salesforce", "POST /services/Soap") == 2
+
+
+def test_sandbox_a_session_that_keeps_expiring_is_an_error_not_a_loop(sandbox, sandbox_salesforce):
+    client = new_client(sandbox_salesforce)
+    client.login()
+    set_faults(sandbox, "salesforce", ("GET /services/data/v59.0/query", "expire_token", 1.0))
+
+    with pytest.raises(ApiError) as caught:
+        list(client.query("SELECT Id FROM Account"))
+
+    assert caught.value.status == 401
+    assert calls(sandbox, "salesforce", "POST /services/Soap") == 2
+    assert calls(sandbox, "salesforce", "/query") == 2
+
+
+def test_sandbox_450_records_are_upserted_in_3_collection_calls(sandbox, sandbox_salesforce):
+    client = new_client(sandbox_salesforce)
+    client.login()
+    control(sandbox.info["control"]["salesforce"], "stats/reset", {})
+
+    results = client.upsert("Account", "ExternalID__c", accounts(450))
+    again = client.upsert("Account", "ExternalID__c", accounts(450))
+
+    assert all(r.success and r.created for r in results)
+    assert all(r.success and not r.created for r in again)
+    assert [r.id for r in again] == [r.id for r in results]
+    assert calls(sandbox, "salesforce", "composite/sobjects") == 6
+    assert calls(sandbox, "salesforce") == 6  # nothing else
+
+
+def test_sandbox_bulk_api_is_used_above_the_threshold(sandbox, sandbox_salesforce):
+    client = new_client(sandbox_salesforce)
+    records = accounts(5)
+    records[3] = {"ExternalID__c": "CUST0003"}  # no Name: that record fails alone
+
+    results = client.upsert("Account", "ExternalID__c", records, bulk_threshold=4)
+
+    assert [r.success for r in results] == [True, True, True, False, True]
+    assert results[3].error.code == "REQUIRED_FIELD_MISSING" and results[3].error.permanent
+    assert calls(sandbox, "salesforce", "composite") == 0
+    assert calls(sandbox, "salesforce", "jobs/ingest") >= 4
+    names = {r["ExternalID__c"] for r in client.query("SELECT ExternalID__c FROM Account")}
+    assert names == {"CUST0000", "CUST0001", "CUST0002", "CUST0004"}
+
+
+def test_sandbox_money_round_trips_exactly(sandbox, sandbox_salesforce):
+    # Currency fields hold 2 places. (The sandbox keeps numbers as floats, so a value past
+    # 15 significant digits would not survive it; exact encoding is tested at the seam above.)
+    amount = Decimal("1234.57")
+    client = new_client(sandbox_salesforce)
+    (result,) = client.create(
+        "Opportunity",
+        [
+            {
+                "Name": "Big deal",
+                "StageName": "Closed Won",
+                "CloseDate": "2024-03-31",
+                "Amount": amount,
+            }
+        ],
+    )
+    assert result.success, result.error
+
+    (deal,) = client.query(f"SELECT Amount, CloseDate FROM Opportunity WHERE Id = '{result.id}'")
+    assert deal["Amount"] == amount  # a float 1234.57 would not equal it
+    assert type(deal["Amount"]) is Decimal
+    assert deal["CloseDate"] == "2024-03-31"
+
+
+def test_sandbox_a_429_storm_is_waited_out(sandbox, sandbox_salesforce, monkeypatch):
+    client = new_client(sandbox_salesforce)
+    client.login()
+    set_faults(sandbox, "salesforce", ("PATCH /services/data", "429", 1.0))
+    waits = []
+
+    def wait_then_calm(seconds):
+        waits.append(seconds)
+        if len(waits) == 2:
+            clear_faults(sandbox, "salesforce")
+
+    monkeypatch.setattr(http, "sleep", wait_then_calm)
+
+    results = client.upsert("Account", "ExternalID__c", accounts(3))
+
+    assert all(r.success for r in results)
+    assert len(waits) == 2 and min(waits) >= 1  # Retry-After: 1 honoured
+    assert calls(sandbox, "salesforce", "composite/sobjects") == 3
+
+
+@pytest.mark.parametrize(
+    ("kind", "status", "code"),
+    [
+        ("429", 429, None),
+        ("503", 503, None),
+        ("timeout", None, "timeout"),
+        ("reset", None, "connection_reset"),
+    ],
+)
+def test_sandbox_faults_that_do_not_clear_end_in_a_bounded_transient_error(
+    sandbox, sandbox_salesforce, fast_retries, kind, status, code
+):
+    client = new_client(sandbox_salesforce)
+    client.login()
+    set_faults(sandbox, "salesforce", ("GET /services/data/v59.0/query", kind, 1.0, 1))
+
+    with pytest.raises(ApiError) as caught:
+        list(client.query("SELECT Id FROM Account"))
+
+    assert caught.value.transient and caught.value.status == status
+    assert code is None or caught.value.code == code
+    assert calls(sandbox, "salesforce", "/query") == 3  # HTTP_ATTEMPTS
+    assert len(fast_retries) == 2
+
+
+def test_sandbox_an_upsert_whose_answer_is_lost_is_safely_repeated(
+    sandbox, sandbox_salesforce, monkeypatch
+):
+    client = new_client(sandbox_salesforce)
+    client.login()
+    set_faults(sandbox, "salesforce", ("PATCH /services/data", "ambiguous", 1.0))
+    monkeypatch.setattr(http, "sleep", lambda seconds: clear_faults(sandbox, "salesforce"))
+
+    results = client.upsert("Account", "ExternalID__c", accounts(2))
+
+    assert all(r.success for r in results)
+    assert not any(r.created for r in results)  # the lost first attempt had created them
+    assert len(list(client.query("SELECT Id FROM Account"))) == 2
+
+
+def test_sandbox_an_ambiguous_create_is_reported_and_the_record_exists(sandbox, sandbox_salesforce):
+    client = new_client(sandbox_salesforce)
+    client.login()
+    set_faults(sandbox, "salesforce", ("POST /services/data", "ambiguous", 1.0))
+
+    with pytest.raises(ApiError) as caught:
+        client.create("Account", [{"Name": "Acme Ltd"}])
+
+    assert caught.value.transient and caught.value.ambiguous
+    assert calls(sandbox, "salesforce", "POST /services/data") == 1
+    clear_faults(sandbox, "salesforce")
+    assert [a["Name"] for a in client.query("SELECT Name FROM Account")] == ["Acme Ltd"]
+
+
+def test_sandbox_api_usage_is_stored_and_holds_back_scheduled_runs(sandbox, sandbox_salesforce):
+    control(sandbox.info["control"]["salesforce"], "limits", {"used": 12344})
+
+    new_client(sandbox_salesforce).describe("Account")
+
+    sandbox_salesforce.refresh_from_db()
+    assert (sandbox_salesforce.api_usage_used, sandbox_salesforce.api_usage_limit) == (12345, 15000)
+    assert budget_exhausted(sandbox_salesforce).startswith(
+        "Salesforce API use is at 12,345 of 15,000 calls today (82%)"
+    )

@@ -187,26 +187,23 @@ def error_from_exception(exc: SalesforceError, what: str) -> ApiError:
     items = _error_items(getattr(exc, "content", None))
     code = str(items[0].get("errorCode", "")) if items else ""
     detail = "; ".join(str(item.get("message", "")) for item in items) or f"HTTP {status}"
+    # A 401 here came straight after a fresh sign-in (see _call): the next attempt signs in anew.
+    transient = code in TRANSIENT_CODES or status in RETRY_STATUSES or status == 401
     if code == "REQUEST_LIMIT_EXCEEDED":
         message = (
             "Salesforce's API limit is used up (its daily allocation, or too many long calls "
             f"at once), so kashforce could not {what}; it will try again later."
         )
-    elif code in TRANSIENT_CODES or (status or 0) in RETRY_STATUSES:
-        message = f"Salesforce was busy and could not {what} ({detail}); kashforce will try again."
     elif status == 401:
         message = (
             f"Salesforce would not accept a fresh session to {what}; kashforce will try again."
         )
+    elif transient:
+        message = f"Salesforce was busy and could not {what} ({detail}); kashforce will try again."
     else:
         message = f"Salesforce could not {what}: {detail}"
-    permanent = not (code in TRANSIENT_CODES or (status or 0) in RETRY_STATUSES or status == 401)
     return ApiError(
-        message,
-        permanent=permanent,
-        system=SYSTEM,
-        code=code or str(status),
-        status=status,
+        message, permanent=not transient, system=SYSTEM, code=code or str(status), status=status
     )
 
 
@@ -333,50 +330,61 @@ def _salesforce_host_prefix(url: str) -> str | None:
 def login_arguments(connection: Connection) -> tuple[dict, str, bool]:
     """SalesforceLogin's keyword arguments, the host prefix it will post to ("login",
     "acme.my"), and whether that host is a stand-in to redirect to the configured login URL."""
-    login_url = connection.login_url or "https://login.salesforce.com"
-    prefix = _salesforce_host_prefix(login_url)  # None: the login URL is not on salesforce.com
+    prefix = _salesforce_host_prefix(connection.login_url or "https://login.salesforce.com")
     my_domain = _salesforce_host_prefix(connection.instance_url or "")
     if my_domain in ("login", "test"):
         my_domain = None
-    secrets = connection.get_secrets()
-    AuthMethod = Connection.AuthMethod
-    if connection.auth_method == AuthMethod.SF_PASSWORD:
-        kwargs = {
-            "username": connection.username,
-            "password": secrets.get("password", ""),
-            "security_token": secrets.get("security_token", ""),
-            "domain": prefix or "login",
-        }
-        login_host = kwargs["domain"]
-    elif connection.auth_method == AuthMethod.SF_JWT:
-        # The assertion's audience must be login or test.salesforce.com, while the token may be
-        # asked of a My Domain (simple-salesforce's `instance_url` is that host's prefix).
-        sandbox_org = prefix is not None and (prefix == "test" or ".sandbox." in f".{prefix}.")
-        token_host = prefix if prefix not in (None, "login", "test") else my_domain
-        kwargs = {
-            "username": connection.username,
-            "consumer_key": connection.consumer_key,
-            "privatekey": secrets.get("private_key", ""),
-            "domain": "test" if sandbox_org else "login",
-            "instance_url": token_host,
-        }
-        login_host = token_host or kwargs["domain"]
-    elif connection.auth_method == AuthMethod.SF_CLIENT_CREDENTIALS:
-        # Only a My Domain serves client credentials (login/test make simple-salesforce refuse
-        # with "INVALID AUTH", which we explain); a redirected login URL gets a stand-in one.
-        if prefix is None:
-            domain = my_domain or "kashforce-login.my"
-        else:
-            domain = prefix if prefix not in ("login", "test") else my_domain or prefix
-        kwargs = {
-            "consumer_key": connection.consumer_key,
-            "consumer_secret": secrets.get("consumer_secret", ""),
-            "domain": domain,
-        }
-        login_host = domain
-    else:
+    build = {
+        Connection.AuthMethod.SF_PASSWORD: _password_login,
+        Connection.AuthMethod.SF_JWT: _jwt_login,
+        Connection.AuthMethod.SF_CLIENT_CREDENTIALS: _client_credentials_login,
+    }.get(connection.auth_method)
+    if build is None:
         raise ValueError(f"{connection!r} has no Salesforce sign-in method")
-    return kwargs, login_host, prefix is None
+    kwargs, login_host = build(connection, connection.get_secrets(), prefix, my_domain)
+    return kwargs, login_host, prefix is None  # None: the login URL is not on salesforce.com
+
+
+def _password_login(connection, secrets, prefix, my_domain) -> tuple[dict, str]:
+    domain = prefix or "login"
+    return {
+        "username": connection.username,
+        "password": secrets.get("password", ""),
+        "security_token": secrets.get("security_token", ""),
+        "domain": domain,
+    }, domain
+
+
+def _jwt_login(connection, secrets, prefix, my_domain) -> tuple[dict, str]:
+    # The assertion's audience must be login or test.salesforce.com, while the token may be
+    # asked of a My Domain (simple-salesforce's `instance_url` is that host's prefix).
+    sandbox_org = prefix is not None and (prefix == "test" or ".sandbox." in f".{prefix}.")
+    audience = "test" if sandbox_org else "login"
+    token_host = prefix if prefix not in (None, "login", "test") else my_domain
+    return {
+        "username": connection.username,
+        "consumer_key": connection.consumer_key,
+        "privatekey": secrets.get("private_key", ""),
+        "domain": audience,
+        "instance_url": token_host,
+    }, token_host or audience
+
+
+def _client_credentials_login(connection, secrets, prefix, my_domain) -> tuple[dict, str]:
+    # Only a My Domain serves client credentials (given login/test, simple-salesforce refuses
+    # with "INVALID AUTH", which LOGIN_MESSAGES explains); a redirected login URL gets a
+    # stand-in My Domain.
+    if prefix is None:
+        domain = my_domain or "kashforce-login.my"
+    elif prefix in ("login", "test"):
+        domain = my_domain or prefix
+    else:
+        domain = prefix
+    return {
+        "consumer_key": connection.consumer_key,
+        "consumer_secret": secrets.get("consumer_secret", ""),
+        "domain": domain,
+    }, domain
 
 
 def salesforce_session(connection: Connection) -> ApiSession:

@@ -366,6 +366,27 @@ def test_customers_changed_since_reads_newest_first_and_stops_at_the_watermark(c
     assert len(api.calls("GET", "/v2/customers/.+")) == 3  # one GET per changed customer
 
 
+def test_when_summaries_carry_no_dates_the_full_records_decide_where_to_stop(connection, api):
+    # The published spec's summaries have no LastUpdatedDate (the sandbox adds it).
+    full = {
+        "CUST03": customer("CUST03", "2024-10-09 13:00:00"),
+        "CUST02": customer("CUST02", "2024-10-09 12:00:00"),
+        "CUST01": customer("CUST01", "2024-10-08 12:00:00"),
+    }
+    summaries = [{"Code": code, "Name": c["Name"]} for code, c in full.items()]
+    api.on("GET", "/v2/customers", reply(200, page(summaries)))
+    api.on(
+        "GET",
+        "/v2/customers/(CUST0.)",
+        lambda request: reply(200, full[request.url.rsplit("/", 1)[1]])(request),
+    )
+
+    changed = client_for(connection, api).customers_changed_since(datetime(2024, 10, 9, 12))
+
+    assert [c["Code"] for c in changed] == ["CUST03", "CUST02"]
+    assert len(api.calls("GET", "/v2/customers/.+")) == 3  # one look past the watermark
+
+
 def test_without_a_watermark_every_customer_is_read(connection, api):
     api.on("GET", "/v2/customers", reply(200, page([customer("CUST01", "2024-10-08 12:00:00")])))
     api.on("GET", "/v2/customers/CUST01", reply(200, customer("CUST01", "2024-10-08 12:00:00")))

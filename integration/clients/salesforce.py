@@ -691,7 +691,7 @@ def _csv_value(value) -> str:
 def _bulk_record_error(text: str, sobject: str, key: str) -> ApiError:
     # sf__Error reads "REQUIRED_FIELD_MISSING:Required fields are missing: [Name]:Name --"
     code, _, rest = text.partition(":")
-    detail = rest.rsplit(":", 1)[0] if rest.count(":") else rest
+    detail = re.sub(r":[^:]* --\s*$", "", rest)  # drop the trailing ":Field1,Field2 --"
     return ApiError(
         f"Salesforce could not save {sobject} {key}: {detail.strip() or text}",
         permanent=code not in TRANSIENT_CODES,

@@ -220,6 +220,23 @@ def test_secrets_stay_out_of_errors_and_logs(connection, api, caplog):
     assert "[redacted]" in str(caught.value)
 
 
+def test_a_session_token_echoed_back_is_redacted(connection, api):
+    api.on(
+        "GET",
+        "/v2/customers/ACME01",
+        reply(400, {"Error": "Oops", "Message": f"Token {SESSION} may not read this."}),
+    )
+
+    with pytest.raises(ApiError) as caught:
+        client_for(connection, api).get_customer("ACME01")
+
+    assert SESSION not in str(caught.value)
+    assert (
+        caught.value.message
+        == "KashFlow could not read customer ACME01: Token [redacted] may not read this."
+    )
+
+
 # -- Transient failures ---------------------------------------------------------------------------
 
 

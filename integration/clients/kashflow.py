@@ -32,6 +32,7 @@ import requests
 from integration.clients.errors import ApiError, network_error
 from integration.clients.http import RETRY_STATUSES, ApiSession, dumps, retry_after_seconds
 from integration.models import Connection
+from integration.secrets import remember
 
 log = logging.getLogger(__name__)
 
@@ -189,6 +190,7 @@ class KashFlowClient:
                 self.connection.record_check(False, exc.message)
             raise
         self._token = step2["SessionToken"]
+        remember(self._token)  # redacted from logs from now on, like every decrypted secret
         self.connection.save_session({"token": self._token})
         log.info("kashflow signed in connection=%s", self.connection.pk)
         return step2

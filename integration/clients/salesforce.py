@@ -48,6 +48,7 @@ from integration.clients import http
 from integration.clients.errors import ApiError, network_error
 from integration.clients.http import RETRY_STATUSES, ApiSession, dumps
 from integration.models import Connection
+from integration.secrets import remember
 
 log = logging.getLogger(__name__)
 
@@ -432,6 +433,7 @@ class SalesforceClient:
             raise error from None
         except requests.RequestException as exc:
             raise network_error(SYSTEM, "GET", exc) from None  # a login repeats safely
+        remember(token)  # redacted from logs from now on, like every decrypted secret
         cached = {"access_token": token, "instance_url": f"https://{instance}"}
         self.connection.save_session(cached)
         self._sf = None

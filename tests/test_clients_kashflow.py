@@ -221,16 +221,18 @@ def test_secrets_stay_out_of_errors_and_logs(connection, api, caplog):
 
 
 def test_a_session_token_echoed_back_is_redacted(connection, api):
+    fresh = "0F1E2D3C-ECHO-4B5A-9687-A1B2C3D4E5F6"  # never stored, so never decrypted
+    api.on("PUT", "/v2/sessiontoken", reply(200, STEP2 | {"SessionToken": fresh}))
     api.on(
         "GET",
         "/v2/customers/ACME01",
-        reply(400, {"Error": "Oops", "Message": f"Token {SESSION} may not read this."}),
+        reply(400, {"Error": "Oops", "Message": f"Token {fresh} may not read this."}),
     )
 
     with pytest.raises(ApiError) as caught:
         client_for(connection, api).get_customer("ACME01")
 
-    assert SESSION not in str(caught.value)
+    assert fresh not in str(caught.value)
     assert (
         caught.value.message
         == "KashFlow could not read customer ACME01: Token [redacted] may not read this."

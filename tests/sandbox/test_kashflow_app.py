@@ -642,3 +642,19 @@ def test_seeded_invoices_add_up(app, api):
         assert invoice["NetAmount"] == net
         assert invoice["GrossAmount"] == net + vat
         assert invoice["DueAmount"] == net + vat - paid
+
+
+def test_codes_are_found_whatever_their_case(api):
+    api.post("/v2/customers", customer_body(code="Acme001"))
+    api.post("/v2/products", {"Code": "Widget", "NominalCode": 4000})
+    assert api.get("/v2/customers/ACME001")[1]["Code"] == "Acme001"
+    assert api.get("/v2/products/4000/WIDGET")[1]["Code"] == "Widget"
+    assert api.post("/v2/products", {"Code": "WIDGET", "NominalCode": 4000})[0] == 400
+
+
+def test_invoice_list_filters_by_issue_date_range(api):
+    api.post("/v2/customers", customer_body())
+    for day in ("2024-01-31", "2024-02-01", "2024-02-29", "2024-03-01"):
+        api.post("/v2/invoices", invoice_body(IssuedDate=day))
+    _, page = api.get("/v2/invoices?issuedatefrom=2024-02-01&issuedateto=2024-02-29")
+    assert [i["IssuedDate"] for i in page["Data"]] == ["2024-02-01 12:00:00", "2024-02-29 12:00:00"]

@@ -1,5 +1,6 @@
 """The KashFlow simulator over real sockets, driven with `requests` as a real client would."""
 
+from concurrent.futures import ThreadPoolExecutor
 from decimal import Decimal
 
 import pytest
@@ -172,3 +173,19 @@ def test_control_reset_with_a_sized_seed_and_stats_per_route(kashflow, kf_contro
     kashflow.request("GET", "/customers/NOPE")
     calls = control(kf_control, "stats")["calls"]
     assert calls["GET /v2/customers/{code}"] == 1
+
+
+def test_concurrent_invoice_posts_get_distinct_numbers(kashflow):
+    make_customer(kashflow)
+    line = {"Quantity": 1, "Rate": 10, "VATLevel": 20, "NominalCode": 4000}
+    body = {"CustomerCode": "ACME001", "LineItems": [line]}
+
+    def post(_):
+        client = KashFlow(kashflow.info)
+        client.token = kashflow.token
+        return client.json("POST", "/invoices", json=body)
+
+    with ThreadPoolExecutor(8) as pool:
+        results = list(pool.map(post, range(40)))
+    assert {status for status, _ in results} == {201}
+    assert sorted(invoice["Number"] for _, invoice in results) == list(range(1, 41))

@@ -238,6 +238,16 @@ KASHFORCE = {
         _read("KASHFORCE_HTTP_CONNECT_TIMEOUT", env.float, 5.0),
         _read("KASHFORCE_HTTP_READ_TIMEOUT", env.float, 60.0),
     ),
+    # Attempts per HTTP call for transient failures (429, 5xx, timeouts, resets), and the first
+    # backoff in seconds (doubling, with jitter). A Retry-After longer than HTTP_MAX_WAIT is not
+    # slept through: the call fails as transient and the sync engine reschedules the work.
+    "HTTP_ATTEMPTS": _read("KASHFORCE_HTTP_ATTEMPTS", env.int, 4),
+    "HTTP_BACKOFF": _read("KASHFORCE_HTTP_BACKOFF", env.float, 1.0),
+    "HTTP_MAX_WAIT": _read("KASHFORCE_HTTP_MAX_WAIT", env.float, 60.0),
+    # Salesforce writes of more records than this go through Bulk API 2.0 instead of sObject
+    # Collections (200 a call); Bulk jobs are polled every BULK_POLL seconds.
+    "BULK_THRESHOLD": _read("KASHFORCE_BULK_THRESHOLD", env.int, 2000),
+    "BULK_POLL": _read("KASHFORCE_BULK_POLL", env.float, 2.0),
     # A task works on a run for this long, then hands over to a fresh task (stays far below
     # Q_TIMEOUT, so a long initial load never gets killed mid-way).
     "TASK_SLICE_SECONDS": _read("KASHFORCE_TASK_SLICE_SECONDS", env.int, 120),

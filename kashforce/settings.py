@@ -269,8 +269,6 @@ KASHFORCE = {
     "VAT_RULES": _read("KASHFORCE_VAT_RULES", env.json, {}),
     # Which Opportunities become invoices (a SOQL condition on Opportunity).
     "INVOICE_WHEN": _read("KASHFORCE_INVOICE_WHEN", env.str, "IsWon = true AND Amount > 0"),
-    # Sync records through Bulk API 2.0 above this many in one write.
-    "BULK_THRESHOLD": _read("KASHFORCE_BULK_THRESHOLD", env.int, 2000),
     # Where the sandbox keeps its state and descriptor.
     "SANDBOX_STATE_DIR": _read("KASHFORCE_SANDBOX_DIR", env.str, str(VAR_DIR / "sandbox")),
 }

@@ -62,3 +62,8 @@ def calls(sandbox, system, contains=""):
     """How many calls the simulator answered whose route template contains `contains`."""
     stats = control(sandbox.info["control"][system], "stats")
     return sum(n for template, n in stats["calls"].items() if contains in template)
+
+
+def connect_both(sandbox, method="sf_password"):
+    """Active Salesforce and KashFlow connections to the sandbox, as the flows use them."""
+    return salesforce_connection(sandbox, method=method), kashflow_connection(sandbox)

@@ -379,10 +379,24 @@ def test_customers_changed_since_reads_newest_first_and_stops_at_the_watermark(c
     assert query_of(lists[0]) | {"page": "1"} == {
         "sortby": "LastUpdatedDate",
         "order": "desc",
-        "perpage": "100",
+        "perpage": "200",
         "page": "1",
     }
     assert len(api.calls("GET", "/v2/customers/.+")) == 3  # one GET per changed customer
+
+
+def test_summaries_only_walk_costs_list_calls_alone(connection, api):
+    summaries = [
+        customer("CUST02", "2024-10-09 12:00:00"),
+        customer("CUST01", "2024-10-08 12:00:00"),
+    ]
+    api.on("GET", "/v2/customers", reply(200, page(summaries, None, 2)))
+    watermark = parse_kashflow_datetime("2024-10-09 00:00:00")
+    changed = list(
+        client_for(connection, api).customers_changed_since(watermark, full_records=False)
+    )
+    assert [c["Code"] for c in changed] == ["CUST02"]
+    assert api.calls("GET", "/v2/customers/.+") == []
 
 
 def test_when_summaries_carry_no_dates_the_full_records_decide_where_to_stop(connection, api):

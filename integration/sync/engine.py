@@ -271,9 +271,10 @@ def record_change(
 ) -> SyncEvent | None:
     """Record one source record as a SyncEvent; returns None if this change is already known.
 
-    The dedupe key is the record plus its version (a modification stamp) when the source has
-    one, or the content hash when it does not: the same change seen twice (poll and push, or the
-    cursor's overlap) is one event, while A → B → A is three. A newer version of a record whose
+    The dedupe key is the record plus `version`, which the flow chooses to identify one change
+    (a modification stamp, with the content hash where stamps are coarse), or the content hash
+    when it gives none: the same change seen twice (poll and push, or the cursor's overlap) is
+    one event, while A → B → A is three. A newer version of a record whose
     event is still waiting replaces that event's payload, so stale data is never written.
     """
     flow = ctx.run.flow
@@ -361,8 +362,11 @@ def dry_run(flow_name: str, *, full: bool = False, user=None) -> list[PlannedWri
         if event.is_error:
             plans.append(
                 PlannedWrite(
-                    source_object=event.source_object, source_id=event.source_id,
-                    target_object=event.target_object, action="fail", payload={},
+                    source_object=event.source_object,
+                    source_id=event.source_id,
+                    target_object=event.target_object,
+                    action="fail",
+                    payload={},
                     problem=event.message,
                 )
             )

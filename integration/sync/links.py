@@ -49,7 +49,9 @@ class Links:
             return None
         return ref.kashflow_key if side == "salesforce" else ref.salesforce_id
 
-    def link(self, object_type: str, *, salesforce_id: str | None, kashflow_key: str | None) -> CrossRef:
+    def link(
+        self, object_type: str, *, salesforce_id: str | None, kashflow_key: str | None
+    ) -> CrossRef:
         """Record that these two ids are the same thing (idempotent; fills in a missing side)."""
         ref = self.get(object_type, "salesforce", salesforce_id) or self.get(
             object_type, "kashflow", kashflow_key
@@ -72,13 +74,19 @@ class Links:
         now = timezone.now()
         if side == "salesforce":
             ref.salesforce_hash, ref.salesforce_synced_at = payload_hash, now
-            CrossRef.objects.filter(pk=ref.pk).update(salesforce_hash=payload_hash, salesforce_synced_at=now)
+            CrossRef.objects.filter(pk=ref.pk).update(
+                salesforce_hash=payload_hash, salesforce_synced_at=now
+            )
         else:
             ref.kashflow_hash, ref.kashflow_synced_at = payload_hash, now
-            CrossRef.objects.filter(pk=ref.pk).update(kashflow_hash=payload_hash, kashflow_synced_at=now)
+            CrossRef.objects.filter(pk=ref.pk).update(
+                kashflow_hash=payload_hash, kashflow_synced_at=now
+            )
 
 
-def _find_or_create(object_type: str, salesforce_id: str | None, kashflow_key: str | None) -> CrossRef:
+def _find_or_create(
+    object_type: str, salesforce_id: str | None, kashflow_key: str | None
+) -> CrossRef:
     lookups = []
     if salesforce_id:
         lookups.append({"salesforce_id": salesforce_id})

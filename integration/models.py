@@ -479,10 +479,15 @@ class SyncRun(models.Model):
     status = models.CharField(max_length=20, choices=Status.choices, default=Status.QUEUED)
     dry_run = models.BooleanField(default=False)
     full = models.BooleanField(default=False, help_text="Compare everything, not just changes.")
+    # What the run does instead of reading changes, e.g. {"requeue": {filters}} for a group retry.
+    params = models.JSONField(default=dict, blank=True)
     created_at = models.DateTimeField(default=timezone.now)
     started_at = models.DateTimeField(null=True, blank=True)
     finished_at = models.DateTimeField(null=True, blank=True)
     heartbeat_at = models.DateTimeField(null=True, blank=True)
+    # The run reads changes once (collect), then any number of workers process its events.
+    collect_started_at = models.DateTimeField(null=True, blank=True)
+    collected_at = models.DateTimeField(null=True, blank=True)
     read_count = models.PositiveIntegerField(default=0)
     written_count = models.PositiveIntegerField(default=0)
     skipped_count = models.PositiveIntegerField(default=0)
@@ -593,8 +598,8 @@ class SyncEventQuerySet(models.QuerySet):
         return self.filter(Q(source_id__in=record_ids) | Q(target_id__in=record_ids))
 
     def matching(self, filters: dict) -> SyncEventQuerySet:
-        """The error queue's filters, shared by its page, its CSV export and "Retry the whole
-        group", so all three always mean the same events.
+        """The error queue's filters, shared by its page, its CSV export and the group retry
+        (engine.start_bulk_retry), so all three always mean the same events.
 
         Keys, all optional: flow, source_object, error_class, error_code (None = any code,
         "" = events with no code), q (a record id, or text in the message), date_from and

@@ -1,6 +1,6 @@
 from django.urls import path
 
-from integration import views
+from integration import views, webhooks
 
 app_name = "dashboard"
 
@@ -28,4 +28,9 @@ urlpatterns = [
     path("mappings/<int:pk>/preview/", views.mapping_preview, name="mapping_preview"),
     path("mappings/<int:pk>/history/", views.mapping_history, name="mapping_history"),
     path("mappings/<int:pk>/rollback/", views.mapping_rollback, name="mapping_rollback"),
+    path(
+        "hooks/salesforce/outbound/<str:secret>/",
+        webhooks.salesforce_outbound,
+        name="salesforce_outbound",
+    ),
 ]

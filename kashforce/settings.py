@@ -127,7 +127,6 @@ else:
         }
     }
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
-FORMS_URLFIELD_ASSUME_HTTPS = True
 
 # The job queue (django-q2). The database is the source of truth for work; the queue is only a
 # doorbell, and a periodic sweeper re-enqueues what a lost message left behind.
@@ -174,7 +173,9 @@ USE_I18N = True
 USE_TZ = True
 
 STATIC_URL = "static/"
-STATIC_ROOT = BASE_DIR / "staticfiles"
+STATIC_ROOT = VAR_DIR / "static"  # collectstatic's output; whitenoise serves it
+STATIC_ROOT.mkdir(exist_ok=True)
+WHITENOISE_USE_FINDERS = DEBUG
 STATICFILES_DIRS = [BASE_DIR / "static"]
 STORAGES = {
     "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},
@@ -237,6 +238,15 @@ KASHFORCE = {
         _read("KASHFORCE_HTTP_CONNECT_TIMEOUT", env.float, 5.0),
         _read("KASHFORCE_HTTP_READ_TIMEOUT", env.float, 60.0),
     ),
+    # A task works on a run for this long, then hands over to a fresh task (stays far below
+    # Q_TIMEOUT, so a long initial load never gets killed mid-way).
+    "TASK_SLICE_SECONDS": _read("KASHFORCE_TASK_SLICE_SECONDS", env.int, 120),
+    # Work claimed but not finished for this long is taken to belong to a dead worker.
+    "STALE_AFTER_SECONDS": _read("KASHFORCE_STALE_AFTER_SECONDS", env.int, 900),
+    # A run still queued after this long lost its queue message; the sweeper enqueues it again.
+    "LOST_TASK_SECONDS": _read("KASHFORCE_LOST_TASK_SECONDS", env.int, 120),
+    # Days to keep successful ledger rows (errors are kept until resolved).
+    "LEDGER_RETENTION_DAYS": _read("KASHFORCE_LEDGER_RETENTION_DAYS", env.int, 90),
     # Where the sandbox keeps its state and descriptor.
     "SANDBOX_STATE_DIR": _read("KASHFORCE_SANDBOX_DIR", env.str, str(VAR_DIR / "sandbox")),
 }

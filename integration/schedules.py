@@ -1,0 +1,65 @@
+"""The job schedules kashforce needs, kept in step with settings after every migrate."""
+
+from datetime import UTC
+
+from django.conf import settings
+
+from integration.models import Flow
+from integration.sync.engine import schedule_name
+
+
+def wanted_schedules() -> list[dict]:
+    from django_q.models import Schedule
+
+    minutes = settings.KASHFORCE["SYNC_INTERVAL_MINUTES"]
+    schedules = [
+        {
+            "name": schedule_name(flow),
+            "func": "integration.tasks.scheduled_sync",
+            "args": repr(flow),
+            "schedule_type": Schedule.MINUTES,
+            "minutes": minutes,
+        }
+        for flow in Flow.values
+    ]
+    schedules += [
+        {
+            "name": "kashforce: sweeper",
+            "func": "integration.tasks.sweep",
+            "schedule_type": Schedule.MINUTES,
+            "minutes": 1,
+        },
+        {
+            "name": "kashforce: nightly cleanup",
+            "func": "integration.tasks.cleanup",
+            "schedule_type": Schedule.DAILY,
+            "next_run": _next_quiet_hour(),
+        },
+    ]
+    return schedules
+
+
+def _next_quiet_hour():
+    """02:30 UTC tomorrow: the cleanup runs while nobody works (DAILY keeps that hour after)."""
+    from datetime import datetime, time, timedelta
+
+    tomorrow = datetime.now(UTC).date() + timedelta(days=1)
+    return datetime.combine(tomorrow, time(2, 30), tzinfo=UTC)
+
+
+def install_schedules(**kwargs) -> int:
+    """Create or update kashforce's schedules; returns how many were created."""
+    from django_q.models import Schedule
+
+    created = 0
+    for spec in wanted_schedules():
+        defaults = {k: v for k, v in spec.items() if k not in ("name", "next_run")}
+        create_defaults = {
+            **defaults,
+            **({"next_run": spec["next_run"]} if "next_run" in spec else {}),
+        }
+        _, was_created = Schedule.objects.update_or_create(
+            name=spec["name"], defaults=defaults, create_defaults=create_defaults
+        )
+        created += was_created
+    return created

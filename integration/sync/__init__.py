@@ -1,0 +1,1 @@
+"""The flows and the engine that runs them (see engine.py)."""

@@ -1,0 +1,569 @@
+"""The sync engine: runs, claims and the sweeper. Flows plug in through the `Flow` protocol.
+
+A run has two phases. *Collect* reads changes from the source (from a cursor) and records each as
+a SyncEvent; exactly one worker collects, chosen by a conditional UPDATE. *Process* claims due
+events in batches (SELECT … FOR UPDATE SKIP LOCKED on PostgreSQL; SQLite's IMMEDIATE transactions
+serialise writers, which gives the same guarantee) and hands each batch to the flow, which maps,
+writes and records every outcome. Any number of workers may process one run's events at once.
+
+The job queue only rings the doorbell. A task that is lost (Redis), delivered twice (the ORM broker
+is at-least-once) or killed half-way changes nothing that the ledger does not already say: the
+sweeper finds stale work from the ledger and sets it going again.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Protocol
+
+from django.conf import settings
+from django.db import IntegrityError, transaction
+from django.db.models import Count, F, Q
+from django.utils import timezone
+
+from integration.models import (
+    Connection,
+    SyncEvent,
+    SyncRun,
+    Trigger,
+    content_hash,
+)
+from integration.models import (
+    Flow as FlowName,
+)
+from integration.secrets import redact
+
+log = logging.getLogger(__name__)
+
+OPEN_STATUSES = [
+    SyncEvent.Status.PENDING,
+    SyncEvent.Status.FAILED_TRANSIENT,
+    SyncEvent.Status.FAILED_PERMANENT,
+]
+
+
+def _setting(name: str):
+    return settings.KASHFORCE[name]
+
+
+# --------------------------------------------------------------------------------------------
+# Flows
+
+
+@dataclass
+class RunContext:
+    """What a flow gets while it works on a run."""
+
+    run: SyncRun
+    deadline: float  # time.monotonic() after which a worker hands over to a fresh task
+    cache: dict = field(default_factory=dict)  # per-task memo: clients, prefetched cross-refs
+    seen: int = 0  # source records read, not yet added to the run's counters
+    recorded: int = 0  # events recorded (new or changed) by this collect
+    on_progress: Callable[[SyncRun], None] | None = None  # the foreground command's display
+    hand_over: bool = True  # False: the caller loops instead of enqueueing a continuation
+
+    @property
+    def dry_run(self) -> bool:
+        return self.run.dry_run
+
+    def time_left(self) -> float:
+        return self.deadline - time.monotonic()
+
+    def flush_counts(self) -> None:
+        """Add what was read so far to the run (also its heartbeat); cheap to call per page."""
+        if self.seen:
+            self.run.add_counts(read=self.seen)
+            self.seen = 0
+            self.report()
+
+    def report(self) -> None:
+        if self.on_progress:
+            self.on_progress(self.run)
+
+    def plan(self, event: SyncEvent, **write) -> None:
+        """In a dry run, note a write the flow would make (the flow then writes nothing)."""
+        self.cache.setdefault("plans", []).append(
+            PlannedWrite(source_object=event.source_object, source_id=event.source_id, **write)
+        )
+
+
+@dataclass
+class PlannedWrite:
+    """One write a dry run would have made, with the field-by-field difference it would make."""
+
+    source_object: str
+    source_id: str
+    target_object: str
+    action: str  # "create", "update" or "upsert"
+    payload: dict
+    target_id: str = ""
+    current: dict | None = None  # the target record as it is now, when it exists
+
+    @property
+    def diff(self) -> list[tuple[str, object, object]]:
+        current = self.current or {}
+        return [
+            (name, current.get(name), value)
+            for name, value in self.payload.items()
+            if str(current.get(name, "")) != str(value if value is not None else "")
+        ]
+
+    def describe(self) -> str:
+        target = f"{self.target_object} {self.target_id}".strip()
+        lines = [f"{self.action} {target} from {self.source_object} {self.source_id}"]
+        for name, before, after in self.diff:
+            lines.append(f"    {name}: {before!r} -> {after!r}")
+        return "\n".join(lines)
+
+
+class Flow(Protocol):
+    name: str
+    batch_size: int
+
+    def collect(self, ctx: RunContext) -> None:
+        """Read changes from the source since the cursor and `record_change` each one."""
+
+    def process(self, events: list[SyncEvent], ctx: RunContext) -> None:
+        """Map and write a batch of claimed events, marking each succeeded, skipped or failed."""
+
+
+_registry: dict[str, Flow] = {}
+
+
+def register(flow: Flow) -> Flow:
+    _registry[flow.name] = flow
+    return flow
+
+
+def get_flow(name: str) -> Flow:
+    """The flow for a name. Flows live in integration/sync/<name>.py and register on import."""
+    if name not in _registry:
+        try:
+            importlib.import_module(f"integration.sync.{name}")
+        except ModuleNotFoundError as exc:
+            if exc.name != f"integration.sync.{name}":
+                raise
+    if name not in _registry:
+        raise LookupError(f"The {FlowName(name).label} flow is not available in this version.")
+    return _registry[name]
+
+
+# --------------------------------------------------------------------------------------------
+# Starting runs
+
+
+def ring(task: str, *args) -> None:
+    """Enqueue a task once the current transaction commits (the row it names must exist)."""
+    from django_q.tasks import async_task
+
+    transaction.on_commit(lambda: async_task(task, *args, group="kashforce"))
+
+
+@transaction.atomic
+def start_run(
+    flow: str, trigger: str, user=None, *, dry_run: bool = False, full: bool = False, params=None
+) -> SyncRun:
+    """Create a run for a flow and enqueue it; an unfinished run of the flow is returned instead.
+
+    One unfinished run per flow keeps a double-clicked "Sync now", a schedule and a push from
+    reading the same changes three times. The queue is rung either way: an extra task on a
+    running run only joins its processing, and it guarantees that an event recorded just before
+    this call is picked up even if the run was about to finish (see _finish_if_done).
+    """
+    FlowName(flow)  # ValueError for an unknown flow name
+    run = None
+    if not dry_run and not params:
+        run = (
+            SyncRun.objects.select_for_update()
+            .unfinished()
+            .filter(flow=flow, dry_run=False, params={})
+            .first()
+        )
+    if run is None:
+        run = SyncRun.objects.create(
+            flow=flow,
+            trigger=trigger,
+            triggered_by=user if getattr(user, "pk", None) else None,
+            dry_run=dry_run,
+            full=full,
+            params=params or {},
+        )
+    ring("integration.tasks.run_flow", run.pk)
+    return run
+
+
+def start_bulk_retry(filters: dict, user) -> SyncRun:
+    """Retry a whole group of errors in the background: a run that re-queues every unresolved
+    event matching `filters` (a group is always within one flow), then processes them."""
+    if not filters.get("flow"):
+        raise ValueError("A group retry needs a flow.")
+    clean = {k: v for k, v in filters.items() if v not in (None, "") or k == "error_code"}
+    return start_run(filters["flow"], Trigger.RETRY, user, params={"requeue": _jsonable(clean)})
+
+
+def retry_events(event_ids: list[int], user) -> int:
+    """Put failed events back in line and ring the queue for their flows; returns how many."""
+    events = SyncEvent.objects.filter(pk__in=event_ids).exclude(
+        status__in=[SyncEvent.Status.PENDING, SyncEvent.Status.RUNNING, SyncEvent.Status.SUCCEEDED]
+    )
+    retried = [event for event in events if event.retry(user)]
+    for flow in {event.flow for event in retried}:
+        start_run(flow, Trigger.RETRY, user)
+    return len(retried)
+
+
+def next_run_at(flow: str) -> datetime | None:
+    from django_q.models import Schedule
+
+    schedule = Schedule.objects.filter(name=schedule_name(flow)).first()
+    return schedule.next_run if schedule else None
+
+
+def schedule_name(flow: str) -> str:
+    return f"kashforce: sync {flow}"
+
+
+def _jsonable(filters: dict) -> dict:
+    return {k: v.isoformat() if hasattr(v, "isoformat") else v for k, v in filters.items()}
+
+
+# --------------------------------------------------------------------------------------------
+# Recording changes
+
+
+def record_change(
+    ctx: RunContext,
+    *,
+    direction: str,
+    source_object: str,
+    source_id: str,
+    payload: dict,
+    version: str = "",
+    target_object: str = "",
+) -> SyncEvent | None:
+    """Record one source record as a SyncEvent; returns None if this change is already known.
+
+    The dedupe key is the record plus its version (a modification stamp) when the source has
+    one, or the content hash when it does not: the same change seen twice (poll and push, or the
+    cursor's overlap) is one event, while A → B → A is three. A newer version of a record whose
+    event is still waiting replaces that event's payload, so stale data is never written.
+    """
+    flow = ctx.run.flow
+    if ctx.dry_run:
+        event = SyncEvent(
+            flow=flow,
+            direction=direction,
+            source_object=source_object,
+            source_id=source_id,
+            target_object=target_object,
+            payload=payload,
+            content_hash=content_hash(payload),
+        )
+        ctx.cache.setdefault("dry_events", []).append(event)
+        return event
+    ctx.seen += 1
+    if ctx.seen >= 500:
+        ctx.flush_counts()
+    digest = content_hash(payload)
+    key = f"{flow}:{source_object}:{source_id}:{version or digest[:24]}"
+    if SyncEvent.objects.filter(dedupe_key=key).exists():
+        return None
+    values = {
+        "run": ctx.run,
+        "direction": direction,
+        "target_object": target_object,
+        "payload": payload,
+        "content_hash": digest,
+        "dedupe_key": key,
+        "status": SyncEvent.Status.PENDING,
+        "attempts": 0,
+        "next_attempt_at": None,
+        "error_class": "",
+        "error_code": "",
+        "message": "",
+    }
+    waiting = SyncEvent.objects.filter(
+        flow=flow, source_object=source_object, source_id=source_id, status__in=OPEN_STATUSES
+    )
+    try:
+        with transaction.atomic():
+            if waiting.update(**values):
+                event = SyncEvent.objects.get(dedupe_key=key)
+            else:
+                event = SyncEvent.objects.create(
+                    flow=flow, source_object=source_object, source_id=source_id, **values
+                )
+        ctx.recorded += 1
+        return event
+    except IntegrityError:
+        return None  # another worker recorded the same change a moment ago
+
+
+# --------------------------------------------------------------------------------------------
+# Executing runs
+
+
+def dry_run(flow_name: str, *, full: bool = False, user=None) -> list[PlannedWrite]:
+    """Read changes and map them exactly as a run would, and return the writes it would make.
+
+    Nothing is written to either system, no event is recorded and no cursor moves; the dry run
+    itself is recorded as a run, so the ledger says who looked and when.
+    """
+    flow = get_flow(flow_name)
+    run = SyncRun.objects.create(
+        flow=flow_name,
+        trigger=Trigger.MANUAL,
+        dry_run=True,
+        full=full,
+        status=SyncRun.Status.RUNNING,
+        started_at=timezone.now(),
+        triggered_by=user if getattr(user, "pk", None) else None,
+    )
+    ctx = RunContext(run=run, deadline=float("inf"))
+    try:
+        flow.collect(ctx)
+        events = ctx.cache.get("dry_events", [])
+        for start in range(0, len(events), flow.batch_size):
+            flow.process(events[start : start + flow.batch_size], ctx)
+    except Exception as exc:
+        run.fail(f"The dry run stopped: {exc}")
+        raise
+    plans = ctx.cache.get("plans", [])
+    run.read_count = len(ctx.cache.get("dry_events", []))
+    run.save(update_fields=["read_count"])
+    run.finish(f"Dry run: {len(plans)} write(s) would be made; nothing was written.")
+    return plans
+
+
+def execute_run(run_id: int, *, on_progress=None, hand_over: bool = True) -> None:
+    """Work on a run until it is done or this task's time slice ends (then hand over)."""
+    run = SyncRun.objects.filter(pk=run_id).first()
+    if run is None or not (run.status == SyncRun.Status.RUNNING or run.claim()):
+        return  # finished already, or a duplicate delivery of a finished run's task
+    ctx = RunContext(
+        run=run,
+        deadline=time.monotonic() + _setting("TASK_SLICE_SECONDS"),
+        on_progress=on_progress,
+        hand_over=hand_over,
+    )
+    try:
+        flow = get_flow(run.flow)
+        if _waits_for_budget(run):
+            return
+        if run.collected_at is None and not _collect(flow, ctx):
+            return  # another worker is collecting; it will process afterwards
+        _process_until_done(flow, ctx)
+    except Exception as exc:
+        log.exception("run=%s flow=%s failed", run.pk, run.flow)
+        run.fail(f"The run stopped: {exc}")
+
+
+def _waits_for_budget(run: SyncRun) -> bool:
+    """Scheduled runs wait when Salesforce API use is above the share kept for urgent work."""
+    if run.trigger != Trigger.SCHEDULE:
+        return False
+    connection = Connection.objects.filter(kind=Connection.Kind.SALESFORCE, is_active=True).first()
+    if connection is None or not connection.over_api_budget():
+        return False
+    share = connection.api_usage_share
+    run.wait_for_budget(
+        f"Salesforce API use is at {connection.api_usage_used:,} of {connection.api_usage_limit:,} "
+        f"calls today ({share:.0%}), above the {_setting('API_BUDGET_SHARE'):.0%} kept for urgent "
+        "work; scheduled syncs wait until it falls. Manual syncs and pushes still run."
+    )
+    return True
+
+
+def _collect(flow: Flow, ctx: RunContext) -> bool:
+    run = ctx.run
+    now = timezone.now()
+    mine = SyncRun.objects.filter(pk=run.pk, collect_started_at__isnull=True).update(
+        collect_started_at=now, heartbeat_at=now
+    )
+    if not mine:
+        return False
+    if run.params.get("requeue"):
+        _requeue(run)
+    else:
+        flow.collect(ctx)
+        ctx.flush_counts()
+        SyncRun.objects.filter(pk=run.pk).update(progress_total=ctx.recorded)
+    SyncRun.objects.filter(pk=run.pk).update(collected_at=timezone.now())
+    run.refresh_from_db()
+    return True
+
+
+def _requeue(run: SyncRun) -> None:
+    """The collect phase of a group retry: put every matching unresolved event back in line."""
+    filters = {**run.params["requeue"], "flow": run.flow}
+    ids = list(
+        SyncEvent.objects.unresolved().matching(filters).values_list("pk", flat=True).order_by("pk")
+    )
+    run.add_counts(total=len(ids))
+    chunk = 500
+    for start in range(0, len(ids), chunk):
+        part = ids[start : start + chunk]
+        requeued = (
+            SyncEvent.objects.unresolved()
+            .filter(pk__in=part)
+            .update(
+                status=SyncEvent.Status.PENDING,
+                next_attempt_at=None,
+                resolved_by=run.triggered_by,
+                run=run,
+            )
+        )
+        run.add_counts(read=requeued, done=len(part))
+    # Progress now counts processing: reset it for the second phase.
+    SyncRun.objects.filter(pk=run.pk).update(progress_done=0)
+
+
+def _process_until_done(flow: Flow, ctx: RunContext) -> None:
+    run = ctx.run
+    while ctx.time_left() > 0:
+        batch = claim_batch(run, flow.batch_size)
+        if not batch:
+            break
+        _process_batch(flow, batch, ctx)
+        ctx.report()
+    else:
+        if ctx.hand_over:
+            ring("integration.tasks.run_flow", run.pk)  # time slice over: a fresh task goes on
+        return
+    _finish_if_done(run)
+
+
+def claim_batch(run: SyncRun, size: int) -> list[SyncEvent]:
+    """Claim up to `size` due events of the run's flow for this worker."""
+    now = timezone.now()
+    with transaction.atomic():
+        ids = list(
+            SyncEvent.objects.due(now)
+            .filter(flow=run.flow)
+            .order_by("created_at", "pk")
+            .select_for_update(skip_locked=True)
+            .values_list("pk", flat=True)[:size]
+        )
+        if not ids:
+            return []
+        SyncEvent.objects.filter(pk__in=ids).update(
+            status=SyncEvent.Status.RUNNING, claimed_at=now, attempts=F("attempts") + 1, run=run
+        )
+    return list(SyncEvent.objects.filter(pk__in=ids).order_by("created_at", "pk"))
+
+
+def _process_batch(flow: Flow, batch: list[SyncEvent], ctx: RunContext) -> None:
+    try:
+        flow.process(batch, ctx)
+    except Exception as exc:
+        # A bug or an unforeseen failure: every event of the batch still in hand is retried with
+        # backoff and, if it keeps failing, lands in the error queue with this message.
+        log.exception("run=%s flow=%s batch failed", ctx.run.pk, ctx.run.flow)
+        for event in batch:
+            event.refresh_from_db()
+            if event.status == SyncEvent.Status.RUNNING:
+                event.mark_failed(
+                    f"Unexpected error while syncing: {redact(str(exc))}", permanent=False
+                )
+    _count_outcomes(ctx.run, [event.pk for event in batch])
+
+
+def _count_outcomes(run: SyncRun, ids: list[int]) -> None:
+    outcomes = dict(
+        SyncEvent.objects.filter(pk__in=ids).values_list("status").annotate(n=Count("pk"))
+    )
+    unfinished = outcomes.get(SyncEvent.Status.RUNNING, 0)
+    if unfinished:
+        # The flow returned without an outcome for some events: never leave them silent.
+        for event in SyncEvent.objects.filter(pk__in=ids, status=SyncEvent.Status.RUNNING):
+            event.mark_failed("kashforce recorded no outcome for this record.", permanent=False)
+    failed = sum(
+        outcomes.get(s, 0)
+        for s in (SyncEvent.Status.FAILED_TRANSIENT, SyncEvent.Status.FAILED_PERMANENT)
+    )
+    run.add_counts(
+        written=outcomes.get(SyncEvent.Status.SUCCEEDED, 0),
+        skipped=outcomes.get(SyncEvent.Status.SKIPPED, 0),
+        failed=failed + unfinished,
+        done=len(ids),
+    )
+
+
+def _finish_if_done(run: SyncRun) -> None:
+    """Finish the run when nothing of its flow is waiting or in a worker's hands.
+
+    The run row is locked first and the check made inside that transaction: start_run locks the
+    same row, so an event recorded before a start_run that found this run still running is
+    always seen here, and the run stays open for the task start_run rang.
+    """
+    busy = SyncEvent.objects.filter(flow=run.flow).filter(
+        Q(status=SyncEvent.Status.RUNNING) | Q(status=SyncEvent.Status.PENDING)
+    )
+    with transaction.atomic():
+        locked = (
+            SyncRun.objects.select_for_update()
+            .filter(pk=run.pk, status=SyncRun.Status.RUNNING)
+            .first()
+        )
+        if locked is None or busy.exists():
+            return  # finished already, or work remains for another worker or task
+        summary = (
+            f"{locked.read_count} read, {locked.written_count} written, "
+            f"{locked.skipped_count} unchanged, {locked.failed_count} failed."
+        )
+        locked.finish(summary)
+    run.refresh_from_db()
+
+
+# --------------------------------------------------------------------------------------------
+# The sweeper and the cleanup
+
+
+def sweep() -> dict:
+    """Recover work that a killed worker or a lost queue message left behind. Runs every minute.
+
+    Returns what it did, for the log and the tests.
+    """
+    stale_after = timedelta(seconds=_setting("STALE_AFTER_SECONDS"))
+    done = {"events": 0, "runs": 0, "queued": 0, "retry_runs": 0}
+    for event in SyncEvent.objects.stale_running(stale_after):
+        # The claim already counted an attempt, so a record that kills its worker every time
+        # ends in the error queue instead of looping for ever.
+        event.mark_failed(
+            "The worker stopped while syncing this record; it will be tried again.", permanent=False
+        )
+        done["events"] += 1
+    for run in SyncRun.objects.stale(stale_after):
+        SyncRun.objects.filter(pk=run.pk, collected_at__isnull=True).update(collect_started_at=None)
+        SyncRun.objects.filter(pk=run.pk).update(heartbeat_at=timezone.now())
+        ring("integration.tasks.run_flow", run.pk)
+        done["runs"] += 1
+    lost_before = timezone.now() - timedelta(seconds=_setting("LOST_TASK_SECONDS"))
+    for run in SyncRun.objects.filter(status=SyncRun.Status.QUEUED, created_at__lt=lost_before):
+        ring("integration.tasks.run_flow", run.pk)
+        done["queued"] += 1
+    due_flows = set(SyncEvent.objects.due().values_list("flow", flat=True).distinct())
+    busy_flows = set(SyncRun.objects.unfinished().values_list("flow", flat=True))
+    for flow in sorted(due_flows - busy_flows):
+        start_run(flow, Trigger.RETRY)
+        done["retry_runs"] += 1
+    if any(done.values()):
+        log.info("sweeper %s", " ".join(f"{k}={v}" for k, v in done.items()))
+    return done
+
+
+def cleanup() -> dict:
+    """Nightly: drop old successful ledger rows (errors and ignored rows are kept)."""
+    from django_q.models import Failure
+
+    keep = timezone.now() - timedelta(days=_setting("LEDGER_RETENTION_DAYS"))
+    events, _ = SyncEvent.objects.filter(
+        status__in=[SyncEvent.Status.SUCCEEDED, SyncEvent.Status.SKIPPED], created_at__lt=keep
+    ).delete()
+    failures, _ = Failure.objects.filter(stopped__lt=keep).delete()
+    return {"events": events, "queue_failures": failures}

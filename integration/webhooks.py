@@ -1,0 +1,145 @@
+"""Salesforce Outbound Messages: the push that makes a Closed Won Opportunity an invoice in seconds.
+
+Salesforce POSTs a SOAP `notifications` envelope and retries (for up to 24 hours, out of order,
+at least once) until it gets `<Ack>true</Ack>`. We acknowledge only once every notification is
+recorded in the ledger, so a crash before the ack means Salesforce sends it again, and the
+ledger's dedupe key makes the repeat a no-op. There is no signature on these messages: the secret
+in the URL and the org id in the body are what authenticate them.
+"""
+
+from __future__ import annotations
+
+import hmac
+import logging
+
+from defusedxml import DefusedXmlException
+from defusedxml.ElementTree import ParseError, fromstring
+from django.contrib.auth.decorators import login_not_required
+from django.db import transaction
+from django.http import HttpResponse
+from django.views.decorators.csrf import csrf_exempt
+from django.views.decorators.http import require_POST
+
+from integration.models import Connection, Direction, Flow, Trigger
+from integration.sync import engine
+
+log = logging.getLogger(__name__)
+
+OUTBOUND_NS = "http://soap.sforce.com/2005/09/outbound"
+SOAP_NS = "http://schemas.xmlsoap.org/soap/envelope/"
+XSI_TYPE = "{http://www.w3.org/2001/XMLSchema-instance}type"
+MAX_BODY_BYTES = 2 * 1024 * 1024  # 100 notifications of a few fields each fit easily
+
+ACK = (
+    '<?xml version="1.0" encoding="UTF-8"?>'
+    f'<soapenv:Envelope xmlns:soapenv="{SOAP_NS}"><soapenv:Body>'
+    f'<notificationsResponse xmlns="{OUTBOUND_NS}"><Ack>true</Ack></notificationsResponse>'
+    "</soapenv:Body></soapenv:Envelope>"
+)
+
+
+class BadMessage(Exception):
+    """The request is not an Outbound Message we accept; the text says why."""
+
+
+def _fault(message: str, status: int) -> HttpResponse:
+    body = (
+        f'<?xml version="1.0" encoding="UTF-8"?><soapenv:Envelope xmlns:soapenv="{SOAP_NS}">'
+        "<soapenv:Body><soapenv:Fault><faultcode>soapenv:Client</faultcode>"
+        f"<faultstring>{_escape(message)}</faultstring></soapenv:Fault></soapenv:Body>"
+        "</soapenv:Envelope>"
+    )
+    return HttpResponse(body, status=status, content_type="text/xml; charset=utf-8")
+
+
+def _escape(text: str) -> str:
+    return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+
+
+def _connection_for_secret(secret: str) -> Connection | None:
+    """The active Salesforce connection whose Outbound secret is this one (constant-time)."""
+    found = None
+    for connection in Connection.objects.filter(kind=Connection.Kind.SALESFORCE, is_active=True):
+        stored = connection.get_secret("outbound_secret")
+        if stored and hmac.compare_digest(stored.encode(), secret.encode()):
+            found = connection
+    return found
+
+
+def parse_notifications(body: bytes) -> tuple[str, list[dict]]:
+    """(OrganizationId, [{"notification_id", "sobject_type", "fields": {...}}]) or BadMessage."""
+    try:
+        root = fromstring(body, forbid_dtd=True)
+    except DefusedXmlException:
+        raise BadMessage("Document type declarations and entities are not accepted.") from None
+    except ParseError as exc:
+        raise BadMessage(f"The body is not valid XML ({exc}).") from None
+    envelope = root.find(f"{{{SOAP_NS}}}Body/{{{OUTBOUND_NS}}}notifications")
+    if envelope is None:
+        raise BadMessage("This is not a Salesforce Outbound Message (no notifications element).")
+    org_id = (envelope.findtext(f"{{{OUTBOUND_NS}}}OrganizationId") or "").strip()
+    notifications = []
+    for item in envelope.findall(f"{{{OUTBOUND_NS}}}Notification"):
+        notification_id = (item.findtext(f"{{{OUTBOUND_NS}}}Id") or "").strip()
+        sobject = item.find(f"{{{OUTBOUND_NS}}}sObject")
+        if not notification_id or sobject is None:
+            raise BadMessage("A notification has no Id or no sObject.")
+        fields = {
+            child.tag.rsplit("}", 1)[-1]: (child.text or "").strip()
+            for child in sobject
+            if child.get("{http://www.w3.org/2001/XMLSchema-instance}nil") != "true"
+        }
+        if not fields.get("Id"):
+            raise BadMessage(f"Notification {notification_id} carries no record Id.")
+        sobject_type = (sobject.get(XSI_TYPE) or "").split(":")[-1]
+        notifications.append(
+            {"notification_id": notification_id, "sobject_type": sobject_type, "fields": fields}
+        )
+    if not notifications:
+        raise BadMessage("The message holds no notifications.")
+    return org_id, notifications
+
+
+@csrf_exempt  # Salesforce cannot send a CSRF token; the secret path authenticates the caller
+@login_not_required
+@require_POST
+def salesforce_outbound(request, secret: str):
+    connection = _connection_for_secret(secret)
+    if connection is None:
+        log.warning(
+            "outbound message with an unknown secret from %s", request.META.get("REMOTE_ADDR")
+        )
+        return _fault("Unknown endpoint.", status=404)
+    if len(request.body) > MAX_BODY_BYTES:
+        return _fault("The message is too large.", status=413)
+    try:
+        org_id, notifications = parse_notifications(request.body)
+    except BadMessage as exc:
+        return _fault(str(exc), status=400)
+    if connection.organization_id and org_id[:15] != connection.organization_id[:15]:
+        log.warning(
+            "outbound message for org %s refused (expected %s)", org_id, connection.organization_id
+        )
+        return _fault("This message is for another Salesforce org.", status=403)
+    opportunities = [n for n in notifications if n["sobject_type"] in ("Opportunity", "")]
+    with transaction.atomic():
+        run = engine.start_run(Flow.INVOICES, Trigger.PUSH)
+        ctx = engine.RunContext(run=run, deadline=0)
+        for notification in opportunities:
+            engine.record_change(
+                ctx,
+                direction=Direction.SALESFORCE_TO_KASHFLOW,
+                source_object="salesforce.Opportunity",
+                source_id=notification["fields"]["Id"],
+                payload={
+                    **notification["fields"],
+                    "_notification_id": notification["notification_id"],
+                },
+                # One invoice per won Opportunity: the poll and every repeat of this push for the
+                # same Opportunity are the same event.
+                version="won",
+                target_object="kashflow.Invoice",
+            )
+        ctx.flush_counts()
+    log.info("outbound message org=%s notifications=%d run=%s", org_id, len(notifications), run.pk)
+    return HttpResponse(ACK, content_type="text/xml; charset=utf-8")

@@ -1,0 +1,373 @@
+"""The engine, driven by a small in-memory flow: claims, dedupe, sweeper, continuation."""
+
+from dataclasses import dataclass, field
+from datetime import timedelta
+
+import pytest
+from django.utils import timezone
+from django_q.models import OrmQ, Schedule
+
+from integration.models import Connection, SyncEvent, SyncRun, Trigger
+from integration.sync import engine
+from tests.factories import SalesforceConnectionFactory, SyncEventFactory, UserFactory
+
+pytestmark = pytest.mark.django_db
+
+
+@dataclass
+class MemoryFlow:
+    """Reads `source` records, "writes" them into `target`; a record named 'bad' is refused."""
+
+    name: str = "products"
+    batch_size: int = 2
+    source: list = field(default_factory=list)
+    target: dict = field(default_factory=dict)
+    writes: int = 0
+
+    def collect(self, ctx):
+        for record in self.source:
+            engine.record_change(
+                ctx,
+                direction="kf_to_sf",
+                source_object="kashflow.Product",
+                source_id=record["Code"],
+                payload=record,
+                version=record.get("Updated", ""),
+            )
+
+    def process(self, events, ctx):
+        for event in events:
+            if event.payload.get("Name") == "bad":
+                event.mark_failed("Product bad has no KashFlow nominal code.", permanent=True)
+            elif self.target.get(event.source_id) == event.payload:
+                event.mark_skipped()
+            else:
+                self.writes += 1
+                self.target[event.source_id] = event.payload
+                event.mark_succeeded(target_id=f"01t{event.source_id}")
+
+
+@pytest.fixture
+def flow(monkeypatch):
+    memory = MemoryFlow()
+    monkeypatch.setitem(engine._registry, "products", memory)
+    return memory
+
+
+def _run_now(**kwargs) -> SyncRun:
+    run = engine.start_run("products", Trigger.MANUAL, **kwargs)
+    engine.execute_run(run.pk)
+    run.refresh_from_db()
+    return run
+
+
+def test_a_run_writes_every_record_and_counts_them(flow):
+    flow.source = [{"Code": f"P{i}", "Name": f"Product {i}"} for i in range(5)]
+    run = _run_now()
+    assert run.status == SyncRun.Status.SUCCEEDED
+    assert (run.read_count, run.written_count, run.failed_count) == (5, 5, 0)
+    assert (run.progress_done, run.progress_total, run.progress_percent) == (5, 5, 100)
+    assert len(flow.target) == 5
+    assert SyncEvent.objects.filter(status=SyncEvent.Status.SUCCEEDED).count() == 5
+    assert run.summary == "5 read, 5 written, 0 unchanged, 0 failed."
+
+
+def test_the_same_change_seen_twice_is_one_event(flow):
+    flow.source = [{"Code": "P1", "Name": "Widget", "Updated": "2024-05-01 10:00:00"}]
+    _run_now()
+    _run_now()
+    assert SyncEvent.objects.count() == 1
+    assert flow.writes == 1
+
+
+def test_a_change_and_back_again_is_three_events(flow):
+    for name, stamp in (("A", "1"), ("B", "2"), ("A", "3")):
+        flow.source = [{"Code": "P1", "Name": name, "Updated": stamp}]
+        _run_now()
+    assert SyncEvent.objects.count() == 3
+    assert flow.target["P1"]["Name"] == "A"
+
+
+def test_a_newer_version_replaces_a_waiting_event(flow):
+    flow.source = [{"Code": "P1", "Name": "bad", "Updated": "1"}]
+    _run_now()
+    failed = SyncEvent.objects.get()
+    assert failed.status == SyncEvent.Status.FAILED_PERMANENT
+    flow.source = [{"Code": "P1", "Name": "Fixed in KashFlow", "Updated": "2"}]
+    _run_now()
+    assert SyncEvent.objects.count() == 1
+    fixed = SyncEvent.objects.get()
+    assert fixed.pk == failed.pk and fixed.status == SyncEvent.Status.SUCCEEDED
+
+
+def test_a_permanent_failure_makes_the_run_partial_and_fills_the_error_queue(flow):
+    flow.source = [{"Code": "P1", "Name": "ok"}, {"Code": "P2", "Name": "bad"}]
+    run = _run_now()
+    assert run.status == SyncRun.Status.PARTIAL
+    assert run.failed_count == 1 and run.written_count == 1
+    error = SyncEvent.objects.unresolved().get()
+    assert error.message == "Product bad has no KashFlow nominal code."
+
+
+def test_an_exception_in_the_flow_fails_only_that_batch_and_is_retried(flow, monkeypatch):
+    flow.source = [{"Code": f"P{i}", "Name": "x"} for i in range(3)]
+
+    def broken(events, ctx):
+        raise RuntimeError("boom")
+
+    monkeypatch.setattr(flow, "process", broken)
+    run = _run_now()
+    assert run.status == SyncRun.Status.FAILED
+    assert SyncEvent.objects.retrying().count() == 3
+    assert all("Unexpected error while syncing: boom" in e.message for e in SyncEvent.objects.all())
+
+
+def test_a_second_start_returns_the_unfinished_run():
+    first = engine.start_run("products", Trigger.MANUAL)
+    assert engine.start_run("products", Trigger.SCHEDULE) == first
+    assert SyncRun.objects.count() == 1
+
+
+def test_start_run_enqueues_one_task_after_commit(django_capture_on_commit_callbacks):
+    with django_capture_on_commit_callbacks(execute=True):
+        run = engine.start_run("products", Trigger.MANUAL)
+    assert OrmQ.objects.count() == 1
+    assert run.status == SyncRun.Status.QUEUED
+
+
+def test_two_workers_never_claim_the_same_event(flow):
+    run = engine.start_run("products", Trigger.MANUAL)
+    for i in range(5):
+        SyncEventFactory(flow="products", source_id=f"P{i}", dedupe_key=f"k{i}")
+    first = engine.claim_batch(run, 3)
+    second = engine.claim_batch(run, 3)
+    third = engine.claim_batch(run, 3)
+    assert len(first) == 3 and len(second) == 2 and third == []
+    assert not {e.pk for e in first} & {e.pk for e in second}
+    assert all(e.attempts == 1 for e in first + second)
+
+
+def test_a_duplicate_task_delivery_after_the_run_finished_does_nothing(flow):
+    flow.source = [{"Code": "P1", "Name": "x"}]
+    run = _run_now()
+    engine.execute_run(run.pk)
+    assert flow.writes == 1
+    assert SyncRun.objects.get(pk=run.pk).status == SyncRun.Status.SUCCEEDED
+
+
+def test_a_run_that_outlives_its_time_slice_hands_over(
+    flow, settings, django_capture_on_commit_callbacks
+):
+    settings.KASHFORCE = {**settings.KASHFORCE, "TASK_SLICE_SECONDS": 0}
+    flow.source = [{"Code": "P1", "Name": "x"}]
+    run = engine.start_run("products", Trigger.MANUAL)
+    with django_capture_on_commit_callbacks(execute=False) as callbacks:
+        engine.execute_run(run.pk)
+    run.refresh_from_db()
+    assert run.status == SyncRun.Status.RUNNING and run.collected_at is not None
+    assert len(callbacks) == 1  # the continuation
+    settings.KASHFORCE = {**settings.KASHFORCE, "TASK_SLICE_SECONDS": 60}
+    engine.execute_run(run.pk)
+    run.refresh_from_db()
+    assert run.status == SyncRun.Status.SUCCEEDED and flow.writes == 1
+
+
+def test_sweeper_recovers_an_event_whose_worker_died(flow):
+    event = SyncEventFactory(flow="products")
+    event.claim()
+    SyncEvent.objects.filter(pk=event.pk).update(claimed_at=timezone.now() - timedelta(hours=2))
+    done = engine.sweep()
+    event.refresh_from_db()
+    assert done["events"] == 1
+    assert event.status == SyncEvent.Status.FAILED_TRANSIENT
+    assert "worker stopped" in event.message
+
+
+def test_sweeper_resumes_a_stale_run_and_requeues_a_lost_one(django_capture_on_commit_callbacks):
+    stale = SyncRun.objects.create(
+        flow="customers",
+        trigger=Trigger.SCHEDULE,
+        status=SyncRun.Status.RUNNING,
+        heartbeat_at=timezone.now() - timedelta(hours=1),
+        collect_started_at=timezone.now(),
+    )
+    lost = SyncRun.objects.create(
+        flow="payments", trigger=Trigger.SCHEDULE, created_at=timezone.now() - timedelta(hours=1)
+    )
+    with django_capture_on_commit_callbacks(execute=True):
+        done = engine.sweep()
+    assert done["runs"] == 1 and done["queued"] == 1
+    stale.refresh_from_db()
+    assert stale.collect_started_at is None  # collect restarts from the cursor
+    assert OrmQ.objects.count() == 2
+    assert lost.pk
+
+
+def test_sweeper_starts_a_retry_run_for_due_events():
+    SyncEventFactory(
+        flow="payments",
+        status=SyncEvent.Status.FAILED_TRANSIENT,
+        next_attempt_at=timezone.now() - timedelta(seconds=1),
+    )
+    done = engine.sweep()
+    assert done["retry_runs"] == 1
+    assert SyncRun.objects.filter(flow="payments", trigger=Trigger.RETRY).count() == 1
+
+
+def test_a_crash_looping_record_ends_in_the_error_queue(flow, settings):
+    settings.KASHFORCE = {**settings.KASHFORCE, "MAX_ATTEMPTS": 3}
+    event = SyncEventFactory(flow="products")
+    for _ in range(3):
+        SyncEvent.objects.filter(pk=event.pk).update(next_attempt_at=timezone.now())
+        assert event.claim()
+        SyncEvent.objects.filter(pk=event.pk).update(claimed_at=timezone.now() - timedelta(hours=2))
+        engine.sweep()
+        event.refresh_from_db()
+    assert event.status == SyncEvent.Status.FAILED_PERMANENT
+    assert event.message.startswith("Gave up after 3 attempts")
+
+
+def test_retry_events_requeues_and_starts_one_run_per_flow(flow):
+    user = UserFactory()
+    events = [
+        SyncEventFactory(flow="products", status=SyncEvent.Status.FAILED_PERMANENT)
+        for _ in range(3)
+    ]
+    done = SyncEventFactory(flow="products", status=SyncEvent.Status.SUCCEEDED)
+    assert engine.retry_events([e.pk for e in events] + [done.pk], user) == 3
+    assert SyncRun.objects.filter(flow="products", trigger=Trigger.RETRY).count() == 1
+    assert SyncEvent.objects.filter(status=SyncEvent.Status.PENDING).count() == 3
+
+
+def test_group_retry_requeues_matching_errors_with_progress_and_processes_them(flow):
+    user = UserFactory()
+    for i in range(4):
+        SyncEventFactory(
+            flow="products",
+            source_id=f"P{i}",
+            status=SyncEvent.Status.FAILED_PERMANENT,
+            error_code="UNABLE_TO_LOCK_ROW",
+            payload={"Code": f"P{i}", "Name": "ok"},
+        )
+    other = SyncEventFactory(
+        flow="products",
+        status=SyncEvent.Status.FAILED_PERMANENT,
+        error_code="INVALID_EMAIL_ADDRESS",
+        payload={"Name": "bad"},
+    )
+    run = engine.start_bulk_retry({"flow": "products", "error_code": "UNABLE_TO_LOCK_ROW"}, user)
+    engine.execute_run(run.pk)
+    run.refresh_from_db()
+    assert run.trigger == Trigger.RETRY and run.status == SyncRun.Status.SUCCEEDED
+    assert run.progress_total == 4 and run.written_count == 4
+    assert SyncEvent.objects.unresolved().get() == other
+
+
+def test_scheduled_run_waits_when_the_api_budget_is_spent(flow, settings):
+    settings.KASHFORCE = {**settings.KASHFORCE, "API_BUDGET_SHARE": 0.8}
+    connection = SalesforceConnectionFactory()
+    connection.record_api_usage(used=13000, limit=15000)
+    run = engine.start_run("products", Trigger.SCHEDULE)
+    engine.execute_run(run.pk)
+    run.refresh_from_db()
+    assert run.status == SyncRun.Status.WAITING
+    assert "13,000 of 15,000" in run.summary and "87%" in run.summary
+    manual = _run_now()
+    assert manual.status == SyncRun.Status.SUCCEEDED
+    assert Connection.objects.get().over_api_budget()
+
+
+def test_an_unbuilt_flow_fails_the_run_with_a_clear_message(monkeypatch):
+    monkeypatch.setattr(engine, "_registry", {})
+    monkeypatch.setattr(engine.importlib, "import_module", lambda name: None)
+    run = engine.start_run("payments", Trigger.MANUAL)
+    engine.execute_run(run.pk)
+    run.refresh_from_db()
+    assert run.status == SyncRun.Status.FAILED
+    assert "Payments flow is not available" in run.summary
+
+
+def test_schedules_are_installed_for_every_flow_and_the_sweeper():
+    names = set(Schedule.objects.values_list("name", flat=True))
+    assert {
+        "kashforce: sync customers",
+        "kashforce: sync invoices",
+        "kashforce: sync payments",
+        "kashforce: sync products",
+        "kashforce: sweeper",
+        "kashforce: nightly cleanup",
+    } <= names
+    assert engine.next_run_at("customers") is not None
+
+
+def test_cleanup_drops_old_successes_but_keeps_errors():
+    old = timezone.now() - timedelta(days=400)
+    SyncEventFactory(status=SyncEvent.Status.SUCCEEDED, created_at=old)
+    kept = SyncEventFactory(status=SyncEvent.Status.FAILED_PERMANENT, created_at=old)
+    assert engine.cleanup()["events"] == 1
+    assert list(SyncEvent.objects.all()) == [kept]
+
+
+def test_dry_run_plans_writes_without_writing_recording_or_moving_anything(flow, monkeypatch):
+    flow.source = [{"Code": "P1", "Name": "New"}, {"Code": "P2", "Name": "Same"}]
+    flow.target = {"P2": {"Code": "P2", "Name": "Same"}}
+
+    def process(events, ctx):
+        for event in events:
+            current = flow.target.get(event.source_id)
+            if current == event.payload:
+                continue
+            if ctx.dry_run:
+                ctx.plan(
+                    event,
+                    target_object="salesforce.Product2",
+                    action="upsert",
+                    payload=event.payload,
+                    current=current,
+                )
+                continue
+            raise AssertionError("a dry run must not write")
+
+    monkeypatch.setattr(flow, "process", process)
+    plans = engine.dry_run("products")
+    assert [(p.source_id, p.diff) for p in plans] == [
+        ("P1", [("Code", None, "P1"), ("Name", None, "New")])
+    ]
+    assert "Name: None -> 'New'" in plans[0].describe()
+    assert SyncEvent.objects.count() == 0
+    run = SyncRun.objects.get()
+    assert run.dry_run and run.status == SyncRun.Status.SUCCEEDED and run.read_count == 2
+    assert run.summary == "Dry run: 1 write(s) would be made; nothing was written."
+
+
+def test_sync_command_runs_in_the_foreground_and_exits_1_on_failures(flow):
+    import io
+
+    from django.core.management import CommandError, call_command
+
+    flow.source = [{"Code": "P1", "Name": "ok"}, {"Code": "P2", "Name": "bad"}]
+    out = io.StringIO()
+    with pytest.raises(CommandError) as failed:
+        call_command("sync", "products", stdout=out)
+    assert failed.value.returncode == 1
+    assert "P2: Product bad has no KashFlow nominal code." in out.getvalue()
+    assert "1 written" in out.getvalue()
+
+
+def test_sync_command_retries_transient_failures_at_once(flow):
+    import io
+
+    from django.core.management import call_command
+
+    SyncEventFactory(
+        flow="products",
+        source_id="P9",
+        payload={"Code": "P9", "Name": "x"},
+        status=SyncEvent.Status.FAILED_TRANSIENT,
+        next_attempt_at=timezone.now() + timedelta(hours=1),
+    )
+    out = io.StringIO()
+    call_command("sync", "products", stdout=out)
+    assert "Retrying 1 record(s)" in out.getvalue()
+    assert "Succeeded" in out.getvalue()
+    assert flow.target["P9"] == {"Code": "P9", "Name": "x"}

@@ -62,8 +62,9 @@ def mapping_changes(old_rows: list[dict], new_rows: list[dict]) -> list[RowChang
 
 
 def _row_details(old: dict, new: dict) -> list[Change]:
+    # An added row lists only what it sets; a changed one, every attribute that differs.
     return [
-        Change(attr, old.get(attr, MISSING), new.get(attr))
+        Change(attr, old.get(attr, MISSING), new.get(attr, MISSING))
         for attr in ROW_ATTRIBUTES
-        if old.get(attr, MISSING) != new.get(attr)
+        if old.get(attr) != new.get(attr) and (old or new.get(attr) not in (None, "", {}, False))
     ]

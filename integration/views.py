@@ -1,10 +1,12 @@
 """Dashboard views: small functions. An action is POST → model or flow call → message → redirect."""
 
+import logging
 from datetime import datetime, time, timedelta
 
 from django.conf import settings
 from django.contrib import messages
 from django.contrib.auth.decorators import login_not_required
+from django.core.cache import cache
 from django.db import connection as db_connection
 from django.db.models import Q
 from django.http import Http404, JsonResponse
@@ -39,6 +41,8 @@ from integration.models import (
     Trigger,
 )
 from integration.paging import keyset_page
+
+log = logging.getLogger(__name__)
 
 PAGE_SIZE = 50
 CHART_DAYS = 14
@@ -210,6 +214,7 @@ def overview(request):
         "silent_since": latest if latest and latest < now - stale_after else None,
         "never_synced": latest is None,
         "charts": charts,
+        "budget_percent": round(100 * settings.KASHFORCE["API_BUDGET_SHARE"]),
         "days": days,
         "synced_table": list(
             zip(
@@ -613,14 +618,8 @@ def mapping_edit(request, pk: int):
 
 
 def _editor_context(mapping_set: MappingSet, formset, version_form) -> dict:
-    active = (
-        mapping_set
-        if mapping_set.is_active
-        else MappingSet.objects.history(
-            mapping_set.flow, mapping_set.source_object, mapping_set.target_object
-        )
-        .filter(is_active=True)
-        .first()
+    history = MappingSet.objects.history(
+        mapping_set.flow, mapping_set.source_object, mapping_set.target_object
     )
     recent = (
         SyncEvent.objects.filter(flow=mapping_set.flow, source_object=mapping_set.source_object)
@@ -629,52 +628,81 @@ def _editor_context(mapping_set: MappingSet, formset, version_form) -> dict:
     )
     return {
         "mapping_set": mapping_set,
-        "active": active,
+        "active": mapping_set if mapping_set.is_active else history.filter(is_active=True).first(),
         "formset": formset,
         "version_form": version_form,
-        "source_fields": _known_fields(mapping_set.source_object),
-        "target_fields": _known_fields(mapping_set.target_object),
+        "source_fields": sorted(_field_info(mapping_set.source_object) or ()),
+        "target_fields": sorted(_field_info(mapping_set.target_object) or ()),
         "recent_records": list(dict.fromkeys(recent))[:20],
         "preview_available": _mapping_engine() is not None,
     }
 
 
-def _known_fields(object_name: str) -> list[str]:
-    """The real field names of a KashFlow or Salesforce object, for the editor's pickers."""
+def _field_info(object_name: str) -> dict | None:
+    """The real fields of 'kashflow.Customer' or 'salesforce.Account' (name -> FieldInfo):
+    KashFlow's are known; Salesforce's come from `describe`, cached for ten minutes so the
+    editor does not spend API calls on every page. None when they cannot be known now."""
     mapping = _mapping_engine()
     system, _, name = object_name.partition(".")
     if mapping is None:
-        return []
+        return None
+    if system == "kashflow":
+        return mapping.KASHFLOW_FIELDS.get(name)
+    if system != "salesforce":
+        return None
     try:
-        if system == "kashflow":
-            return sorted(mapping.KASHFLOW_FIELDS.get(name, ()))
-        if system == "salesforce":
-            return sorted(mapping.salesforce_fields_from_describe(_salesforce_describe(name)))
-    except Exception:  # a missing connection or an API error must not break the editor
-        return []
-    return []
+        describe = cache.get_or_set(
+            f"kashforce:describe:{name}", lambda: _salesforce_describe(name), timeout=600
+        )
+    except Exception:  # no connection, or Salesforce unreachable: the editor still works
+        log.warning("describe %s failed", name, exc_info=True)
+        return None
+    return mapping.salesforce_fields_from_describe(describe)
 
 
 def _salesforce_describe(sobject: str) -> dict:
     from integration.clients.salesforce import SalesforceClient
 
-    return SalesforceClient.for_active_connection().describe(sobject)
+    return SalesforceClient(Connection.active(Connection.Kind.SALESFORCE)).describe(sobject)
 
 
 def _validate(mapping_set: MappingSet, formset, version_form) -> bool:
-    """The mapping engine's checks, shown on the rows (and fields) they concern."""
+    """The mapping engine's checks, shown on the rows they concern. Without the target's
+    fields (Salesforce unreachable) only the rows themselves can be checked."""
     mapping = _mapping_engine()
     if mapping is None:
         return True
-    kept = formset.kept_forms()
-    problems = mapping.validate_rows(formset.rows(), _known_fields(mapping_set.target_object))
+    rows, kept = formset.rows(), formset.kept_forms()
+    target_fields = _field_info(mapping_set.target_object)
+    if target_fields is None:
+        problems = [
+            mapping.RowError(number, row["target_path"], problem)
+            for number, row in enumerate(rows, start=1)
+            for problem in mapping.row_problems(row)
+        ]
+    else:
+        template = _template(mapping_set)
+        problems = mapping.validate_rows(
+            rows,
+            target_fields,
+            update_only=bool(template and template.update_only),
+            filled_by_flow=template.filled_by_flow if template else (),
+        )
     for problem in problems:
-        field = problem.field if problem.field in FieldMappingForm.base_fields else None
-        if 0 <= problem.row < len(kept):
-            kept[problem.row].add_error(field, problem.message)
+        if problem.row and problem.row <= len(kept):
+            kept[problem.row - 1].add_error(None, problem.problem)
         else:
             version_form.add_error(None, problem.message)
     return not problems
+
+
+def _template(mapping_set: MappingSet):
+    """The default template of this pair: which fields its flow fills itself."""
+    try:
+        from integration.mapping_defaults import template_for
+    except ImportError:
+        return None
+    return template_for(mapping_set.flow, mapping_set.source_object, mapping_set.target_object)
 
 
 @require_POST
@@ -687,27 +715,40 @@ def mapping_preview(request, pk: int):
     record_id = request.POST.get("record_id", "").strip()
     context = {"record_id": record_id, "mapping_set": mapping_set}
     mapping = _mapping_engine()
+    source = _source_record(mapping_set, record_id) if record_id else None
     if mapping is None:
         context["problem"] = "Preview needs the mapping engine, which is not installed here."
     elif not record_id:
         context["problem"] = "Type or pick the id of a record to preview with."
     elif not formset.is_valid():
         context["problem"] = "Fix the rows marked in red first."
+    elif source is None:
+        context["problem"] = (
+            f"No {mapping_set.source_object} with id {record_id} has reached kashforce yet."
+        )
     else:
-        source = _source_record(mapping_set, record_id)
-        if source is None:
-            context["problem"] = (
-                f"No {mapping_set.source_object} with id {record_id} has reached kashforce yet."
-            )
-        else:
-            current_target = _current_target(mapping_set, record_id)
-            preview = mapping.preview(formset.rows(), source, {}, current_target)
-            context |= {
-                "preview": preview,
-                "payload_rows": changes.flatten(preview.payload).items(),
-                "has_target": current_target is not None,
-            }
+        target = _current_target(mapping_set, record_id)
+        mapping_context = mapping.MappingContext(
+            lookup=_crossref_lookup, target_fields=_field_info(mapping_set.target_object)
+        )
+        preview = mapping.preview(formset.rows(), source, mapping_context, target)
+        context |= {
+            "preview": preview,
+            "payload_rows": changes.flatten(preview.payload).items(),
+            "has_target": target is not None,
+        }
     return render(request, "integration/_mapping_preview.html", context)
+
+
+def _crossref_lookup(object_type: str, side: str, key: str) -> str | None:
+    """The other side's id of a record, for the preview's lookup rows (one query each)."""
+    other = "kashflow_key" if side == "salesforce" else "salesforce_id"
+    mine = "salesforce_id" if side == "salesforce" else "kashflow_key"
+    return (
+        CrossRef.objects.filter(object_type=object_type, **{mine: key})
+        .values_list(other, flat=True)
+        .first()
+    )
 
 
 def _source_record(mapping_set: MappingSet, record_id: str) -> dict | None:
@@ -723,8 +764,27 @@ def _source_record(mapping_set: MappingSet, record_id: str) -> dict | None:
 
 
 def _current_target(mapping_set: MappingSet, record_id: str) -> dict | None:
-    """The target record as it is now, for the diff. Needs the clients; None means "new"."""
-    return None
+    """The KashFlow record as it is now, for the diff; None when there is none (or it cannot
+    be read: the preview then shows everything the mapping writes)."""
+    object_type = mapping_set.target_object.partition(".")[2].lower()
+    if not mapping_set.target_object.startswith("kashflow.") or object_type not in (
+        "customer",
+        "invoice",
+    ):
+        return None
+    key = _crossref_lookup(object_type, "salesforce", record_id)
+    if not key:
+        return None
+    try:
+        from integration.clients.kashflow import KashFlowClient
+
+        client = KashFlowClient(Connection.active(Connection.Kind.KASHFLOW))
+        return (
+            client.get_customer(key) if object_type == "customer" else client.get_invoice(int(key))
+        )
+    except Exception:
+        log.warning("reading KashFlow %s %s for a preview failed", object_type, key, exc_info=True)
+        return None
 
 
 @admin_required

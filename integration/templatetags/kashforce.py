@@ -28,3 +28,11 @@ def shown(value: object) -> str:
     if isinstance(value, bool):
         return "yes" if value else "no"
     return str(value)
+
+
+@register.filter
+def object_label(value: str) -> str:
+    """'salesforce.Opportunity' -> 'Salesforce Opportunity', 'kashflow.Customer' -> 'KashFlow Customer'."""
+    system, _, name = (value or "").partition(".")
+    systems = {"salesforce": "Salesforce", "kashflow": "KashFlow"}
+    return f"{systems.get(system, system)} {name}".strip() if name else value

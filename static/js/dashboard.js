@@ -4,6 +4,10 @@
 
   var PALETTE = ["#0b5cab", "#1b7f3b", "#9a6100", "#6b3fa0", "#b42318", "#00707a", "#5b6775", "#c2410c"];
 
+  function shorten(text, length) {
+    return text.length > length ? text.slice(0, length - 1) + "…" : text;
+  }
+
   function drawCharts() {
     var source = document.getElementById("chart-data");
     if (!source || typeof Chart === "undefined") return;
@@ -38,7 +42,11 @@
         data: { labels: data.causes.labels, datasets: [{ label: "Records", data: data.causes.data, backgroundColor: "#b42318" }] },
         options: {
           indexAxis: "y", maintainAspectRatio: false,
-          scales: { x: { beginAtZero: true, ticks: { precision: 0 } } },
+          scales: {
+            x: { beginAtZero: true, ticks: { precision: 0 } },
+            // Long causes are cut on the axis; the tooltip and the list below have them whole.
+            y: { ticks: { callback: function (value) { return shorten(this.getLabelForValue(value), 28); } } }
+          },
           plugins: { legend: { display: false } }
         }
       });

@@ -1,0 +1,268 @@
+"""The Salesforce simulator app: routing, authentication, the daily API allocation, control calls.
+
+Plugs into `sandbox.core.SimulatorServer` (see the protocol there). State lives under
+`state_dir/salesforce/`: the org database, credentials, the TLS CA and certificate, the JWT key.
+"""
+
+import re
+import threading
+from datetime import UTC, datetime
+from pathlib import Path
+from urllib.parse import unquote
+
+from sandbox.core import Request, Response
+from sandbox.salesforce import bulk, composite, credentials, rest, seed
+from sandbox.salesforce.auth import Authenticator, Sessions, bearer_token
+from sandbox.salesforce.errors import ApiError
+from sandbox.salesforce.org import Org
+from sandbox.salesforce.outbound import Outbound
+from sandbox.salesforce.store import Store
+
+DEFAULTS = {
+    "api_version": "59.0",
+    "session_seconds": 7200,
+    "daily_api_limit": 15000,
+    "query_batch_size": 2000,
+    "bulk_max_records": 50000,
+    "outbound_url": None,
+    "outbound_backoff_seconds": 0.2,
+    "outbound_max_backoff_seconds": 5,
+    "outbound_retry_for_seconds": 600,
+}
+SOAP_LOGIN = re.compile(r"^/services/Soap/u/(?P<version>\d+\.\d)(?:/.*)?$")
+REST_PREFIX = re.compile(r"^/services/data/v(?P<version>\d+\.\d)(?P<rest>/.*)?$")
+
+# (methods, path under /services/data/vXX.X/, handler). "{x}" is one segment, "{x*}" the rest.
+# Literal routes come before the placeholders they would otherwise match.
+ROUTES = [
+    ("GET", "", rest.resources),
+    ("GET", "sobjects", rest.describe_global),
+    ("GET", "sobjects/{type_name}/describe", rest.describe),
+    ("GET", "sobjects/{type_name}/updated", rest.updated),
+    ("GET", "sobjects/{type_name}/deleted", rest.deleted),
+    ("GET", "sobjects/{type_name}", rest.sobject_info),
+    ("POST", "sobjects/{type_name}", rest.create),
+    ("GET PATCH DELETE", "sobjects/{type_name}/{record_id}", rest.row),
+    ("GET PATCH DELETE", "sobjects/{type_name}/{field}/{value*}", rest.by_external_id),
+    ("GET", "query", rest.query),
+    ("GET", "queryAll", rest.query_all),
+    ("GET", "query/{locator}", rest.query_more),
+    ("GET", "queryAll/{locator}", rest.query_more),
+    ("GET", "limits", rest.limits),
+    ("POST PATCH", "composite/sobjects", composite.create_or_update),
+    ("DELETE", "composite/sobjects", composite.delete),
+    ("GET POST", "composite/sobjects/{type_name}", composite.retrieve),
+    ("PATCH", "composite/sobjects/{type_name}/{field}", composite.upsert),
+    ("POST", "composite", composite.composite),
+    ("GET", "jobs/ingest", bulk.list_ingest),
+    ("POST", "jobs/ingest", bulk.create_ingest),
+    ("PUT", "jobs/ingest/{job_id}/batches", bulk.upload),
+    ("GET", "jobs/ingest/{job_id}/{kind}", bulk.ingest_results),
+    ("GET PATCH DELETE", "jobs/ingest/{job_id}", bulk.ingest_job),
+    ("POST", "jobs/query", bulk.create_query),
+    ("GET", "jobs/query/{job_id}/results", bulk.query_results),
+    ("GET PATCH DELETE", "jobs/query/{job_id}", bulk.query_job),
+]
+WRITE_METHODS = {"POST", "PATCH", "PUT", "DELETE"}
+
+
+class SalesforceApp:
+    name = "salesforce"
+
+    def __init__(self, state_dir: Path, options: dict | None = None):
+        self.directory = Path(state_dir) / "salesforce"
+        self.directory.mkdir(parents=True, exist_ok=True)
+        self.options = {**DEFAULTS, **{k: v for k, v in (options or {}).items() if v is not None}}
+        self.creds = credentials.load_or_create(self.directory)
+        self.ssl_context, self.ca_file = credentials.server_tls(self.directory)
+        self.jwt_private_key_file, public_key = credentials.jwt_key_pair(self.directory)
+        self.store = Store(self.directory / "org.sqlite3")
+        self.org = Org(self.store)
+        self.sessions = Sessions(
+            self.store, self.creds["organization_id"], float(self.options["session_seconds"])
+        )
+        self.auth = Authenticator(self.creds, self.sessions, public_key, lambda: self.base_url)
+        self.cursors = rest.Cursors()
+        self.jobs = bulk.Jobs()
+        self.outbound = Outbound(self, self.options)
+        self.org.won_listeners.append(self.outbound.notify)
+        self.daily_api_limit = int(self.options["daily_api_limit"])
+        self._usage_lock = threading.Lock()
+        self.base_url = ""  # set by the runner once the server has its port
+
+    @property
+    def is_new(self) -> bool:
+        """No seed was ever applied to this state directory."""
+        return self.store.get_meta("seed") is None
+
+    def descriptor(self) -> dict:
+        return {
+            "login_url": self.base_url,
+            "instance_url": self.base_url,
+            "ca_file": str(self.ca_file),
+            "api_version": self.options["api_version"],
+            "username": self.creds["username"],
+            "password": self.creds["password"],
+            "security_token": self.creds["security_token"],
+            "consumer_key": self.creds["consumer_key"],
+            "consumer_secret": self.creds["consumer_secret"],
+            "jwt_private_key_file": str(self.jwt_private_key_file),
+            "organization_id": self.creds["organization_id"],
+        }
+
+    # -- the core's app protocol ---------------------------------------------------------------
+
+    def handle(self, request: Request) -> Response:
+        if request.method == "POST" and SOAP_LOGIN.match(request.path):
+            return self.auth.soap_login(request, SOAP_LOGIN.match(request.path)["version"])
+        if request.method == "POST" and request.path.rstrip("/") == "/services/oauth2/token":
+            return self.auth.oauth_token(request)
+        if request.path.rstrip("/") == "/services/data":
+            return rest.versions(self, request)
+        if not REST_PREFIX.match(request.path):
+            return self.error_response(404, "NOT_FOUND", "The requested resource does not exist")
+        if not self.sessions.is_valid(bearer_token(request)):
+            return self.error_response(401, "INVALID_SESSION_ID", "Session expired or invalid")
+        return self._counted(request)
+
+    def _counted(self, request: Request) -> Response:
+        """Every authenticated REST call counts once against the daily allocation (a composite
+        or collections request too). Login and token calls are not counted: third parties
+        disagree on whether Salesforce counts them, and not counting keeps tests predictable."""
+        with self._usage_lock:
+            used = self.store.get_meta(_usage_key(), 0)
+            if used >= self.daily_api_limit:
+                response = self.error_response(
+                    403, "REQUEST_LIMIT_EXCEEDED", "TotalRequests Limit exceeded."
+                )
+                response.headers["Sforce-Limit-Info"] = f"api-usage={used}/{self.daily_api_limit}"
+                return response
+            with self.store.lock:
+                self.store.set_meta(_usage_key(), used + 1)
+        response = self.call_rest(request)
+        response.headers["Sforce-Limit-Info"] = f"api-usage={used + 1}/{self.daily_api_limit}"
+        return response
+
+    def call_rest(self, request: Request) -> Response:
+        """Run one REST call in a transaction; also used for composite subrequests."""
+        match = REST_PREFIX.match(request.path)
+        version = match["version"] if match else ""
+        try:
+            if not match or float(version) < 50:
+                raise ApiError(404, "NOT_FOUND", "The requested resource does not exist")
+            handler, params = self._route(request.method, match["rest"] or "")
+            with self.store.transaction():
+                return handler(self, request, version, **params)
+        except ApiError as error:
+            return Response.json(error.status, [error.as_dict()])
+
+    def _route(self, method: str, path: str) -> tuple:
+        segments = [s for s in path.strip("/").split("/") if s]
+        allowed = []
+        for methods, pattern, handler in ROUTES:
+            params = _match(pattern, segments)
+            if params is None:
+                continue
+            if method in methods.split():
+                return handler, params
+            allowed += methods.split()
+        if allowed:
+            raise ApiError(
+                405,
+                "METHOD_NOT_ALLOWED",
+                f"HTTP Method '{method}' not allowed. Allowed are {','.join(allowed)}",
+            )
+        raise ApiError(404, "NOT_FOUND", "The requested resource does not exist")
+
+    def route_template(self, request: Request) -> str:
+        if SOAP_LOGIN.match(request.path):
+            return f"{request.method} /services/Soap/u/{{version}}"
+        match = REST_PREFIX.match(request.path)
+        if not match:
+            return f"{request.method} {request.path.rstrip('/') or '/'}"
+        segments = [s for s in (match["rest"] or "").strip("/").split("/") if s]
+        for _methods, pattern, _handler in ROUTES:
+            params = _match(pattern, segments)
+            if params is not None:
+                # Object names stay in the template: "POST .../sobjects/Account" is what a
+                # benchmark wants to count; ids and values do not.
+                template = pattern.replace("{type_name}", params.get("type_name", ""))
+                return f"{request.method} /services/data/v{{version}}/{template}".rstrip("/")
+        return f"{request.method} /services/data/v{{version}}/{{unknown}}"
+
+    def is_write(self, request: Request) -> bool:
+        return request.method in WRITE_METHODS and "/services/data/" in request.path
+
+    def expire_session(self, request: Request) -> None:
+        self.sessions.expire(bearer_token(request))
+
+    def error_response(self, status: int, code: str, message: str) -> Response:
+        return Response.json(status, [{"message": message, "errorCode": code, "fields": []}])
+
+    def reset(self, seed_name: str) -> None:
+        """Wipe records, counters, cursors, jobs and outbound state; keep credentials and
+        sessions (a client logged in before a reset keeps working)."""
+        seed.parse(seed_name)  # fail before wiping on a malformed seed
+        with self.store.lock:
+            self.store.wipe()
+            seed.apply(self.store, seed_name)
+            self.store.set_meta("seed", seed_name)
+        self.cursors.clear()
+        self.jobs.clear()
+        self.outbound.reset()
+        self.daily_api_limit = int(self.options["daily_api_limit"])
+
+    def close(self) -> None:
+        self.outbound.close()
+        self.store.close()
+
+    # -- extra control calls -------------------------------------------------------------------
+
+    def control(self, request: Request, subpath: str) -> Response | None:
+        payload = request.json() if request.body else {}
+        if subpath == "outbound":
+            if request.method == "POST":
+                return Response.json(200, self.outbound.configure(payload))
+            return Response.json(200, self.outbound.status())
+        if subpath == "limits":
+            if request.method == "POST":
+                self._set_usage(payload)
+            used, maximum = self.api_usage()
+            return Response.json(200, {"used": used, "daily_api_limit": maximum})
+        return None
+
+    def _set_usage(self, payload: dict) -> None:
+        if "daily_api_limit" in payload:
+            self.daily_api_limit = int(payload["daily_api_limit"])
+        if "used" in payload:
+            with self.store.lock:
+                self.store.set_meta(_usage_key(), int(payload["used"]))
+
+    def api_usage(self) -> tuple[int, int]:
+        with self.store.lock:
+            return self.store.get_meta(_usage_key(), 0), self.daily_api_limit
+
+
+def _usage_key() -> str:
+    # A calendar-day counter (UTC) stands in for Salesforce's rolling 24 hours.
+    return f"usage:{datetime.now(UTC).date().isoformat()}"
+
+
+def _match(pattern: str, segments: list[str]) -> dict | None:
+    """Path params of a pattern matching these raw segments; "{x*}" stays percent-encoded for
+    its handler (external-id values have their own decoding rules)."""
+    parts = pattern.split("/") if pattern else []
+    params = {}
+    for index, part in enumerate(parts):
+        if part.endswith("*}"):
+            if index >= len(segments):
+                return None
+            params[part[1:-2]] = "/".join(segments[index:])
+            return params
+        if index >= len(segments):
+            return None
+        if part.startswith("{"):
+            params[part[1:-1]] = unquote(segments[index])
+        elif part != unquote(segments[index]):
+            return None
+    return params if len(parts) == len(segments) else None

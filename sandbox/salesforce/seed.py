@@ -1,0 +1,261 @@
+"""Seeds: deterministic org contents for a seed string.
+
+- `empty`: the schema and the standard price book only.
+- `demo`: 150 Accounts (the first companies of `sandbox.fake`, which the KashFlow simulator's
+  customers share, so names line up), a Contact each, 60 Product2 with standard price book
+  entries, 400 Opportunities across the stages with 1-4 line items; Closed Won ones carry a
+  KashFlow invoice number except the 8 most recent, which are waiting to be invoiced.
+- `key=value,...` (shared with the KashFlow app; each reads the keys it knows): `customers`,
+  `contacts` (default: one per customer), `products`, `opportunities`, `won_uninvoiced`.
+
+Records are written with executemany in one transaction, so 10,000+ rows take a second or two.
+"""
+
+import random
+from datetime import UTC, date, datetime, timedelta
+
+from sandbox import fake
+from sandbox.salesforce import schema
+from sandbox.salesforce.store import Store, format_datetime
+
+DEMO = {"customers": 150, "products": 60, "opportunities": 400, "won_uninvoiced": 8}
+COUNTRIES = {
+    "GB": "United Kingdom",
+    "IE": "Ireland",
+    "FR": "France",
+    "DE": "Germany",
+    "NL": "Netherlands",
+    "US": "United States",
+}
+STAGE_WEIGHTS = [3, 2, 2, 2, 1, 1, 2, 2, 5, 3]
+
+
+def parse(seed: str) -> dict:
+    """The counts a seed string asks for; raises ValueError on a malformed one."""
+    seed = (seed or "empty").strip()
+    if seed == "empty":
+        return {}
+    if seed == "demo":
+        return dict(DEMO)
+    counts = {}
+    for part in seed.split(","):
+        key, sep, value = part.partition("=")
+        if not sep or not value.strip().isdigit():
+            raise ValueError(f"bad seed part {part!r}: expected demo, empty or key=N,key=N")
+        counts[key.strip()] = int(value)
+    return counts
+
+
+def apply(store: Store, seed: str) -> None:
+    counts = parse(seed)
+    with store.lock:
+        store.db.execute("BEGIN")
+        try:
+            last_stamp = _build(store, seed, counts)
+        except BaseException:
+            store.db.execute("ROLLBACK")
+            raise
+        store.db.execute("COMMIT")
+        store.settle_modstamp(last_stamp)
+
+
+def _build(store: Store, seed: str, counts: dict) -> str:
+    rng = random.Random(f"salesforce:{seed}")
+    rows: list[tuple[str, dict]] = []
+    stamps = _Stamps(store, _estimate(counts))
+    pricebook = _record(
+        "Pricebook2",
+        _next_id(store, "Pricebook2"),
+        stamps(),
+        Name="Standard Price Book",
+        IsActive=True,
+        IsStandard=True,
+    )
+    rows.append(("Pricebook2", pricebook))
+    entries = _products(store, rows, stamps, pricebook, counts.get("products", 0), seed)
+    accounts = _accounts(
+        store, rows, stamps, counts.get("customers", 0), seed, counts.get("contacts")
+    )
+    if accounts and entries:
+        _opportunities(store, rows, stamps, rng, accounts, entries, pricebook, counts)
+    store.bulk_load(rows)
+    return stamps.last
+
+
+def _estimate(counts: dict) -> int:
+    return (
+        1
+        + 2 * counts.get("products", 0)
+        + 2 * counts.get("customers", 0)
+        + 6 * counts.get("opportunities", 0)
+    )
+
+
+class _Stamps:
+    """Strictly increasing SystemModstamps 1 ms apart, ending now (never stamping the future)."""
+
+    def __init__(self, store: Store, expected: int):
+        self.moment = datetime.now(UTC) - timedelta(milliseconds=expected + 1)
+        self.last = ""
+
+    def __call__(self) -> str:
+        self.moment += timedelta(milliseconds=1)
+        self.last = format_datetime(self.moment)
+        return self.last
+
+
+def _next_id(store: Store, type_name: str) -> str:
+    return store.new_id(schema.sobject(type_name).prefix)
+
+
+def _record(type_name: str, record_id: str, stamp: str, **values) -> dict:
+    sobj = schema.sobject(type_name)
+    record = {f.name: None for f in sobj.fields.values() if f.type != "address"}
+    record.update(
+        Id=record_id,
+        IsDeleted=False,
+        CreatedDate=stamp,
+        LastModifiedDate=stamp,
+        SystemModstamp=stamp,
+        **values,
+    )
+    return record
+
+
+def _products(store, rows, stamps, pricebook, count, seed) -> list[dict]:
+    entries = []
+    for product in fake.products(count, seed):
+        record = _record(
+            "Product2",
+            _next_id(store, "Product2"),
+            stamps(),
+            Name=product["name"],
+            ProductCode=product["code"],
+            Description=product["description"],
+            Family=product["family"],
+            IsActive=True,
+            ExternalID__c=product["code"],
+        )
+        entry = _record(
+            "PricebookEntry",
+            _next_id(store, "PricebookEntry"),
+            stamps(),
+            Name=record["Name"],
+            Pricebook2Id=pricebook["Id"],
+            Product2Id=record["Id"],
+            UnitPrice=float(product["price"]),
+            IsActive=True,
+            UseStandardPrice=False,
+            ProductCode=record["ProductCode"],
+        )
+        rows += [("Product2", record), ("PricebookEntry", entry)]
+        entries.append((entry, record))
+    return entries
+
+
+def _accounts(store, rows, stamps, count, seed, contacts) -> list[dict]:
+    accounts = []
+    for number, company in enumerate(fake.companies(count, seed)):
+        domain = company["email"].split("@", 1)[1]
+        account = _record(
+            "Account",
+            _next_id(store, "Account"),
+            stamps(),
+            Name=company["name"],
+            Phone=company["phone"],
+            Website=f"https://www.{domain}",
+            Type="Customer - Direct",
+            BillingStreet="\n".join(company["street"]),
+            BillingCity=company["city"],
+            BillingState=company["county"],
+            BillingPostalCode=company["postcode"],
+            BillingCountry=COUNTRIES.get(company["country_code"], company["country_code"]),
+        )
+        rows.append(("Account", account))
+        accounts.append(account)
+        if contacts is None or number < contacts:
+            first, last = company["contact_first"], company["contact_last"]
+            rows.append(
+                (
+                    "Contact",
+                    _record(
+                        "Contact",
+                        _next_id(store, "Contact"),
+                        stamps(),
+                        AccountId=account["Id"],
+                        FirstName=first,
+                        LastName=last,
+                        Name=f"{first} {last}",
+                        Email=company["email"],
+                        Phone=company["phone"],
+                        Title="Accounts Payable",
+                    ),
+                )
+            )
+    return accounts
+
+
+def _opportunities(store, rows, stamps, rng, accounts, entries, pricebook, counts) -> None:
+    today = date.today()
+    opportunities = []
+    for number in range(counts.get("opportunities", 0)):
+        account = rng.choice(accounts)
+        stage = rng.choices(schema.STAGES, STAGE_WEIGHTS)[0]
+        close = today + timedelta(days=rng.randint(-120, -1) if stage[2] else rng.randint(1, 120))
+        opportunity = _record(
+            "Opportunity",
+            _next_id(store, "Opportunity"),
+            stamps(),
+            AccountId=account["Id"],
+            Name=f"{account['Name']} - order {number + 1}",
+            StageName=stage[0],
+            CloseDate=close.isoformat(),
+            Probability=stage[1],
+            IsClosed=stage[2],
+            IsWon=stage[3],
+            ForecastCategoryName=stage[4],
+            Pricebook2Id=pricebook["Id"],
+            HasOpportunityLineItem=True,
+        )
+        lines = [
+            _line(store, stamps, rng, opportunity, sort, *rng.choice(entries))
+            for sort in range(1, rng.randint(1, 4) + 1)
+        ]
+        opportunity["Amount"] = round(sum(line["TotalPrice"] for line in lines), 2)
+        rows += [("Opportunity", opportunity), *(("OpportunityLineItem", line) for line in lines)]
+        opportunities.append(opportunity)
+    _invoice_numbers(opportunities, counts.get("won_uninvoiced", 0))
+
+
+def _line(store, stamps, rng, opportunity, sort_order, entry, product) -> dict:
+    quantity = float(rng.randint(1, 10))
+    discount = rng.choice([None, None, None, 5.0, 10.0])
+    total = round(quantity * entry["UnitPrice"] * (1 - (discount or 0) / 100), 2)
+    return _record(
+        "OpportunityLineItem",
+        _next_id(store, "OpportunityLineItem"),
+        stamps(),
+        OpportunityId=opportunity["Id"],
+        PricebookEntryId=entry["Id"],
+        Product2Id=product["Id"],
+        Name=f"{opportunity['Name']} {product['Name']}"[:376],
+        ProductCode=product["ProductCode"],
+        Quantity=quantity,
+        UnitPrice=entry["UnitPrice"],
+        ListPrice=entry["UnitPrice"],
+        Discount=discount,
+        TotalPrice=total,
+        SortOrder=sort_order,
+    )
+
+
+def _invoice_numbers(opportunities: list[dict], uninvoiced: int) -> None:
+    """Won deals were invoiced in KashFlow, except the most recent few (the sync's first job)."""
+    won = sorted((o for o in opportunities if o["IsWon"]), key=lambda o: (o["CloseDate"], o["Id"]))
+    invoiced = won[: max(0, len(won) - uninvoiced)]
+    for number, opportunity in enumerate(invoiced, start=1001):
+        opportunity.update(
+            KashFlow_Invoice_Number__c=str(number),
+            KashFlow_Invoice_Status__c="Paid" if number % 3 else "Sent",
+            KashFlow_Amount_Due__c=0.0 if number % 3 else opportunity["Amount"],
+        )

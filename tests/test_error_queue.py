@@ -242,3 +242,18 @@ def test_csv_export_streams_and_defuses_formulas(ops_client):
     assert '\'=HYPERLINK("http://evil")' in by_id
     assert by_id['\'=HYPERLINK("http://evil")'][9] == "'+cmd|' /C calc'!A0"
     assert by_id["ACME01"][9] == "Ordinary message"
+
+
+def test_the_admin_bulk_retry_is_the_same_retry(client, admin_user, engine):
+    admin_user.is_staff = True
+    admin_user.save()
+    client.force_login(admin_user)
+    first, second = failed(), failed()
+
+    client.post(
+        reverse("admin:integration_syncevent_changelist"),
+        {"action": "retry_selected", "_selected_action": [first.pk, second.pk]},
+    )
+
+    assert engine.calls == [("retry_events", sorted([first.pk, second.pk]), admin_user)]
+    assert SyncEvent.objects.filter(status=SyncEvent.Status.PENDING).count() == 2

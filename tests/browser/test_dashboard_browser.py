@@ -7,13 +7,13 @@ from django.contrib.auth.models import Group
 
 from integration.models import MappingSet, SyncEvent
 from tests import factories
-from tests.browser.conftest import screenshot, sign_in
+from tests.browser.conftest import ensure_roles, screenshot, sign_in
 from tests.browser.seed import seed_dashboard
 
-# live_server needs real transactions; serialized_rollback keeps the roles made by migrations.
+# live_server needs real transactions (so the roles are remade per test: see ensure_roles).
 pytestmark = [
     pytest.mark.browser,
-    pytest.mark.django_db(transaction=True, serialized_rollback=True),
+    pytest.mark.django_db(transaction=True),
 ]
 
 expect = pytest.importorskip("playwright.sync_api").expect
@@ -21,6 +21,7 @@ expect = pytest.importorskip("playwright.sync_api").expect
 
 @pytest.fixture
 def olivia(transactional_db):
+    ensure_roles()
     user = factories.UserFactory(username="olivia")
     user.groups.add(Group.objects.get(name="Operations"))
     return user
@@ -28,6 +29,7 @@ def olivia(transactional_db):
 
 @pytest.fixture
 def ada(transactional_db):
+    ensure_roles()
     user = factories.UserFactory(username="ada")
     user.groups.add(Group.objects.get(name="Integration admin"))
     return user

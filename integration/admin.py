@@ -3,6 +3,7 @@ dashboard, so there is one way to retry or ignore an error."""
 
 from django.contrib import admin, messages
 
+from integration.clients.check import check_connection
 from integration.forms import SECRET_LABELS, ConnectionForm
 from integration.models import (
     Connection,
@@ -39,6 +40,15 @@ class ConnectionAdmin(admin.ModelAdmin):
         "created_at",
         "updated_at",
     ]
+
+    actions = ["check_selected"]
+
+    @admin.action(description="Check the selected connections", permissions=["change"])
+    def check_selected(self, request, queryset):
+        for connection in queryset:
+            result = check_connection(connection)
+            level = messages.SUCCESS if result.ok else messages.ERROR
+            self.message_user(request, f"{connection.name}: {result.message}", level)
 
     def get_fieldsets(self, request, obj=None):
         secret_fields = [f for name in SECRET_LABELS for f in (name, f"clear_{name}")]

@@ -7,18 +7,20 @@ click or two workers cannot do the same work twice.
 
 from __future__ import annotations
 
-import hashlib
-import json
 import re
 from datetime import date, datetime, time, timedelta
 
 from django.conf import settings
+from django.core.serializers.json import DjangoJSONEncoder
 from django.db import models, transaction
 from django.db.models import Count, F, Max, Min, Q
 from django.db.models.functions import TruncDate
 from django.utils import timezone
 
 from integration import secrets
+
+# One copy of the hash, in the mapping engine; re-exported here for the flows and the ledger.
+from integration.mapping import content_hash as content_hash
 
 
 class Flow(models.TextChoices):
@@ -31,12 +33,6 @@ class Flow(models.TextChoices):
 class Direction(models.TextChoices):
     KASHFLOW_TO_SALESFORCE = "kf_to_sf", "KashFlow → Salesforce"
     SALESFORCE_TO_KASHFLOW = "sf_to_kf", "Salesforce → KashFlow"
-
-
-def content_hash(payload: object) -> str:
-    """A stable hash of a JSON-able payload: same content, same hash, whatever the key order."""
-    text = json.dumps(payload, sort_keys=True, separators=(",", ":"), default=str)
-    return hashlib.sha256(text.encode()).hexdigest()
 
 
 # --------------------------------------------------------------------------------------------
@@ -683,7 +679,8 @@ class SyncEvent(models.Model):
     source_id = models.CharField(max_length=100)
     target_object = models.CharField(max_length=80, blank=True)
     target_id = models.CharField(max_length=100, blank=True)
-    payload = models.JSONField(default=dict, blank=True)
+    # Money arrives as Decimal and is stored as its exact text (DjangoJSONEncoder), never a float.
+    payload = models.JSONField(default=dict, blank=True, encoder=DjangoJSONEncoder)
     content_hash = models.CharField(max_length=64, blank=True)
     dedupe_key = models.CharField(max_length=255, unique=True)
     status = models.CharField(max_length=20, choices=Status.choices, default=Status.PENDING)
@@ -784,6 +781,8 @@ class SyncEvent(models.Model):
             self.status, self.next_attempt_at = self.Status.FAILED_PERMANENT, None
         self.error_class = self.ErrorClass.PERMANENT if permanent else self.ErrorClass.TRANSIENT
         self.error_code, self.message, self.claimed_at = code[:100], message, None
+        if self.pk is None:
+            return  # a dry run's event: never recorded, so it only changes in memory
         self.save(
             update_fields=[
                 "status",
@@ -806,7 +805,8 @@ class SyncEvent(models.Model):
             self.target_id = target_id
         if content_hash:
             self.content_hash = content_hash
-        self.save()
+        if self.pk is not None:  # a dry run's event is never recorded
+            self.save()
 
     def retry(self, user=None) -> bool:
         """Put a failed or ignored event back in line at once. False if it was not failed."""

@@ -566,15 +566,11 @@ def connection_test(request, pk: int):
 
     connection = get_object_or_404(Connection, pk=pk)
     result = check_connection(connection)
+    # The message already names any custom fields missing in the Salesforce org.
     if result.ok:
         messages.success(request, f"{connection.name} works: {result.message}")
     else:
-        missing = (
-            f" Missing in Salesforce: {', '.join(result.missing_fields)}."
-            if result.missing_fields
-            else ""
-        )
-        messages.error(request, f"{connection.name} is not working: {result.message}{missing}")
+        messages.error(request, f"{connection.name} is not working: {result.message}")
     return redirect("dashboard:connections")
 
 

@@ -238,6 +238,16 @@ KASHFORCE = {
         _read("KASHFORCE_HTTP_CONNECT_TIMEOUT", env.float, 5.0),
         _read("KASHFORCE_HTTP_READ_TIMEOUT", env.float, 60.0),
     ),
+    # Attempts per HTTP call for transient failures (429, 5xx, timeouts, resets), and the first
+    # backoff in seconds (doubling, with jitter). A Retry-After longer than HTTP_MAX_WAIT is not
+    # slept through: the call fails as transient and the sync engine reschedules the work.
+    "HTTP_ATTEMPTS": _read("KASHFORCE_HTTP_ATTEMPTS", env.int, 4),
+    "HTTP_BACKOFF": _read("KASHFORCE_HTTP_BACKOFF", env.float, 1.0),
+    "HTTP_MAX_WAIT": _read("KASHFORCE_HTTP_MAX_WAIT", env.float, 60.0),
+    # Salesforce writes of more records than this go through Bulk API 2.0 instead of sObject
+    # Collections (200 a call); Bulk jobs are polled every BULK_POLL seconds.
+    "BULK_THRESHOLD": _read("KASHFORCE_BULK_THRESHOLD", env.int, 2000),
+    "BULK_POLL": _read("KASHFORCE_BULK_POLL", env.float, 2.0),
     # A task works on a run for this long, then hands over to a fresh task (stays far below
     # Q_TIMEOUT, so a long initial load never gets killed mid-way).
     "TASK_SLICE_SECONDS": _read("KASHFORCE_TASK_SLICE_SECONDS", env.int, 120),
@@ -247,6 +257,18 @@ KASHFORCE = {
     "LOST_TASK_SECONDS": _read("KASHFORCE_LOST_TASK_SECONDS", env.int, 120),
     # Days to keep successful ledger rows (errors are kept until resolved).
     "LEDGER_RETENTION_DAYS": _read("KASHFORCE_LEDGER_RETENTION_DAYS", env.int, 90),
+    # Values the mappings fall back on (an invoice line's nominal code, a payment's method...).
+    "DEFAULTS": {
+        "nominal_code": _read("KASHFORCE_DEFAULT_NOMINAL_CODE", env.int, 4000),
+        "vat_rate": _read("KASHFORCE_DEFAULT_VAT_RATE", env.str, "20"),
+        "payment_method": _read("KASHFORCE_DEFAULT_PAYMENT_METHOD", env.str, ""),
+        "bank_account": _read("KASHFORCE_DEFAULT_BANK_ACCOUNT", env.str, ""),
+        "invoice_prefix": _read("KASHFORCE_INVOICE_PREFIX", env.str, ""),
+    },
+    # VAT rates by country code or KashFlow product code, e.g. "countries": {"IE": "23"}.
+    "VAT_RULES": _read("KASHFORCE_VAT_RULES", env.json, {}),
+    # Which Opportunities become invoices (a SOQL condition on Opportunity).
+    "INVOICE_WHEN": _read("KASHFORCE_INVOICE_WHEN", env.str, "IsWon = true AND Amount > 0"),
     # Where the sandbox keeps its state and descriptor.
     "SANDBOX_STATE_DIR": _read("KASHFORCE_SANDBOX_DIR", env.str, str(VAR_DIR / "sandbox")),
 }

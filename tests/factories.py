@@ -71,9 +71,10 @@ class MappingSetFactory(factory.django.DjangoModelFactory):
     class Meta:
         model = MappingSet
 
-    name = "Customers to Accounts"
+    # A pair the default templates (migration 0004) do not install, so tests start clean.
+    name = "Suppliers to Accounts"
     flow = Flow.CUSTOMERS
-    source_object = "kashflow.Customer"
+    source_object = "kashflow.Supplier"
     target_object = "salesforce.Account"
     version = 1
     is_active = True

@@ -83,8 +83,9 @@ def test_admin_edits_without_seeing_secrets(admin_client_):
 
 def test_test_button_reports_the_result(ops_client, check):
     connection = factories.SalesforceConnectionFactory(name="SF")
-    check.result.ok, check.result.message = False, "Login refused"
-    check.result.missing_fields = ["Account.KashFlow_Code__c"]
+    check.result.ok = False
+    check.result.message = "Connected as sf. Missing in the org: Account.KashFlow_Code__c."
+    check.result.missing_fields = {"Account": ["KashFlow_Code__c"]}
 
     response = ops_client.post(
         reverse("dashboard:connection_test", args=[connection.pk]), follow=True
@@ -92,7 +93,9 @@ def test_test_button_reports_the_result(ops_client, check):
 
     assert check.calls == [connection]
     page = response.content.decode()
-    assert "SF is not working: Login refused" in page and "Account.KashFlow_Code__c" in page
+    assert (
+        "SF is not working: Connected as sf. Missing in the org: Account.KashFlow_Code__c." in page
+    )
 
 
 def test_test_button_is_post_only(ops_client, check):

@@ -91,7 +91,8 @@ def test_rollback_is_a_new_version_with_the_old_rows():
     v3 = MappingSet.objects.get(pk=v1.pk).rollback_to()
     assert v3.version == 3 and v3.is_active
     assert v3.as_rows() == v1.as_rows()
-    assert MappingSet.objects.active().get(flow=v1.flow) == v3
+    pair = (v1.flow, v1.source_object, v1.target_object)
+    assert MappingSet.objects.history(*pair).active().get() == v3
     assert not MappingSet.objects.get(pk=v2.pk).is_active
 
 

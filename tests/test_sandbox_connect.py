@@ -26,7 +26,7 @@ def test_connect_creates_both_connections_and_routes_outbound_messages(sandbox):
     assert salesforce.instance_url == info["salesforce"]["instance_url"]
     assert salesforce.auth_method == Connection.AuthMethod.SF_JWT
     assert salesforce.get_secret("private_key").startswith("-----BEGIN")
-    assert kashflow.base_url == info["kashflow"]["base_url"]
+    assert kashflow.base_url == info["kashflow"]["base_url"] + "/v2"
     assert kashflow.get_secret("memorable_word") == info["kashflow"]["memorable_word"]
     secret = salesforce.get_secret("outbound_secret")
     outbound = control(info["control"]["salesforce"], "outbound")

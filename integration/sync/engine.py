@@ -71,6 +71,26 @@ class RunContext:
     def dry_run(self) -> bool:
         return self.run.dry_run
 
+    @property
+    def kashflow(self):
+        """The KashFlow client for the active connection, one per task (its session is reused)."""
+        if "kashflow" not in self.cache:
+            from integration.clients.kashflow import KashFlowClient
+
+            self.cache["kashflow"] = KashFlowClient(Connection.active(Connection.Kind.KASHFLOW))
+        return self.cache["kashflow"]
+
+    @property
+    def salesforce(self):
+        """The Salesforce client for the active connection, one per task."""
+        if "salesforce" not in self.cache:
+            from integration.clients.salesforce import SalesforceClient
+
+            self.cache["salesforce"] = SalesforceClient(
+                Connection.active(Connection.Kind.SALESFORCE)
+            )
+        return self.cache["salesforce"]
+
     def time_left(self) -> float:
         return self.deadline - time.monotonic()
 
@@ -103,6 +123,7 @@ class PlannedWrite:
     payload: dict
     target_id: str = ""
     current: dict | None = None  # the target record as it is now, when it exists
+    problem: str = ""  # why this record could not be synced, when it could not
 
     @property
     def diff(self) -> list[tuple[str, object, object]]:
@@ -114,6 +135,8 @@ class PlannedWrite:
         ]
 
     def describe(self) -> str:
+        if self.problem:
+            return f"cannot sync {self.source_object} {self.source_id}: {self.problem}"
         target = f"{self.target_object} {self.target_id}".strip()
         lines = [f"{self.action} {target} from {self.source_object} {self.source_id}"]
         for name, before, after in self.diff:
@@ -248,9 +271,10 @@ def record_change(
 ) -> SyncEvent | None:
     """Record one source record as a SyncEvent; returns None if this change is already known.
 
-    The dedupe key is the record plus its version (a modification stamp) when the source has
-    one, or the content hash when it does not: the same change seen twice (poll and push, or the
-    cursor's overlap) is one event, while A → B → A is three. A newer version of a record whose
+    The dedupe key is the record plus `version`, which the flow chooses to identify one change
+    (a modification stamp, with the content hash where stamps are coarse), or the content hash
+    when it gives none: the same change seen twice (poll and push, or the cursor's overlap) is
+    one event, while A → B → A is three. A newer version of a record whose
     event is still waiting replaces that event's payload, so stale data is never written.
     """
     flow = ctx.run.flow
@@ -334,6 +358,18 @@ def dry_run(flow_name: str, *, full: bool = False, user=None) -> list[PlannedWri
         run.fail(f"The dry run stopped: {exc}")
         raise
     plans = ctx.cache.get("plans", [])
+    for event in ctx.cache.get("dry_events", []):
+        if event.is_error:
+            plans.append(
+                PlannedWrite(
+                    source_object=event.source_object,
+                    source_id=event.source_id,
+                    target_object=event.target_object,
+                    action="fail",
+                    payload={},
+                    problem=event.message,
+                )
+            )
     run.read_count = len(ctx.cache.get("dry_events", []))
     run.save(update_fields=["read_count"])
     run.finish(f"Dry run: {len(plans)} write(s) would be made; nothing was written.")

@@ -75,7 +75,10 @@ def apply(txn: Txn, seed: str) -> None:
     _reference_data(txn)
     today = datetime.combine(txn.now.date(), MIDDAY)
     rng = random.Random(f"kashflow:{seed}")
-    customers = _customers(txn, fake.companies(sizes["customers"], sizes["names"]), today, rng)
+    # Change stamps are moments, never later than now (midday today may still be to come), or a
+    # watermark taken from them would hide the next real change.
+    latest = txn.now.replace(microsecond=0) - timedelta(seconds=1)
+    customers = _customers(txn, fake.companies(sizes["customers"], sizes["names"]), latest, rng)
     products = fake.products(sizes["products"], sizes["names"])
     _products(txn, products)
     if sizes["invoices"] and not customers:
@@ -90,11 +93,11 @@ def _reference_data(txn: Txn) -> None:
     txn.db.executemany("INSERT INTO vat_rates VALUES (?, ?, ?)", VAT_RATES)
 
 
-def _customers(txn: Txn, companies: list[dict], today: datetime, rng: random.Random) -> list:
+def _customers(txn: Txn, companies: list[dict], latest: datetime, rng: random.Random) -> list:
     rows, seeded = [], []
     for index, company in enumerate(companies):
-        created = today - timedelta(days=rng.randint(30, 900), seconds=rng.randint(0, 36000))
-        updated = min(created + timedelta(days=rng.randint(0, 400)), today)
+        created = latest - timedelta(days=rng.randint(30, 900), seconds=rng.randint(0, 36000))
+        updated = min(created + timedelta(days=rng.randint(0, 400)), latest)
         terms = rng.choice(PAYMENT_TERMS)
         doc = _customer_doc(company, index + 1, terms, rng)
         rows.append(

@@ -6,7 +6,9 @@
   entries, 400 Opportunities across the stages with 1-4 line items; Closed Won ones carry a
   KashFlow invoice number except the 8 most recent, which are waiting to be invoiced.
 - `key=value,...` (shared with the KashFlow app; each reads the keys it knows): `customers`,
-  `contacts` (default: one per customer), `products`, `opportunities`, `won_uninvoiced`.
+  `accounts` (default: as many as `customers`; `accounts=0` leaves the org without Accounts, for a
+  first load from KashFlow), `contacts` (default: one per Account), `products`,
+  `opportunities`, `won_uninvoiced`.
 
 Records are written with executemany in one transaction, so 10,000+ rows take a second or two.
 """
@@ -73,20 +75,22 @@ def _build(store: Store, seed: str, counts: dict) -> str:
     )
     rows.append(("Pricebook2", pricebook))
     entries = _products(store, rows, stamps, pricebook, counts.get("products", 0), seed)
-    accounts = _accounts(
-        store, rows, stamps, counts.get("customers", 0), seed, counts.get("contacts")
-    )
+    accounts = _accounts(store, rows, stamps, _account_count(counts), seed, counts.get("contacts"))
     if accounts and entries:
         _opportunities(store, rows, stamps, rng, accounts, entries, pricebook, counts)
     store.bulk_load(rows)
     return stamps.last
 
 
+def _account_count(counts: dict) -> int:
+    return counts.get("accounts", counts.get("customers", 0))
+
+
 def _estimate(counts: dict) -> int:
     return (
         1
         + 2 * counts.get("products", 0)
-        + 2 * counts.get("customers", 0)
+        + 2 * _account_count(counts)
         + 6 * counts.get("opportunities", 0)
     )
 

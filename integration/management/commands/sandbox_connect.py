@@ -99,7 +99,9 @@ class Command(BaseCommand):
         connection.kind = Connection.Kind.KASHFLOW
         connection.environment = Connection.Environment.SANDBOX
         connection.auth_method = Connection.AuthMethod.KF_PASSWORD
-        connection.base_url = kf["base_url"]
+        # The descriptor names the server; the API lives under /v2 as on api.kashflow.com.
+        base = kf["base_url"].rstrip("/")
+        connection.base_url = base if base.endswith("/v2") else f"{base}/v2"
         connection.username = kf["username"]
         connection.is_active = True
         connection.set_secrets(password=kf["password"], memorable_word=kf["memorable_word"])

@@ -1,0 +1,82 @@
+"""The connection check: sign in, and say in plain words whether it worked and why not.
+
+Used by the admin's bulk action and the dashboard; the result is stored on the Connection.
+A check always signs in afresh (a cached token proves nothing about the stored credentials).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from urllib.parse import urlsplit
+
+from integration.clients.errors import ApiError
+from integration.clients.kashflow import KashFlowClient
+from integration.clients.salesforce import OBJECT_MISSING, SalesforceClient
+from integration.models import Connection
+from integration.secrets import SecretDecryptionError
+
+SECRET_WORDS = {
+    "password": "password",
+    "security_token": "security token",
+    "consumer_secret": "consumer secret",
+    "private_key": "private key",
+    "memorable_word": "memorable word",
+}
+
+
+@dataclass
+class CheckResult:
+    ok: bool
+    message: str
+    # Salesforce only: required custom fields absent from the org, by object.
+    missing_fields: dict[str, list[str]] = field(default_factory=dict)
+
+
+def check_connection(connection: Connection) -> CheckResult:
+    """Sign in and report; the outcome is stored with `connection.record_check`."""
+    try:
+        result = _incomplete(connection) or _check(connection)
+    except ApiError as exc:
+        result = CheckResult(False, exc.message)
+    except SecretDecryptionError as exc:
+        result = CheckResult(False, str(exc))
+    connection.record_check(result.ok, result.message)
+    return result
+
+
+def _incomplete(connection: Connection) -> CheckResult | None:
+    missing = [SECRET_WORDS.get(name, name) for name in connection.missing_secrets()]
+    if missing:
+        return CheckResult(
+            False, f"No {' or '.join(missing)} is stored; enter it in the connection's settings."
+        )
+    if connection.kind == Connection.Kind.KASHFLOW and not connection.base_url:
+        return CheckResult(False, "No KashFlow API address is set (https://api.kashflow.com/v2).")
+    return None
+
+
+def _check(connection: Connection) -> CheckResult:
+    if connection.kind == Connection.Kind.KASHFLOW:
+        answer = KashFlowClient(connection).login()
+        company = f" ({answer['CompanyName']})" if answer.get("CompanyName") else ""
+        return CheckResult(True, f"Signed in to KashFlow as {connection.username}{company}.")
+    client = SalesforceClient(connection)
+    client.login()
+    who = connection.username or urlsplit(client.instance_url).hostname
+    missing = client.missing_fields()
+    if not missing:
+        return CheckResult(True, f"Connected as {who}. The org has every field kashforce needs.")
+    return CheckResult(
+        False, f"Connected as {who}. Missing in the org: {describe_missing(missing)}.", missing
+    )
+
+
+def describe_missing(missing: dict[str, list[str]]) -> str:
+    """ "Opportunity.KashFlow_Invoice_Number__c, KashFlow_Payment__c (object)"."""
+    names = []
+    for sobject, fields in missing.items():
+        if fields == [OBJECT_MISSING]:
+            names.append(f"{sobject} (object)")
+        else:
+            names += [f"{sobject}.{name}" for name in fields]
+    return ", ".join(names)

@@ -1,0 +1,417 @@
+"""The KashFlow REST API v2 client: the only code that speaks to KashFlow.
+
+Intent-level methods over one `_request()`. Facts about the API are in
+shared/reference/kashflow-api.md; the ones that shape this module:
+
+- Login is two steps: POST /sessiontoken with user name and password answers a temporary token
+  and three 1-based positions of the memorable word; PUT /sessiontoken with those letters
+  answers the session token, sent as `Authorization: KfToken <token>`. The token lives while it
+  is used (60 idle minutes), so it is kept encrypted on the Connection and reused by every task
+  in every process; an invalid or expired one is a 401 InvalidSessionToken, and we sign in again
+  once.
+- Lists are `{"MetaData": {..., "NextPageUrl"}, "Data": [...]}` (a few are bare arrays), and list
+  items are summaries.
+- Money is a JSON number with 4 places: parsed as Decimal, written exactly. Dates are
+  "YYYY-MM-DD HH:MM:SS", sometimes with an offset, sometimes date-only.
+- A server-side SQL timeout comes back as HTTP 400 with Error "-2146232060": transient.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+from collections.abc import Iterator
+from datetime import date, datetime, time
+from decimal import Decimal
+from urllib.parse import quote
+from zoneinfo import ZoneInfo
+
+import requests
+
+from integration.clients.errors import ApiError, network_error
+from integration.clients.http import RETRY_STATUSES, ApiSession, dumps, retry_after_seconds
+from integration.models import Connection
+from integration.secrets import remember
+
+log = logging.getLogger(__name__)
+
+SYSTEM = "kashflow"
+PAGE_SIZE = 100  # the spec's cap for products
+# Customers and invoices allow more: a production integration (hcs-sync) reads 200 a page
+# (reference §6), which halves the calls of a long walk.
+LONG_PAGE_SIZE = 200
+SQL_TIMEOUT = "-2146232060"  # KashFlow's "Execution Timeout Expired" (reference §7)
+# KashFlow's wall clock: its dates carry no zone (or one we are told to ignore).
+KASHFLOW_TIME_ZONE = ZoneInfo("Europe/London")
+JSON_HEADERS = {"Accept": "application/json", "Content-Type": "application/json"}
+
+LOGIN_MESSAGES = {
+    "InvalidCredentials": "KashFlow rejected the username or password.",
+    "InvalidMemorableWord": "KashFlow rejected the memorable word.",
+    "AccountLocked": (
+        "The KashFlow account is locked after too many failed sign-ins; unlock it in KashFlow."
+    ),
+    "ApiAccessDisabled": "API access is turned off for this KashFlow account (Settings → API).",
+    "PasswordExpired": "The KashFlow password has expired; set a new one in KashFlow, then here.",
+}
+
+
+# --------------------------------------------------------------------------------------------
+# Dates
+
+_DATE = re.compile(
+    r"^(\d{4})-(\d{2})-(\d{2})"
+    r"(?:[T ](\d{2}):(\d{2})(?::(\d{2})(?:\.\d+)?)?)?"
+    r"\s*(?:Z|[+-]\d{2}:?\d{2})?$"
+)
+
+
+def parse_kashflow_datetime(text: str | None) -> datetime | None:
+    """A KashFlow date as a naive datetime on KashFlow's wall clock; None for null or "".
+
+    Accepts "YYYY-MM-DD HH:MM:SS", an ISO "T", fractions, a trailing offset (ignored, as the
+    reference advises: KashFlow's offsets are not reliable) and a date alone (taken as midday).
+    """
+    if not text:
+        return None
+    match = _DATE.match(text.strip())
+    if not match:
+        raise ValueError(f"Not a KashFlow date: {text!r}")
+    year, month, day, hour, minute, second = match.groups()
+    if hour is None:
+        return datetime(int(year), int(month), int(day), 12)
+    return datetime(int(year), int(month), int(day), int(hour), int(minute), int(second or 0))
+
+
+def parse_kashflow_date(text: str | None) -> date | None:
+    """The calendar day of a KashFlow date ("2024-10-09 12:00:00" -> 2024-10-09)."""
+    value = parse_kashflow_datetime(text)
+    return value.date() if value else None
+
+
+def format_kashflow_date(value: date | datetime) -> str:
+    """How KashFlow writes a date: a calendar day at midday, so no time zone can shift it.
+
+    A datetime keeps its time (converted to KashFlow's wall clock when it is aware).
+    """
+    if isinstance(value, datetime):
+        if value.tzinfo is not None:
+            value = value.astimezone(KASHFLOW_TIME_ZONE).replace(tzinfo=None)
+        return value.strftime("%Y-%m-%d %H:%M:%S")
+    return datetime.combine(value, time(12)).strftime("%Y-%m-%d %H:%M:%S")
+
+
+def _to_wire(value: object) -> object:
+    return format_kashflow_date(value) if isinstance(value, date | datetime) else value
+
+
+# --------------------------------------------------------------------------------------------
+# Errors
+
+
+def _retryable(response: requests.Response) -> bool:
+    return response.status_code in RETRY_STATUSES or _error_code(response) == SQL_TIMEOUT
+
+
+def _error_body(response: requests.Response) -> dict:
+    try:
+        body = response.json()
+    except ValueError:
+        return {}
+    return body if isinstance(body, dict) else {}
+
+
+def _error_code(response: requests.Response) -> str:
+    if response.status_code < 400:
+        return ""
+    return str(_error_body(response).get("Error") or "")
+
+
+def error_from_response(response: requests.Response, what: str) -> ApiError:
+    """Plain words for a KashFlow error answer; `what` says what we were doing ("create ...")."""
+    body = _error_body(response)
+    code = str(body.get("Error") or "")
+    detail = str(body.get("Message") or "").strip() or f"HTTP {response.status_code}"
+    status = response.status_code
+    fields = {"system": SYSTEM, "code": code or str(status), "status": status}
+    if code in LOGIN_MESSAGES or status == 403:
+        message = LOGIN_MESSAGES.get(code, f"KashFlow refused access: {detail}")
+        return ApiError(message, permanent=True, **fields)
+    if code == SQL_TIMEOUT or status in RETRY_STATUSES:
+        return ApiError(
+            f"KashFlow was too busy to {what} (HTTP {status}); kashforce will try again.",
+            permanent=False,
+            retry_after=retry_after_seconds(response),
+            **fields,
+        )
+    if status == 401:  # InvalidSessionToken again, straight after a fresh sign-in
+        return ApiError(
+            f"KashFlow would not accept a fresh session to {what}; kashforce will try again.",
+            permanent=False,
+            **fields,
+        )
+    return ApiError(f"KashFlow could not {what}: {detail}", permanent=True, **fields)
+
+
+# --------------------------------------------------------------------------------------------
+# The client
+
+
+class KashFlowClient:
+    """One KashFlow account. Raises ApiError for every failure (see errors.py)."""
+
+    def __init__(self, connection: Connection, session: requests.Session | None = None):
+        if connection.kind != Connection.Kind.KASHFLOW:
+            raise ValueError(f"{connection!r} is not a KashFlow connection")
+        self.connection = connection
+        self.base_url = connection.base_url.rstrip("/")
+        self.session = session or ApiSession(SYSTEM, connection.ca_file, retryable=_retryable)
+        self._token: str | None = None
+
+    # Session token ------------------------------------------------------------------------------
+
+    def login(self) -> dict:
+        """Sign in (both steps), store the session token for every process; returns step 2's
+        answer (CompanyName, ...). Raises ApiError(permanent=True) with plain words on a wrong
+        password or memorable word, a locked account or API access turned off."""
+        secrets = self.connection.get_secrets()
+        try:
+            step1 = self._login_step(
+                "POST",
+                {"UserName": self.connection.username, "Password": secrets.get("password", "")},
+            )
+            letters = _memorable_letters(step1, secrets.get("memorable_word", ""))
+            step2 = self._login_step(
+                "PUT",
+                {"TemporaryToken": step1["TemporaryToken"], "MemorableWordList": letters},
+            )
+        except ApiError as exc:
+            if exc.permanent:
+                # Say so on the Connection at once: scheduled runs retrying a wrong password
+                # would lock the account after a few attempts.
+                self.connection.record_check(False, exc.message)
+            raise
+        self._token = step2["SessionToken"]
+        remember(self._token)  # redacted from logs from now on, like every decrypted secret
+        self.connection.save_session({"token": self._token})
+        log.info("kashflow signed in connection=%s", self.connection.pk)
+        return step2
+
+    def _login_step(self, method: str, body: dict) -> dict:
+        url = f"{self.base_url}/sessiontoken"
+        try:
+            response = self.session.request(method, url, data=dumps(body), headers=JSON_HEADERS)
+        except requests.RequestException as exc:
+            raise network_error(SYSTEM, "GET", exc) from None  # a login repeats safely
+        if response.status_code >= 400:
+            raise error_from_response(response, "sign in")
+        return response.json()
+
+    def _current_token(self) -> str:
+        if self._token is None:
+            self._token = self.connection.get_session().get("token")
+        if not self._token:
+            self.login()
+        return self._token
+
+    def _renew_token(self, stale: str) -> None:
+        """After a 401: use a token another process saved meanwhile, or sign in again."""
+        self.connection.refresh_from_db(fields=["encrypted_session", "session_obtained_at"])
+        stored = self.connection.get_session().get("token")
+        if stored and stored != stale:
+            self._token = stored
+        else:
+            self.login()
+
+    # The one choke point --------------------------------------------------------------------------
+
+    def _request(self, method: str, path: str, what: str, params=None, body=None):
+        """Send one call; sign in again once on a 401; return the JSON with Decimal money."""
+        token = self._current_token()
+        response = self._send(method, path, token, params, body)
+        if response.status_code == 401 and _error_code(response) == "InvalidSessionToken":
+            self._renew_token(stale=token)
+            response = self._send(method, path, self._token, params, body)
+        if response.status_code >= 400:
+            raise error_from_response(response, what)
+        if response.status_code == 204 or not response.content:
+            return None
+        return json.loads(response.text, parse_float=Decimal)
+
+    def _send(self, method, path, token, params, body) -> requests.Response:
+        headers = {**JSON_HEADERS, "Authorization": f"KfToken {token}"}
+        data = None if body is None else dumps(body, convert=_to_wire)
+        try:
+            return self.session.request(
+                method, self.base_url + path, params=params, data=data, headers=headers
+            )
+        except requests.RequestException as exc:
+            raise network_error(SYSTEM, method, exc) from None
+
+    def _pages(self, path: str, what: str, params: dict | None = None) -> Iterator[dict]:
+        """Every item of a list, page by page (a bare-array list is one page)."""
+        params = {"perpage": PAGE_SIZE, **(params or {})}
+        page = 1
+        while True:
+            answer = self._request("GET", path, what, params={**params, "page": page})
+            if isinstance(answer, list):
+                yield from answer
+                return
+            items = answer.get("Data") or []
+            yield from items
+            # Loop on `page` rather than follow NextPageUrl: whether that URL is absolute or
+            # relative is not documented (reference §6).
+            if not items or not (answer.get("MetaData") or {}).get("NextPageUrl"):
+                return
+            page += 1
+
+    # Customers ----------------------------------------------------------------------------------
+
+    def customers(self, **filters) -> Iterator[dict]:
+        """Customer summaries, every page (filters: searchtext, namestartswith, sortby, order)."""
+        return self._pages("/customers", "list customers", {"perpage": LONG_PAGE_SIZE, **filters})
+
+    def customers_changed_since(
+        self, watermark: datetime | None, full_records: bool = True
+    ) -> Iterator[dict]:
+        """Customer records changed at or after `watermark`, newest first.
+
+        With `full_records=False` the list's summaries are returned as they are (they carry the
+        code, name, contacts and addresses a customer sync maps), which makes an initial load of
+        N customers cost N/200 calls instead of N.
+
+        KashFlow has no modified-since filter, so this reads the list sorted by LastUpdatedDate
+        descending and stops at the first summary older than the watermark. A changed customer
+        costs one GET for its full record (summaries lack notes, payment terms, e-mail...);
+        unchanged ones cost nothing beyond the page the walk stops in. Where a summary carries
+        no LastUpdatedDate, the full record's date decides. Equal times are included (KashFlow
+        stamps to the second), so callers dedupe by content. The watermark should be the
+        latest LastUpdatedDate seen (parse_kashflow_datetime); an aware datetime is taken on
+        KashFlow's UK clock.
+        """
+        if watermark is not None and watermark.tzinfo is not None:
+            watermark = watermark.astimezone(KASHFLOW_TIME_ZONE).replace(tzinfo=None)
+        seen = set()
+        summaries = self.customers(sortby="LastUpdatedDate", order="desc")
+        for summary in summaries:
+            if summary["Code"] in seen:  # a concurrent change shifted the pages
+                continue
+            seen.add(summary["Code"])
+            listed = parse_kashflow_datetime(summary.get("LastUpdatedDate"))
+            if watermark is not None and listed is not None and listed < watermark:
+                return
+            if not full_records and listed is not None:
+                yield summary
+                continue
+            customer = self.get_customer(summary["Code"])
+            updated = parse_kashflow_datetime(customer.get("LastUpdatedDate"))
+            if watermark is not None and listed is None and updated and updated < watermark:
+                return
+            yield customer
+
+    def get_customer(self, code: str) -> dict:
+        return self._request("GET", f"/customers/{_key(code)}", f"read customer {code}")
+
+    def create_customer(self, customer: dict) -> dict:
+        """Create; returns the stored customer (KashFlow may have made up its Code)."""
+        what = f"create customer {customer.get('Code') or customer.get('Name', '')}".strip()
+        return self._request("POST", "/customers", what, body=customer)
+
+    def update_customer(self, code: str, changes: dict) -> dict:
+        """Update with the fields given (lists such as Contacts are replaced whole)."""
+        return self._request(
+            "PUT", f"/customers/{_key(code)}", f"update customer {code}", body=changes
+        )
+
+    # Invoices -------------------------------------------------------------------------------------
+
+    def invoices(self, **filters) -> Iterator[dict]:
+        """Invoice summaries, every page. Filters as KashFlow names them: customercode,
+        issuedatefrom / issuedateto (dates), searchtext, statusfilter, sortby, order."""
+        params = {
+            name: value.isoformat() if isinstance(value, date) else value
+            for name, value in filters.items()
+        }
+        return self._pages("/invoices", "list invoices", {"perpage": LONG_PAGE_SIZE, **params})
+
+    def find_invoices_by_reference(self, reference: str) -> list[dict]:
+        """Invoice summaries whose CustomerReference is exactly `reference`.
+
+        KashFlow's searchtext matches loosely (parts of names, numbers...), so the exact match
+        is made here. This is how kashforce finds an invoice it may already have created.
+        """
+        return [
+            invoice
+            for invoice in self.invoices(searchtext=reference)
+            if (invoice.get("CustomerReference") or "") == reference
+        ]
+
+    def get_invoice(self, number: int) -> dict:
+        """The full invoice: LineItems, PaymentLines, Permalink."""
+        return self._request("GET", f"/invoices/{int(number)}", f"read invoice {number}")
+
+    def create_invoice(self, invoice: dict) -> dict:
+        """Create; returns the stored invoice with its Number and computed totals.
+
+        Not retried after a lost answer (ApiError.ambiguous): KashFlow has no idempotency key,
+        so the caller looks for the invoice by reference before creating it again.
+        """
+        what = f"create an invoice for customer {invoice.get('CustomerCode', '')}"
+        return self._request("POST", "/invoices", what, body=invoice)
+
+    def update_invoice(self, number: int, changes: dict) -> dict:
+        """Update; PaymentLines, when given, are the invoice's whole set of payments."""
+        return self._request(
+            "PUT", f"/invoices/{int(number)}", f"update invoice {number}", body=changes
+        )
+
+    def invoices_with_payments(self, issued_from: date | None = None) -> Iterator[dict]:
+        """Full invoices (with PaymentLines) that have any payment, optionally issued since a day.
+
+        KashFlow has no payments list for sales invoices: payments live on the invoice. One
+        list call per page, one GET per paid or part-paid invoice.
+        """
+        filters = {"issuedatefrom": issued_from} if issued_from else {}
+        for summary in self.invoices(**filters):
+            paid = summary.get("TotalPaidAmount")
+            if paid is None or Decimal(paid) != 0:
+                yield self.get_invoice(summary["Number"])
+
+    # Reference data ----------------------------------------------------------------------------
+
+    def products(self) -> Iterator[dict]:
+        return self._pages("/products", "list products")
+
+    def nominals(self) -> list[dict]:
+        return list(self._pages("/nominals", "list nominal codes"))
+
+    def bank_accounts(self) -> list[dict]:
+        return list(self._pages("/bankaccounts", "list bank accounts"))
+
+    def payment_methods(self, kind: str = "invoice") -> list[dict]:
+        return list(self._pages(f"/paymentmethods/{kind}", "list payment methods"))
+
+    def vat_rates(self) -> list[dict]:
+        return list(self._pages("/vat/settings/vatrates", "list VAT rates"))
+
+
+def _key(code: str) -> str:
+    """A customer code as one path segment: codes are opaque and may hold spaces or slashes."""
+    return quote(str(code), safe="")
+
+
+def _memorable_letters(step1: dict, word: str) -> list[dict]:
+    letters = []
+    for item in step1.get("MemorableWordList") or []:
+        position = int(item["Position"])  # 1-based
+        if not 1 <= position <= len(word):
+            raise ApiError(
+                f"KashFlow asked for letter {position} of the memorable word, but the stored "
+                "word is shorter; check the memorable word.",
+                permanent=True,
+                system=SYSTEM,
+                code="InvalidMemorableWord",
+            )
+        letters.append({"Position": position, "Value": word[position - 1]})
+    return letters

@@ -1,0 +1,713 @@
+"""The Salesforce client: the only code that speaks to Salesforce, on unmodified simple-salesforce.
+
+Facts and pitfalls are in shared/reference/salesforce-api.md. How this module meets them:
+
+- **One factory from a Connection.** `SalesforceClient(connection)` signs in with the
+  connection's method (JWT bearer, client credentials, or username + password + security token)
+  through simple-salesforce's own `SalesforceLogin`, then talks to the instance in *direct mode*
+  (`session_id` + `instance_url`). simple-salesforce's own re-login is never armed, so its
+  SFType endless-retry loop cannot happen; we sign in again once on a 401 and retry once.
+- **The login host is configuration.** simple-salesforce always posts logins to
+  `https://{domain}.salesforce.com`. For a login URL on salesforce.com we pass its domain; for
+  any other login URL (a proxy, the local sandbox) we mount an adapter on the session that sends
+  the stand-in salesforce.com host to the configured URL. Production needs no adapter.
+- **Timeouts, CA bundle, retries** come from `ApiSession` (http.py), used for every call.
+- **Money is Decimal**: responses parse with `parse_float=Decimal`; bodies we send are encoded
+  by `http.dumps`, which writes a Decimal as its exact digits.
+- **API budget**: `Sforce-Limit-Info` is read from every response by a hook on the session
+  (simple-salesforce reads it only on some calls) and stored on the Connection.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import logging
+import re
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from datetime import date, datetime, timedelta
+from decimal import Decimal
+from urllib.parse import urlsplit
+
+import requests
+from django.conf import settings
+from django.utils import timezone
+from requests.adapters import BaseAdapter
+from simple_salesforce import Salesforce, SalesforceLogin
+from simple_salesforce.exceptions import (
+    SalesforceAuthenticationFailed,
+    SalesforceError,
+    SalesforceExpiredSession,
+    SalesforceOperationError,
+)
+
+from integration.clients import http
+from integration.clients.errors import ApiError, network_error
+from integration.clients.http import RETRY_STATUSES, ApiSession, dumps
+from integration.models import Connection
+from integration.secrets import remember
+
+log = logging.getLogger(__name__)
+
+SYSTEM = "salesforce"
+DEFAULT_API_VERSION = "59.0"
+COLLECTION_SIZE = 200  # sObject Collections take at most 200 records a call
+
+# The custom fields kashforce writes, by object. The org must have them (External ID fields
+# flagged "External ID" and "Unique"); the connection check names any that are missing.
+#   Account / Contact / Product2 .ExternalID__c   the KashFlow key (customer Code, product)
+#   Opportunity.KashFlow_Invoice_Number__c         the invoice created for a Closed Won deal
+#   Opportunity.KashFlow_Invoice_Status__c         Unpaid / Part paid / Paid, written back
+#   Opportunity.KashFlow_Amount_Due__c             currency: what is still owed
+#   KashFlow_Payment__c                            one record per payment on the invoice:
+#     ExternalID__c (KashFlow payment id), Opportunity__c (lookup), Amount__c (currency),
+#     Payment_Date__c (date), Method__c (text), Invoice_Number__c (text)
+REQUIRED_FIELDS: dict[str, list[str]] = {
+    "Account": ["ExternalID__c"],
+    "Contact": ["ExternalID__c"],
+    "Product2": ["ExternalID__c"],
+    "Opportunity": [
+        "KashFlow_Invoice_Number__c",
+        "KashFlow_Invoice_Status__c",
+        "KashFlow_Amount_Due__c",
+    ],
+    "KashFlow_Payment__c": [
+        "ExternalID__c",
+        "Opportunity__c",
+        "Amount__c",
+        "Payment_Date__c",
+        "Method__c",
+        "Invoice_Number__c",
+    ],
+}
+# How missing_fields() reports an object that does not exist at all.
+OBJECT_MISSING = "(object)"
+
+# Error codes that clear by themselves. REQUEST_LIMIT_EXCEEDED is the daily allocation (or too
+# many long requests at once): transient, but not worth retrying within seconds.
+TRANSIENT_CODES = {
+    "UNABLE_TO_LOCK_ROW",
+    "REQUEST_LIMIT_EXCEEDED",
+    "SERVER_UNAVAILABLE",
+    "QUERY_TIMEOUT",
+    "TOO_MANY_REQUESTS",
+}
+RETRY_CODES = {"UNABLE_TO_LOCK_ROW", "SERVER_UNAVAILABLE", "QUERY_TIMEOUT"}
+
+WRONG_LOGIN = "Salesforce rejected the username, password or security token."
+LOGIN_MESSAGES = {
+    "INVALID_LOGIN": WRONG_LOGIN,
+    "authentication failure": WRONG_LOGIN,
+    "invalid_client_id": "Salesforce rejected the connected app's consumer key.",
+    "invalid_client": "Salesforce rejected the connected app's consumer key or secret.",
+    "invalid client credentials": "Salesforce rejected the connected app's consumer key or secret.",
+    "user hasn't approved this consumer": (
+        "The connected app is not approved for this user; in Salesforce set it to "
+        "'Admin approved users are pre-authorized' and give the user its permission set."
+    ),
+    "invalid assertion": (
+        "Salesforce did not accept the signed login: the certificate on the connected app must "
+        "match the private key stored here."
+    ),
+    "expired authorization code": (
+        "Salesforce found the signed login expired; check this server's clock."
+    ),
+    "LOGIN_MUST_USE_SECURITY_TOKEN": (
+        "Salesforce wants the security token with the password (or this server's IP address "
+        "allowed); add the token."
+    ),
+    "PASSWORD_LOCKOUT": (
+        "The Salesforce user is locked after too many failed sign-ins; unlock it in Setup → Users."
+    ),
+    "API_DISABLED_FOR_ORG": "API access is turned off for this Salesforce org.",
+    "API_CURRENTLY_DISABLED": (
+        "API access is turned off for this Salesforce user (the 'API Enabled' permission)."
+    ),
+    "INVALID AUTH": (
+        "Client credentials need your My Domain login URL "
+        "(https://yourcompany.my.salesforce.com), not login or test.salesforce.com."
+    ),
+}
+
+
+@dataclass
+class WriteResult:
+    """The outcome of one record of a write, in the caller's order (`index` into its list)."""
+
+    index: int
+    id: str | None
+    created: bool
+    success: bool
+    error: ApiError | None = None
+
+
+# --------------------------------------------------------------------------------------------
+# Errors
+
+
+def _error_items(content) -> list[dict]:
+    if isinstance(content, list):
+        return [item for item in content if isinstance(item, dict)]
+    return [content] if isinstance(content, dict) else []
+
+
+def _retryable(response: requests.Response) -> bool:
+    if response.status_code in RETRY_STATUSES:
+        return True
+    if response.status_code != 400:
+        return False
+    try:
+        items = _error_items(response.json())
+    except ValueError:
+        return False
+    return any(item.get("errorCode") in RETRY_CODES for item in items)
+
+
+def record_error(errors: list[dict], what: str) -> ApiError:
+    """An ApiError for one record's errors in a collections or bulk answer."""
+    first = errors[0] if errors else {}
+    code = first.get("statusCode") or first.get("errorCode") or "UNKNOWN"
+    detail = "; ".join(str(error.get("message", "")).strip() for error in errors) or code
+    fields = sorted({field for error in errors for field in error.get("fields") or []})
+    if fields:
+        detail += f" (fields: {', '.join(fields)})"
+    return ApiError(
+        f"Salesforce could not {what}: {detail}",
+        permanent=code not in TRANSIENT_CODES,
+        system=SYSTEM,
+        code=code,
+    )
+
+
+def error_from_exception(exc: SalesforceError, what: str) -> ApiError:
+    """Plain words for a simple-salesforce exception raised on an error answer."""
+    status = getattr(exc, "status", None)
+    items = _error_items(getattr(exc, "content", None))
+    code = str(items[0].get("errorCode", "")) if items else ""
+    detail = "; ".join(str(item.get("message", "")) for item in items) or f"HTTP {status}"
+    # A 401 here came straight after a fresh sign-in (see _call): the next attempt signs in anew.
+    transient = code in TRANSIENT_CODES or status in RETRY_STATUSES or status == 401
+    if code == "REQUEST_LIMIT_EXCEEDED":
+        message = (
+            "Salesforce's API limit is used up (its daily allocation, or too many long calls "
+            f"at once), so kashforce could not {what}; it will try again later."
+        )
+    elif status == 401:
+        message = (
+            f"Salesforce would not accept a fresh session to {what}; kashforce will try again."
+        )
+    elif transient:
+        message = f"Salesforce was busy and could not {what} ({detail}); kashforce will try again."
+    else:
+        message = f"Salesforce could not {what}: {detail}"
+    return ApiError(
+        message, permanent=not transient, system=SYSTEM, code=code or str(status), status=status
+    )
+
+
+def login_error(exc: SalesforceAuthenticationFailed) -> ApiError:
+    code, detail = str(exc.code or ""), str(exc.message or "")
+    message = LOGIN_MESSAGES.get(detail) or LOGIN_MESSAGES.get(code)
+    if message is None and isinstance(exc.code, int) and exc.code in RETRY_STATUSES:
+        return ApiError(
+            f"Salesforce's login service is unavailable (HTTP {exc.code}); kashforce will try again.",
+            permanent=False,
+            system=SYSTEM,
+            code=code,
+            status=exc.code,
+        )
+    return ApiError(
+        message or f"Salesforce refused the sign-in: {detail or code}",
+        permanent=True,
+        system=SYSTEM,
+        code=code,
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# API budget
+
+
+USAGE = re.compile(r"(?:^|[\s;,])api-usage=(\d+)/(\d+)")
+
+
+def parse_limit_info(header: str) -> tuple[int, int] | None:
+    """(used, limit) from `Sforce-Limit-Info: api-usage=18/5000; per-app-api-usage=...`."""
+    match = USAGE.search(header or "")
+    return (int(match.group(1)), int(match.group(2))) if match else None
+
+
+class ApiUsageRecorder:
+    """A response hook storing the org's API usage from every response on the Connection.
+
+    A sync makes hundreds of calls; writing a row for each would add a database write per
+    call (and contend for SQLite's single writer), so the figure is stored when it is first
+    seen, then at most every `min_seconds` unless it moved by a whole percentage point.
+    """
+
+    def __init__(self, connection: Connection, min_seconds: float = 5.0):
+        self.connection = connection
+        self.min_seconds = min_seconds
+        self.latest: tuple[int, int] | None = None
+        self._stored: tuple[float, float] | None = None  # (monotonic time, share)
+        self._lock = threading.Lock()
+
+    def __call__(self, response: requests.Response, *args, **kwargs) -> None:
+        usage = parse_limit_info(response.headers.get("Sforce-Limit-Info", ""))
+        if usage is None:
+            return
+        used, limit = usage
+        share = used / limit if limit else 0.0
+        now = time.monotonic()
+        with self._lock:
+            self.latest = usage
+            if self._stored is not None:
+                stored_at, stored_share = self._stored
+                if now - stored_at < self.min_seconds and abs(share - stored_share) < 0.01:
+                    return
+            self._stored = (now, share)
+        self.connection.record_api_usage(used, limit)
+
+
+# A reading older than this does not hold runs back: nothing else would refresh it (scheduled
+# runs are what make calls), and Salesforce's allocation is a rolling 24 hours.
+USAGE_FRESH_FOR = timedelta(minutes=15)
+
+
+def budget_exhausted(connection: Connection) -> str | None:
+    """Why scheduled, non-urgent runs should wait now, or None when they may go ahead.
+
+    "Salesforce API use is at 12,345 of 15,000 calls today (82%), above the 80% kept for urgent
+    work; scheduled syncs wait until it falls."
+    """
+    connection.refresh_from_db(fields=["api_usage_used", "api_usage_limit", "api_usage_at"])
+    if not connection.over_api_budget():
+        return None
+    if connection.api_usage_at and timezone.now() - connection.api_usage_at > USAGE_FRESH_FOR:
+        return None
+    budget = settings.KASHFORCE["API_BUDGET_SHARE"]
+    return (
+        f"Salesforce API use is at {connection.api_usage_used:,} of "
+        f"{connection.api_usage_limit:,} calls today ({connection.api_usage_share:.0%}), above "
+        f"the {budget:.0%} kept for urgent work; scheduled syncs wait until it falls."
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# Session and login
+
+
+class LoginHostAdapter(BaseAdapter):
+    """Sends requests for a stand-in `https://x.salesforce.com` to the configured login URL.
+
+    simple-salesforce can only log in at `https://{domain}.salesforce.com`; this is how a login
+    URL elsewhere (a proxy, the sandbox) is reached without changing the library. The rewritten
+    request goes through whichever adapter the session has for the real URL.
+    """
+
+    def __init__(self, session: requests.Session, stand_in: str, target: str):
+        super().__init__()
+        self.session = session
+        self.stand_in = stand_in.rstrip("/")
+        self.target = target.rstrip("/")
+
+    def send(self, request, *args, **kwargs):
+        request.url = self.target + request.url[len(self.stand_in) :]
+        return self.session.get_adapter(request.url).send(request, *args, **kwargs)
+
+    def close(self) -> None:
+        pass
+
+
+def _salesforce_host_prefix(url: str) -> str | None:
+    """ "acme.my" for https://acme.my.salesforce.com; None for a host elsewhere."""
+    host = (urlsplit(url).hostname or "").lower()
+    return host.removesuffix(".salesforce.com") if host.endswith(".salesforce.com") else None
+
+
+def login_arguments(connection: Connection) -> tuple[dict, str, bool]:
+    """SalesforceLogin's keyword arguments, the host prefix it will post to ("login",
+    "acme.my"), and whether that host is a stand-in to redirect to the configured login URL."""
+    prefix = _salesforce_host_prefix(connection.login_url or "https://login.salesforce.com")
+    my_domain = _salesforce_host_prefix(connection.instance_url or "")
+    if my_domain in ("login", "test"):
+        my_domain = None
+    build = {
+        Connection.AuthMethod.SF_PASSWORD: _password_login,
+        Connection.AuthMethod.SF_JWT: _jwt_login,
+        Connection.AuthMethod.SF_CLIENT_CREDENTIALS: _client_credentials_login,
+    }.get(connection.auth_method)
+    if build is None:
+        raise ValueError(f"{connection!r} has no Salesforce sign-in method")
+    kwargs, login_host = build(connection, connection.get_secrets(), prefix, my_domain)
+    return kwargs, login_host, prefix is None  # None: the login URL is not on salesforce.com
+
+
+def _password_login(connection, secrets, prefix, my_domain) -> tuple[dict, str]:
+    domain = prefix or "login"
+    return {
+        "username": connection.username,
+        "password": secrets.get("password", ""),
+        "security_token": secrets.get("security_token", ""),
+        "domain": domain,
+    }, domain
+
+
+def _jwt_login(connection, secrets, prefix, my_domain) -> tuple[dict, str]:
+    # The assertion's audience must be login or test.salesforce.com, while the token may be
+    # asked of a My Domain (simple-salesforce's `instance_url` is that host's prefix).
+    sandbox_org = prefix is not None and (prefix == "test" or ".sandbox." in f".{prefix}.")
+    audience = "test" if sandbox_org else "login"
+    token_host = prefix if prefix not in (None, "login", "test") else my_domain
+    return {
+        "username": connection.username,
+        "consumer_key": connection.consumer_key,
+        "privatekey": secrets.get("private_key", ""),
+        "domain": audience,
+        "instance_url": token_host,
+    }, token_host or audience
+
+
+def _client_credentials_login(connection, secrets, prefix, my_domain) -> tuple[dict, str]:
+    # Only a My Domain serves client credentials (given login/test, simple-salesforce refuses
+    # with "INVALID AUTH", which LOGIN_MESSAGES explains); a redirected login URL gets a
+    # stand-in My Domain.
+    if prefix is None:
+        domain = my_domain or "kashforce-login.my"
+    elif prefix in ("login", "test"):
+        domain = my_domain or prefix
+    else:
+        domain = prefix
+    return {
+        "consumer_key": connection.consumer_key,
+        "consumer_secret": secrets.get("consumer_secret", ""),
+        "domain": domain,
+    }, domain
+
+
+def salesforce_session(connection: Connection) -> ApiSession:
+    """The requests session for one connection: timeouts, CA, retries, usage hook, login route."""
+    session = ApiSession(SYSTEM, connection.ca_file, retryable=_retryable)
+    session.hooks["response"].append(ApiUsageRecorder(connection))
+    _, login_host, redirect = login_arguments(connection)
+    if redirect:
+        stand_in_url = f"https://{login_host}.salesforce.com/"
+        session.mount(stand_in_url, LoginHostAdapter(session, stand_in_url, connection.login_url))
+    return session
+
+
+# --------------------------------------------------------------------------------------------
+# The client
+
+
+class SalesforceClient:
+    """One Salesforce org. Raises ApiError for every failure (see errors.py)."""
+
+    def __init__(self, connection: Connection, session: requests.Session | None = None):
+        if connection.kind != Connection.Kind.SALESFORCE:
+            raise ValueError(f"{connection!r} is not a Salesforce connection")
+        self.connection = connection
+        self.version = connection.api_version or DEFAULT_API_VERSION
+        self.session = session or salesforce_session(connection)
+        self._sf: Salesforce | None = None
+
+    # Access token ------------------------------------------------------------------------------
+
+    def login(self) -> dict:
+        """Sign in with the connection's method and store the token for every process.
+
+        Raises ApiError with plain words (permanent for wrong credentials and the like).
+        """
+        try:
+            kwargs, _, _ = login_arguments(self.connection)
+            token, instance = SalesforceLogin(
+                session=self.session, sf_version=self.version, **kwargs
+            )
+        except SalesforceAuthenticationFailed as exc:
+            error = login_error(exc)
+            if error.permanent:
+                self.connection.record_check(False, error.message)
+            raise error from None
+        except requests.RequestException as exc:
+            raise network_error(SYSTEM, "GET", exc) from None  # a login repeats safely
+        remember(token)  # redacted from logs from now on, like every decrypted secret
+        cached = {"access_token": token, "instance_url": f"https://{instance}"}
+        self.connection.save_session(cached)
+        self._sf = None
+        log.info("salesforce signed in connection=%s", self.connection.pk)
+        return cached
+
+    def _client(self) -> Salesforce:
+        if self._sf is None:
+            cached = self.connection.get_session()
+            if not cached.get("access_token"):
+                cached = self.login()
+            self._sf = Salesforce(
+                instance_url=cached["instance_url"],
+                session_id=cached["access_token"],
+                session=self.session,
+                version=self.version,
+                parse_float=Decimal,
+                object_pairs_hook=dict,
+            )
+        return self._sf
+
+    def _renew(self, stale: str) -> None:
+        """After a 401: use a token another process stored meanwhile, or sign in again."""
+        self._sf = None
+        self.connection.refresh_from_db(fields=["encrypted_session", "session_obtained_at"])
+        if self.connection.get_session().get("access_token") in (None, "", stale):
+            self.login()
+
+    @property
+    def instance_url(self) -> str:
+        return f"https://{self._client().sf_instance}"
+
+    # The one choke point --------------------------------------------------------------------------
+
+    def _call(self, method: str, what: str, call: Callable[[Salesforce], object]):
+        """Run `call(sf)`; on an expired session sign in again once and retry once."""
+        for attempt in (1, 2):
+            sf = self._client()
+            try:
+                return call(sf)
+            except SalesforceExpiredSession as exc:
+                if attempt == 2:
+                    raise error_from_exception(exc, what) from None
+                self._renew(stale=sf.session_id)
+            except SalesforceError as exc:
+                raise error_from_exception(exc, what) from None
+            except SalesforceOperationError as exc:
+                raise _bulk_error(exc, what) from None
+            except requests.RequestException as exc:
+                raise network_error(SYSTEM, method, exc) from None
+        raise AssertionError("unreachable")
+
+    def _request(self, method: str, path: str, what: str, body=None):
+        """A REST call under /services/data/vXX.X/; body encoded with exact Decimals."""
+        data = None if body is None else dumps(body)
+        return self._call(method, what, lambda sf: sf.restful(path, method=method, data=data))
+
+    # Reading --------------------------------------------------------------------------------------
+
+    def query(self, soql: str) -> Iterator[dict]:
+        """Every record of a SOQL query, following nextRecordsUrl; numbers as Decimal."""
+        page = self._call("GET", "read records", lambda sf: sf.query(soql))
+        while True:
+            yield from page["records"]
+            next_url = page.get("nextRecordsUrl")
+            if page.get("done", True) or not next_url:
+                return
+            page = self._call(
+                "GET",
+                "read more records",
+                lambda sf, url=next_url: sf.query_more(url, identifier_is_url=True),
+            )
+
+    def describe(self, sobject: str) -> dict:
+        return self._request("GET", f"sobjects/{sobject}/describe", f"describe {sobject}")
+
+    def missing_fields(
+        self, required: dict[str, list[str]] = REQUIRED_FIELDS
+    ) -> dict[str, list[str]]:
+        """The required fields the org lacks, by object: one describe call per object.
+
+        An object that does not exist at all is reported as `{name: [OBJECT_MISSING]}`.
+        """
+        missing = {}
+        for sobject, fields in required.items():
+            try:
+                present = {field["name"] for field in self.describe(sobject)["fields"]}
+            except ApiError as exc:
+                if exc.status != 404 and exc.code != "NOT_FOUND":
+                    raise
+                missing[sobject] = [OBJECT_MISSING]
+                continue
+            absent = [field for field in fields if field not in present]
+            if absent:
+                missing[sobject] = absent
+        return missing
+
+    # Writing --------------------------------------------------------------------------------------
+
+    def upsert(
+        self,
+        sobject: str,
+        external_id_field: str,
+        records: list[dict],
+        bulk_threshold: int | None = None,
+    ) -> list[WriteResult]:
+        """Create or update records matched on an External ID field, one result per record.
+
+        Up to `bulk_threshold` records (default settings BULK_THRESHOLD, 2,000) go through
+        sObject Collections, 200 a call; more go through one Bulk API 2.0 job.
+        """
+        threshold = (
+            settings.KASHFORCE["BULK_THRESHOLD"] if bulk_threshold is None else bulk_threshold
+        )
+        if len(records) > threshold:
+            return self._bulk_upsert(sobject, external_id_field, records)
+        path = f"composite/sobjects/{sobject}/{external_id_field}"
+        return self._collections("PATCH", path, sobject, records, "save")
+
+    def update(self, sobject: str, records: list[dict]) -> list[WriteResult]:
+        """Update records by Id (each record carries its "Id"), 200 a call."""
+        return self._collections("PATCH", "composite/sobjects", sobject, records, "update")
+
+    def create(self, sobject: str, records: list[dict]) -> list[WriteResult]:
+        """Insert records, 200 a call. A lost answer is ApiError(ambiguous=True): prefer upsert."""
+        return self._collections("POST", "composite/sobjects", sobject, records, "create")
+
+    def _collections(self, method, path, sobject, records, verb) -> list[WriteResult]:
+        results = []
+        for start in range(0, len(records), COLLECTION_SIZE):
+            chunk = records[start : start + COLLECTION_SIZE]
+            results += self._write_chunk(method, path, sobject, chunk, start, verb)
+        return results
+
+    def _write_chunk(self, method, path, sobject, chunk, start, verb) -> list[WriteResult]:
+        """One collections call; records that failed on a lock are sent again, with backoff."""
+        policy = getattr(self.session, "policy", None) or http.RetryPolicy.from_settings()
+        results: dict[int, WriteResult] = {}
+        pending = list(range(len(chunk)))
+        for attempt in range(1, policy.attempts + 1):
+            body = {
+                "allOrNone": False,
+                "records": [{"attributes": {"type": sobject}, **chunk[i]} for i in pending],
+            }
+            what = f"{verb} {len(pending)} {sobject} record(s)"
+            answer = self._request(method, path, what, body) or []
+            for i, item in zip(pending, answer, strict=False):
+                results[i] = _write_result(start + i, item, f"{verb} {sobject} {_label(chunk[i])}")
+            pending = [i for i in pending if i in results and _is_transient(results[i])]
+            wait = policy.delay(attempt) if pending else None
+            if wait is None:
+                break
+            http.sleep(wait)
+        missing = ApiError(
+            f"Salesforce gave no result for this record ({verb} {sobject}).",
+            permanent=False,
+            system=SYSTEM,
+            code="NO_RESULT",
+        )
+        return [
+            results.get(i) or WriteResult(start + i, None, False, False, missing)
+            for i in range(len(chunk))
+        ]
+
+    # Bulk API 2.0 ----------------------------------------------------------------------------------
+
+    def _bulk_upsert(self, sobject, external_id_field, records) -> list[WriteResult]:
+        """One Bulk API 2.0 upsert job; results read back and matched by external id."""
+        rows = [
+            {name: _csv_value(value) for name, value in record.items() if name != "attributes"}
+            for record in records
+        ]
+        wait = settings.KASHFORCE["BULK_POLL"]
+        what = f"save {len(records)} {sobject} records in bulk"
+        jobs = self._call(
+            "PATCH",
+            what,
+            lambda sf: getattr(sf.bulk2, sobject).upsert(
+                records=rows, external_id_field=external_id_field, wait=wait
+            ),
+        )
+        positions: dict[str, list[int]] = {}
+        for index, row in enumerate(rows):
+            positions.setdefault(row.get(external_id_field, ""), []).append(index)
+        results: dict[int, WriteResult] = {}
+        for job in jobs:
+            self._read_bulk_results(sobject, job["job_id"], external_id_field, positions, results)
+        missing = ApiError(
+            f"Salesforce did not process this record in the bulk job ({sobject}).",
+            permanent=False,
+            system=SYSTEM,
+            code="NOT_PROCESSED",
+        )
+        return [
+            results.get(i) or WriteResult(i, None, False, False, missing)
+            for i in range(len(records))
+        ]
+
+    def _read_bulk_results(self, sobject, job_id, field, positions, results) -> None:
+        def fetch(kind):
+            return self._call(
+                "GET",
+                f"read the bulk job's {kind} results",
+                lambda sf: getattr(getattr(sf.bulk2, sobject), f"get_{kind}_records")(job_id),
+            )
+
+        for row in csv.DictReader(io.StringIO(fetch("successful"))):
+            index = _take(positions, row.get(field, ""))
+            if index is not None:
+                created = row.get("sf__Created", "").lower() == "true"
+                results[index] = WriteResult(index, row.get("sf__Id") or None, created, True)
+        for row in csv.DictReader(io.StringIO(fetch("failed"))):
+            index = _take(positions, row.get(field, ""))
+            if index is not None:
+                error = _bulk_record_error(row.get("sf__Error", ""), sobject, row.get(field, ""))
+                results[index] = WriteResult(index, row.get("sf__Id") or None, False, False, error)
+
+
+def _write_result(index: int, item: dict, what: str) -> WriteResult:
+    if item.get("success"):
+        return WriteResult(index, item.get("id"), bool(item.get("created")), True)
+    return WriteResult(
+        index, item.get("id"), False, False, record_error(item.get("errors") or [], what)
+    )
+
+
+def _is_transient(result: WriteResult) -> bool:
+    return result.error is not None and result.error.code in RETRY_CODES
+
+
+def _label(record: dict) -> str:
+    """How a record is named in a message: its name or key, never its whole content."""
+    for name in ("Name", "ExternalID__c", "Id", "LastName"):
+        if record.get(name):
+            return str(record[name])
+    return ""
+
+
+def _take(positions: dict[str, list[int]], key: str) -> int | None:
+    indexes = positions.get(key)
+    return indexes.pop(0) if indexes else None
+
+
+def _csv_value(value) -> str:
+    """A value as Bulk API 2.0 CSV wants it: #N/A clears a field, exact Decimals, ISO dates."""
+    if value is None:
+        return "#N/A"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, Decimal):
+        return format(value, "f")
+    if isinstance(value, datetime | date):
+        return value.isoformat()
+    return str(value)
+
+
+def _bulk_record_error(text: str, sobject: str, key: str) -> ApiError:
+    # sf__Error reads "REQUIRED_FIELD_MISSING:Required fields are missing: [Name]:Name --"
+    code, _, rest = text.partition(":")
+    detail = re.sub(r":[^:]* --\s*$", "", rest)  # drop the trailing ":Field1,Field2 --"
+    return ApiError(
+        f"Salesforce could not save {sobject} {key}: {detail.strip() or text}",
+        permanent=code not in TRANSIENT_CODES,
+        system=SYSTEM,
+        code=code,
+    )
+
+
+def _bulk_error(exc: SalesforceOperationError, what: str) -> ApiError:
+    detail = str(exc)
+    invalid = any(marker in detail for marker in ("InvalidBatch", "InvalidJob", "not found"))
+    return ApiError(
+        f"Salesforce's bulk job failed, so kashforce could not {what}: {detail}",
+        permanent=invalid,
+        system=SYSTEM,
+        code="BULK_JOB_FAILED",
+    )

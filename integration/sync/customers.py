@@ -1,0 +1,264 @@
+"""Customers: KashFlow customers → Salesforce Accounts and their primary Contacts.
+
+Collect walks KashFlow's customer list newest change first and stops at the cursor, so a sync
+with nothing changed costs one list call. Process maps a batch of up to 200 customers and
+upserts them on the External ID fields with two sObject Collections calls (Accounts, then
+Contacts with their AccountId), skipping customers whose mapped payload hashes the same as the
+one last written. A full run (`--full`, weekly) reads every customer and compares against what
+Salesforce holds now, so drift made by hand in Salesforce is found and put right.
+"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+from integration.clients.errors import ApiError
+from integration.clients.kashflow import parse_kashflow_datetime
+from integration.mapping import apply_mapping, payload_hash
+from integration.models import CrossRef, Cursor, Direction, SyncEvent
+from integration.sync import engine
+from integration.sync.links import Links
+from integration.sync.mappings import MappingMissing, active_rows, context, salesforce_fields
+
+SOURCE = "kashflow.Customer"
+ACCOUNT = "salesforce.Account"
+CONTACT = "salesforce.Contact"
+# KashFlow stamps changes to the second and a save can land while we page: read a little back.
+OVERLAP = timedelta(minutes=2)
+
+
+class CustomersFlow:
+    name = "customers"
+    batch_size = 200  # one sObject Collections call per object per batch
+
+    # Collect ----------------------------------------------------------------------------------
+
+    def collect(self, ctx: engine.RunContext) -> None:
+        connection = ctx.kashflow.connection
+        watermark = None if ctx.run.full else _watermark(Cursor.get_value(self.name, connection))
+        newest = ""
+        for customer in ctx.kashflow.customers_changed_since(watermark, full_records=False):
+            stamp = customer.get("LastUpdatedDate") or ""
+            engine.record_change(
+                ctx,
+                direction=Direction.KASHFLOW_TO_SALESFORCE,
+                source_object=SOURCE,
+                source_id=customer["Code"],
+                payload=customer,
+                # KashFlow stamps to the second, so two saves in one second share a stamp: the
+                # content tells them apart. A full run looks at every customer again.
+                version=f"full-{ctx.run.pk}"
+                if ctx.run.full
+                else f"{stamp}:{payload_hash(customer)[:16]}",
+                target_object=ACCOUNT,
+            )
+            newest = max(newest, _sortable(stamp))
+        if newest and not ctx.dry_run:
+            Cursor.advance(self.name, connection, newest)
+
+    # Process ----------------------------------------------------------------------------------
+
+    def process(self, events: list[SyncEvent], ctx: engine.RunContext) -> None:
+        try:
+            account_rows = active_rows(ctx, self.name, SOURCE, ACCOUNT)
+            contact_rows = active_rows(ctx, self.name, SOURCE, CONTACT)
+        except MappingMissing as exc:
+            return _fail_all(ctx, events, str(exc), permanent=True, code="MAPPING_MISSING")
+        codes = [event.source_id for event in events]
+        links = (
+            Links().prefetch("customer", "kashflow", codes).prefetch("contact", "kashflow", codes)
+        )
+        try:
+            account_context = context(links, salesforce_fields(ctx, "Account"))
+            contact_context = context(links, salesforce_fields(ctx, "Contact"))
+        except ApiError as exc:
+            return _fail_all(ctx, events, exc.message, permanent=exc.permanent, code=exc.code)
+        current = _current_records(ctx, codes, account_rows, contact_rows) if ctx.run.full else {}
+        writes = []
+        for event in events:
+            write = _map_customer(
+                event, account_rows, contact_rows, account_context, contact_context
+            )
+            if write is None:
+                continue  # failed: the event says why
+            ref = links.get("customer", "kashflow", event.source_id)
+            if _unchanged(write, ref, current.get(event.source_id), ctx.run.full):
+                event.mark_skipped(target_id=ref.salesforce_id if ref else "")
+                continue
+            writes.append(write)
+        if not writes:
+            return
+        if ctx.dry_run:
+            return _plan(ctx, writes, links, current)
+        _write(ctx, writes, links)
+
+
+class _Write:
+    """One customer's Account and Contact payloads on their way to Salesforce."""
+
+    def __init__(self, event: SyncEvent, account: dict, contact: dict | None, warnings: list[str]):
+        self.event, self.account, self.contact, self.warnings = event, account, contact, warnings
+        self.digest = payload_hash({"account": account, "contact": contact})
+
+
+def _map_customer(
+    event, account_rows, contact_rows, account_context, contact_context
+) -> _Write | None:
+    customer = event.payload
+    account = apply_mapping(account_rows, customer, account_context)
+    contact = (
+        apply_mapping(contact_rows, customer, contact_context) if _has_contact(customer) else None
+    )
+    errors = account.errors + (contact.errors if contact else [])
+    if errors:
+        problems = "; ".join(error.message for error in errors)
+        event.mark_failed(
+            f"Customer {event.source_id} cannot be sent to Salesforce. {problems}",
+            permanent=True,
+            code="MAPPING",
+        )
+        return None
+    warnings = account.warnings + (contact.warnings if contact else [])
+    return _Write(event, account.payload, contact.payload if contact else None, warnings)
+
+
+def _has_contact(customer: dict) -> bool:
+    return any(
+        (c.get("Name") or c.get("LastName") or "").strip() for c in customer.get("Contacts") or []
+    )
+
+
+def _unchanged(write: _Write, ref: CrossRef | None, current: dict | None, full: bool) -> bool:
+    if full:
+        # Compare with what Salesforce holds now, not with what we last sent.
+        return (
+            current is not None
+            and _same(write.account, current.get("account"))
+            and _same(write.contact, current.get("contact"))
+        )
+    return ref is not None and ref.salesforce_id and ref.salesforce_hash == write.digest
+
+
+def _same(payload: dict | None, record: dict | None) -> bool:
+    if payload is None:
+        return True
+    if record is None:
+        return False
+    return all(_text(record.get(name)) == _text(value) for name, value in payload.items())
+
+
+def _text(value) -> str:
+    return "" if value is None else str(value).strip()
+
+
+def _write(ctx: engine.RunContext, writes: list[_Write], links: Links) -> None:
+    salesforce = ctx.salesforce
+    try:
+        accounts = salesforce.upsert("Account", "ExternalID__c", [w.account for w in writes])
+    except ApiError as exc:
+        return _fail_all(ctx, [w.event for w in writes], exc.message, not exc.transient, exc.code)
+    with_contact = []
+    for write, result in zip(writes, accounts, strict=True):
+        if not result.success:
+            write.event.mark_failed(
+                result.error.message, not result.error.transient, result.error.code
+            )
+            continue
+        write.account_id = result.id
+        if write.contact is not None:
+            write.contact = {**write.contact, "AccountId": result.id}
+            with_contact.append(write)
+        else:
+            _succeeded(write, links, contact_id=None)
+    if not with_contact:
+        return
+    try:
+        contacts = salesforce.upsert("Contact", "ExternalID__c", [w.contact for w in with_contact])
+    except ApiError as exc:
+        return _fail_all(
+            ctx, [w.event for w in with_contact], exc.message, not exc.transient, exc.code
+        )
+    for write, result in zip(with_contact, contacts, strict=True):
+        if result.success:
+            _succeeded(write, links, contact_id=result.id)
+        else:
+            # The Account is in; the hash is not stored, so the retry sends both again (upserts).
+            write.event.mark_failed(
+                f"The Account was saved but its Contact was not: {result.error.message}",
+                not result.error.transient,
+                result.error.code,
+            )
+
+
+def _succeeded(write: _Write, links: Links, contact_id: str | None) -> None:
+    code = write.event.source_id
+    ref = links.link("customer", salesforce_id=write.account_id, kashflow_key=code)
+    if contact_id:
+        links.link("contact", salesforce_id=contact_id, kashflow_key=code)
+    links.written(ref, "salesforce", write.digest)
+    write.event.mark_succeeded(
+        target_id=write.account_id, content_hash=write.digest, message=" ".join(write.warnings)
+    )
+
+
+def _current_records(ctx, codes, account_rows, contact_rows) -> dict[str, dict]:
+    """What Salesforce holds now for these customers (a full run's comparison): two queries."""
+    current: dict[str, dict] = {}
+    accounts = _select("Account", account_rows, [_soql_text(code) for code in codes])
+    for record in ctx.salesforce.query(accounts):
+        current.setdefault(record["ExternalID__c"], {})["account"] = record
+    contacts = _select("Contact", contact_rows, [_soql_text(f"{code}-primary") for code in codes])
+    for record in ctx.salesforce.query(contacts):
+        current.setdefault(record["ExternalID__c"].removesuffix("-primary"), {})["contact"] = record
+    return current
+
+
+def _select(sobject: str, rows: list[dict], keys: list[str]) -> str:
+    fields = sorted({row["target_path"].split(".")[0] for row in rows} | {"Id", "ExternalID__c"})
+    # SOQL, not SQL: field names come from the mapping, values are quoted by _soql_text.
+    return f"SELECT {', '.join(fields)} FROM {sobject} WHERE ExternalID__c IN ({', '.join(keys)})"  # noqa: S608
+
+
+def _soql_text(value: str) -> str:
+    return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
+
+
+def _plan(ctx: engine.RunContext, writes: list[_Write], links: Links, current: dict) -> None:
+    for write in writes:
+        ref = links.get("customer", "kashflow", write.event.source_id)
+        now = current.get(write.event.source_id, {})
+        ctx.plan(
+            write.event,
+            target_object=ACCOUNT,
+            action="upsert",
+            payload=write.account,
+            target_id=ref.salesforce_id if ref else "",
+            current=now.get("account"),
+        )
+        if write.contact is not None:
+            ctx.plan(
+                write.event,
+                target_object=CONTACT,
+                action="upsert",
+                payload=write.contact,
+                current=now.get("contact"),
+            )
+
+
+def _fail_all(ctx, events, message: str, permanent: bool, code: str = "") -> None:
+    for event in events:
+        event.mark_failed(message, permanent=permanent, code=code)
+
+
+def _watermark(value: str):
+    moment = parse_kashflow_datetime(value) if value else None
+    return moment - OVERLAP if moment else None
+
+
+def _sortable(stamp: str) -> str:
+    """KashFlow's "YYYY-MM-DD HH:MM:SS" sorts as text; an offset or odd form is normalised."""
+    moment = parse_kashflow_datetime(stamp) if stamp else None
+    return moment.strftime("%Y-%m-%d %H:%M:%S") if moment else ""
+
+
+engine.register(CustomersFlow())

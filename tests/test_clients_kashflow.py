@@ -1,0 +1,713 @@
+"""The KashFlow client at its seam: a scripted API answering with KashFlow-shaped payloads."""
+
+import logging
+from datetime import date, datetime
+from decimal import Decimal
+
+import pytest
+import requests
+
+from integration.clients import http
+from integration.clients.errors import ApiError
+from integration.clients.kashflow import (
+    KashFlowClient,
+    format_kashflow_date,
+    parse_kashflow_date,
+    parse_kashflow_datetime,
+)
+from integration.models import Connection
+from tests.factories import KashFlowConnectionFactory
+from tests.fake_api import FakeApi, body_of, query_of, reply, use_fast_retries
+from tests.fixtures_sandbox import control
+from tests.sandbox_connections import calls, clear_faults, kashflow_connection, set_faults
+
+pytestmark = pytest.mark.django_db
+
+
+@pytest.fixture
+def fast_retries(settings, monkeypatch):
+    return use_fast_retries(settings, monkeypatch)
+
+
+TEMPORARY = "6D1E4F0A-3C5B-4D2E-9F7A-0B1C2D3E4F5A"
+SESSION = "496F5DBA-DBB2-42A3-9645-DA0253220C9E"
+SESSION_2 = "7A0B3C4D-1111-2222-3333-444455556666"
+STEP1 = {
+    "TemporaryToken": TEMPORARY,
+    "MemorableWordList": [
+        {"Position": 3, "Value": ""},
+        {"Position": 4, "Value": ""},
+        {"Position": 6, "Value": ""},
+    ],
+    "HasTemporaryPassword": False,
+    "IsAdmin": True,
+    "PackageName": "Business",
+}
+STEP2 = {"SessionToken": SESSION, "CompanyName": "Acme Ltd", "IsAdmin": True}
+INVALID_TOKEN = {"Error": "InvalidSessionToken", "Message": "Session token provided is invalid."}
+
+
+def customer(code, updated, **extra):
+    return {
+        "Id": 100 + int(code[-2:]),
+        "Code": code,
+        "Name": f"Customer {code}",
+        "Note": "",
+        "PaymentTerms": {"Days": 30, "Type": "AfterIssuedDate"},
+        "OutstandingBalance": Decimal("120.0000"),
+        "LastUpdatedDate": updated,
+        **extra,
+    }
+
+
+def page(data, next_url=None, total=None):
+    return {
+        "MetaData": {"TotalRecords": total or len(data), "NextPageUrl": next_url},
+        "Data": data,
+    }
+
+
+@pytest.fixture
+def connection():
+    return KashFlowConnectionFactory()
+
+
+@pytest.fixture
+def api():
+    return (
+        FakeApi()
+        .on("POST", "/v2/sessiontoken", reply(201, STEP1))
+        .on("PUT", "/v2/sessiontoken", reply(200, STEP2))
+    )
+
+
+def client_for(connection, api):
+    client = KashFlowClient(connection)
+    client.session.mount("https://", api)
+    return client
+
+
+# -- Signing in ---------------------------------------------------------------------------------
+
+
+def test_login_sends_the_memorable_word_letters_at_the_positions_asked(connection, api):
+    client_for(connection, api).login()
+
+    step1, step2 = api.requests
+    assert body_of(step1) == {"UserName": "accounts@example.co.uk", "Password": "Tr0ub4dor&3"}
+    # "pineapple" at 3, 4, 6 is n, e, p (the sessiontoken page's own example).
+    assert body_of(step2) == {
+        "TemporaryToken": TEMPORARY,
+        "MemorableWordList": [
+            {"Position": 3, "Value": "n"},
+            {"Position": 4, "Value": "e"},
+            {"Position": 6, "Value": "p"},
+        ],
+    }
+    connection.refresh_from_db()
+    assert connection.get_session() == {"token": SESSION}
+    assert SESSION not in connection.encrypted_session  # stored encrypted
+
+
+def test_the_session_token_is_reused_by_later_clients_without_signing_in(connection, api):
+    api.on("GET", "/v2/customers/ACME01", reply(200, customer("ACME01", "2024-10-09 12:00:00")))
+    client_for(connection, api).get_customer("ACME01")
+    client_for(Connection.objects.get(pk=connection.pk), api).get_customer("ACME01")
+
+    assert len(api.calls("POST", "/v2/sessiontoken")) == 1
+    for call in api.calls("GET"):
+        assert call.headers["Authorization"] == f"KfToken {SESSION}"
+
+
+def test_an_expired_token_means_one_new_sign_in_and_one_retry(connection, api):
+    connection.save_session({"token": "EXPIRED-TOKEN-0000"})
+    api.on(
+        "GET",
+        "/v2/customers/ACME01",
+        reply(401, INVALID_TOKEN),
+        reply(200, customer("ACME01", "2024-10-09 12:00:00")),
+    )
+
+    found = client_for(connection, api).get_customer("ACME01")
+
+    assert found["Code"] == "ACME01"
+    assert len(api.calls("POST", "/v2/sessiontoken")) == 1
+    assert [c.headers["Authorization"] for c in api.calls("GET")] == [
+        "KfToken EXPIRED-TOKEN-0000",
+        f"KfToken {SESSION}",
+    ]
+
+
+def test_a_second_401_is_an_error_not_a_loop(connection, api):
+    connection.save_session({"token": "EXPIRED-TOKEN-0000"})
+    api.on("GET", "/v2/customers/ACME01", reply(401, INVALID_TOKEN))
+
+    with pytest.raises(ApiError) as caught:
+        client_for(connection, api).get_customer("ACME01")
+
+    assert caught.value.code == "InvalidSessionToken"
+    assert caught.value.transient
+    assert len(api.calls("GET")) == 2
+    assert len(api.calls("POST", "/v2/sessiontoken")) == 1
+
+
+def test_after_a_401_a_token_saved_by_another_process_is_used_without_signing_in(connection, api):
+    connection.save_session({"token": "EXPIRED-TOKEN-0000"})
+    client = client_for(connection, api)
+    client._current_token()
+    Connection.objects.get(pk=connection.pk).save_session({"token": SESSION_2})
+    api.on(
+        "GET", "/v2/customers/ACME01", reply(401, INVALID_TOKEN), reply(200, customer("ACME01", ""))
+    )
+
+    client.get_customer("ACME01")
+
+    assert api.calls("POST", "/v2/sessiontoken") == []
+    assert api.calls("GET")[-1].headers["Authorization"] == f"KfToken {SESSION_2}"
+
+
+@pytest.mark.parametrize(
+    ("step", "status", "error", "message"),
+    [
+        ("POST", 400, "InvalidCredentials", "KashFlow rejected the username or password."),
+        ("PUT", 400, "InvalidMemorableWord", "KashFlow rejected the memorable word."),
+        (
+            "POST",
+            401,
+            "AccountLocked",
+            "The KashFlow account is locked after too many failed sign-ins; unlock it in KashFlow.",
+        ),
+        (
+            "POST",
+            403,
+            "ApiAccessDisabled",
+            "API access is turned off for this KashFlow account (Settings → API).",
+        ),
+    ],
+)
+def test_sign_in_failures_are_permanent_and_in_plain_words(
+    connection, api, step, status, error, message
+):
+    api.on(step, "/v2/sessiontoken", reply(status, {"Error": error, "Message": "..."}))
+
+    with pytest.raises(ApiError) as caught:
+        client_for(connection, api).login()
+
+    assert caught.value.message == message
+    assert caught.value.permanent
+    connection.refresh_from_db()
+    # Recorded at once, so scheduled runs stop trying (and locking the account).
+    assert connection.status == Connection.Status.FAILING
+    assert connection.last_check_message == message
+
+
+def test_secrets_stay_out_of_errors_and_logs(connection, api, caplog):
+    caplog.set_level(logging.DEBUG)
+    # An API that echoes what it was sent, as some do.
+    api.on(
+        "PUT",
+        "/v2/sessiontoken",
+        reply(400, {"Error": "Oops", "Message": "Bad body: Tr0ub4dor&3 pineapple"}),
+    )
+
+    with pytest.raises(ApiError) as caught:
+        client_for(connection, api).login()
+
+    connection.refresh_from_db()
+    for text in (str(caught.value), repr(caught.value), caplog.text, connection.last_check_message):
+        assert "Tr0ub4dor&3" not in text
+        assert "pineapple" not in text
+    assert "[redacted]" in str(caught.value)
+
+
+def test_a_session_token_echoed_back_is_redacted(connection, api):
+    fresh = "0F1E2D3C-ECHO-4B5A-9687-A1B2C3D4E5F6"  # never stored, so never decrypted
+    api.on("PUT", "/v2/sessiontoken", reply(200, STEP2 | {"SessionToken": fresh}))
+    api.on(
+        "GET",
+        "/v2/customers/ACME01",
+        reply(400, {"Error": "Oops", "Message": f"Token {fresh} may not read this."}),
+    )
+
+    with pytest.raises(ApiError) as caught:
+        client_for(connection, api).get_customer("ACME01")
+
+    assert fresh not in str(caught.value)
+    assert (
+        caught.value.message
+        == "KashFlow could not read customer ACME01: Token [redacted] may not read this."
+    )
+
+
+# -- Transient failures ---------------------------------------------------------------------------
+
+
+def test_the_sql_timeout_400_is_retried_with_backoff(connection, api, fast_retries):
+    timeout = {"Error": "-2146232060", "Message": "Execution Timeout Expired."}
+    api.on(
+        "GET",
+        "/v2/customers/ACME01",
+        reply(400, timeout),
+        reply(200, customer("ACME01", "2024-10-09 12:00:00")),
+    )
+
+    assert client_for(connection, api).get_customer("ACME01")["Code"] == "ACME01"
+    assert len(fast_retries) == 1
+
+
+def test_retries_are_bounded_and_end_in_a_transient_error(connection, api, fast_retries):
+    api.on("GET", "/v2/customers/ACME01", reply(503, {"Error": "Unavailable", "Message": "..."}))
+
+    with pytest.raises(ApiError) as caught:
+        client_for(connection, api).get_customer("ACME01")
+
+    assert caught.value.transient
+    assert caught.value.status == 503
+    assert len(api.calls("GET")) == 3  # HTTP_ATTEMPTS
+    assert len(fast_retries) == 2
+    assert fast_retries[1] > fast_retries[0] * 0.9  # grows (jitter allowing)
+
+
+def test_retry_after_is_honoured(connection, api, fast_retries):
+    api.on(
+        "GET",
+        "/v2/customers/ACME01",
+        reply(429, {"Error": "TooMany", "Message": "..."}, {"Retry-After": "2"}),
+        reply(200, customer("ACME01", "")),
+    )
+
+    client_for(connection, api).get_customer("ACME01")
+
+    assert fast_retries[0] >= 2
+
+
+def test_a_retry_after_beyond_the_longest_wait_fails_at_once_saying_when(
+    connection, api, fast_retries
+):
+    api.on(
+        "GET",
+        "/v2/customers/ACME01",
+        reply(429, {"Error": "TooMany", "Message": "..."}, {"Retry-After": "3600"}),
+    )
+
+    with pytest.raises(ApiError) as caught:
+        client_for(connection, api).get_customer("ACME01")
+
+    assert caught.value.transient and caught.value.retry_after == 3600
+    assert fast_retries == []
+
+
+def test_a_create_whose_answer_is_lost_is_not_repeated(connection, api, fast_retries):
+    connection.save_session({"token": SESSION})
+    api.on("POST", "/v2/invoices", requests.exceptions.ReadTimeout("read timed out"))
+
+    with pytest.raises(ApiError) as caught:
+        client_for(connection, api).create_invoice({"CustomerCode": "ACME01", "LineItems": []})
+
+    assert caught.value.transient and caught.value.ambiguous
+    assert caught.value.code == "timeout"
+    assert "may have been saved" in caught.value.message
+    assert len(api.calls("POST", "/v2/invoices")) == 1
+
+
+def test_a_create_that_fails_with_a_server_error_is_not_repeated(connection, api, fast_retries):
+    connection.save_session({"token": SESSION})
+    api.on("POST", "/v2/customers", reply(500, {"Error": "Error", "Message": "Oops"}))
+
+    with pytest.raises(ApiError) as caught:
+        client_for(connection, api).create_customer({"Code": "ACME01", "Name": "Acme"})
+
+    assert caught.value.transient
+    assert len(api.calls("POST", "/v2/customers")) == 1
+
+
+def test_validation_errors_are_permanent_and_say_what_failed(connection, api):
+    api.on(
+        "POST",
+        "/v2/customers",
+        reply(400, {"Error": "ValidationError", "Message": "Customer code ACME01 already exists."}),
+    )
+
+    with pytest.raises(ApiError) as caught:
+        client_for(connection, api).create_customer({"Code": "ACME01", "Name": "Acme Ltd"})
+
+    assert caught.value.permanent
+    assert caught.value.message == (
+        "KashFlow could not create customer ACME01: Customer code ACME01 already exists."
+    )
+
+
+# -- Reading --------------------------------------------------------------------------------------
+
+
+def test_customers_changed_since_reads_newest_first_and_stops_at_the_watermark(connection, api):
+    summaries = [
+        customer("CUST05", "2024-10-09 15:00:00"),
+        customer("CUST04", "2024-10-09 14:00:00"),
+        customer("CUST03", "2024-10-09 13:00:00"),
+        customer("CUST02", "2024-10-09 12:00:00"),
+        customer("CUST01", "2024-10-08 12:00:00"),
+    ]
+    api.on(
+        "GET",
+        "/v2/customers",
+        lambda request: reply(
+            200,
+            page(summaries[:2], "https://api.kashflow.com/v2/customers?page=2", 5)
+            if query_of(request)["page"] == "1"
+            else page(summaries[2:4], "https://api.kashflow.com/v2/customers?page=3", 5)
+            if query_of(request)["page"] == "2"
+            else page(summaries[4:], None, 5),
+        )(request),
+    )
+    api.on(
+        "GET",
+        "/v2/customers/(CUST0.)",
+        lambda request: reply(
+            200, next(s for s in summaries if request.url.endswith(s["Code"])) | {"Note": "full"}
+        )(request),
+    )
+
+    changed = list(
+        client_for(connection, api).customers_changed_since(datetime(2024, 10, 9, 13, 0))
+    )
+
+    assert [c["Code"] for c in changed] == ["CUST05", "CUST04", "CUST03"]  # 13:00 included
+    assert all(c["Note"] == "full" for c in changed)
+    lists = api.calls("GET", "/v2/customers")
+    assert [query_of(r)["page"] for r in lists] == ["1", "2"]  # page 3 never read
+    assert query_of(lists[0]) | {"page": "1"} == {
+        "sortby": "LastUpdatedDate",
+        "order": "desc",
+        "perpage": "200",
+        "page": "1",
+    }
+    assert len(api.calls("GET", "/v2/customers/.+")) == 3  # one GET per changed customer
+
+
+def test_summaries_only_walk_costs_list_calls_alone(connection, api):
+    summaries = [
+        customer("CUST02", "2024-10-09 12:00:00"),
+        customer("CUST01", "2024-10-08 12:00:00"),
+    ]
+    api.on("GET", "/v2/customers", reply(200, page(summaries, None, 2)))
+    watermark = parse_kashflow_datetime("2024-10-09 00:00:00")
+    changed = list(
+        client_for(connection, api).customers_changed_since(watermark, full_records=False)
+    )
+    assert [c["Code"] for c in changed] == ["CUST02"]
+    assert api.calls("GET", "/v2/customers/.+") == []
+
+
+def test_when_summaries_carry_no_dates_the_full_records_decide_where_to_stop(connection, api):
+    # The published spec's summaries have no LastUpdatedDate (the sandbox adds it).
+    full = {
+        "CUST03": customer("CUST03", "2024-10-09 13:00:00"),
+        "CUST02": customer("CUST02", "2024-10-09 12:00:00"),
+        "CUST01": customer("CUST01", "2024-10-08 12:00:00"),
+    }
+    summaries = [{"Code": code, "Name": c["Name"]} for code, c in full.items()]
+    api.on("GET", "/v2/customers", reply(200, page(summaries)))
+    api.on(
+        "GET",
+        "/v2/customers/(CUST0.)",
+        lambda request: reply(200, full[request.url.rsplit("/", 1)[1]])(request),
+    )
+
+    changed = client_for(connection, api).customers_changed_since(datetime(2024, 10, 9, 12))
+
+    assert [c["Code"] for c in changed] == ["CUST03", "CUST02"]
+    assert len(api.calls("GET", "/v2/customers/.+")) == 3  # one look past the watermark
+
+
+def test_without_a_watermark_every_customer_is_read(connection, api):
+    api.on("GET", "/v2/customers", reply(200, page([customer("CUST01", "2024-10-08 12:00:00")])))
+    api.on("GET", "/v2/customers/CUST01", reply(200, customer("CUST01", "2024-10-08 12:00:00")))
+
+    assert [c["Code"] for c in client_for(connection, api).customers_changed_since(None)] == [
+        "CUST01"
+    ]
+
+
+def test_customer_codes_are_one_path_segment(connection, api):
+    api.on("GET", "/v2/customers/.*", reply(200, customer("AB 01", "")))
+    client_for(connection, api).get_customer("A/B 01")
+    assert api.calls("GET")[0].path_url == "/v2/customers/A%2FB%2001"
+
+
+def test_money_is_decimal_both_ways_and_dates_are_written_as_kashflow_does(connection, api):
+    stored = {
+        "Number": 2,
+        "CustomerCode": "ACME01",
+        "IssuedDate": "2024-10-09 12:00:00",
+        "NetAmount": 1234.5678,
+        "GrossAmount": 1481.4814,
+        "DueAmount": 1481.4814,
+        "LineItems": [{"Quantity": 1.0000, "Rate": 1234.5678, "VATLevel": 20.0000}],
+    }
+    api.on("POST", "/v2/invoices", reply(201, stored))
+
+    created = client_for(connection, api).create_invoice(
+        {
+            "CustomerCode": "ACME01",
+            "IssuedDate": date(2024, 10, 9),
+            "LineItems": [{"Quantity": Decimal("1"), "Rate": Decimal("1234.5678")}],
+        }
+    )
+
+    assert created["NetAmount"] == Decimal("1234.5678")
+    assert isinstance(created["LineItems"][0]["Rate"], Decimal)
+    sent = api.calls("POST", "/v2/invoices")[0].body
+    assert '"Rate":1234.5678' in sent
+    assert '"IssuedDate":"2024-10-09 12:00:00"' in sent
+
+
+def test_find_invoices_by_reference_matches_exactly(connection, api):
+    api.on(
+        "GET",
+        "/v2/invoices",
+        reply(
+            200,
+            page(
+                [
+                    {"Number": 7, "CustomerReference": "SF-0061x000001"},
+                    {"Number": 8, "CustomerReference": "SF-0061x0000012"},
+                    {"Number": 9, "CustomerReference": "sf-0061x000001"},
+                ]
+            ),
+        ),
+    )
+
+    found = client_for(connection, api).find_invoices_by_reference("SF-0061x000001")
+
+    assert [i["Number"] for i in found] == [7]
+    assert query_of(api.calls("GET", "/v2/invoices")[0])["searchtext"] == "SF-0061x000001"
+
+
+def test_invoices_with_payments_fetches_only_paid_ones(connection, api):
+    api.on(
+        "GET",
+        "/v2/invoices",
+        reply(
+            200,
+            page(
+                [
+                    {"Number": 1, "TotalPaidAmount": Decimal("0.0000")},
+                    {"Number": 2, "TotalPaidAmount": Decimal("60.0000")},
+                ]
+            ),
+        ),
+    )
+    api.on("GET", "/v2/invoices/2", reply(200, {"Number": 2, "PaymentLines": [{"Id": 5}]}))
+
+    paid = list(client_for(connection, api).invoices_with_payments(date(2024, 1, 1)))
+
+    assert [i["Number"] for i in paid] == [2]
+    assert query_of(api.calls("GET", "/v2/invoices")[0])["issuedatefrom"] == "2024-01-01"
+
+
+def test_bare_array_lists_are_read_in_one_call(connection, api):
+    api.on(
+        "GET", "/v2/bankaccounts", reply(200, [{"Id": 1, "Code": 1200}, {"Id": 2, "Code": 1210}])
+    )
+    api.on("GET", "/v2/vat/settings/vatrates", reply(200, [{"VATId": 1, "VATRate": 20.0}]))
+    client = client_for(connection, api)
+
+    assert [a["Code"] for a in client.bank_accounts()] == [1200, 1210]
+    assert client.vat_rates()[0]["VATRate"] == Decimal("20.0")
+    assert len(api.calls("GET")) == 2
+
+
+# -- Dates ---------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("2024-10-09 12:00:00", datetime(2024, 10, 9, 12)),
+        ("2012-10-09 12:00:00 +05:30", datetime(2012, 10, 9, 12)),
+        ("2017-05-02", datetime(2017, 5, 2, 12)),
+        ("2024-10-09T08:30:15.123", datetime(2024, 10, 9, 8, 30, 15)),
+        ("", None),
+        (None, None),
+    ],
+)
+def test_kashflow_dates_are_parsed_in_every_form_seen(text, expected):
+    assert parse_kashflow_datetime(text) == expected
+
+
+def test_a_calendar_date_is_written_at_midday_so_it_never_shifts():
+    assert format_kashflow_date(date(2024, 3, 31)) == "2024-03-31 12:00:00"
+    assert parse_kashflow_date(format_kashflow_date(date(2024, 3, 31))) == date(2024, 3, 31)
+
+
+# -- Over real sockets, against the sandbox -------------------------------------------------------
+
+
+@pytest.fixture
+def sandbox_kashflow(sandbox, settings, fast_retries):
+    settings.KASHFORCE = {**settings.KASHFORCE, "HTTP_TIMEOUT": (2.0, 0.3)}
+    return kashflow_connection(sandbox)
+
+
+def new_client(connection):
+    return KashFlowClient(Connection.objects.get(pk=connection.pk))
+
+
+def test_sandbox_sign_in_happens_once_for_many_calls_and_clients(sandbox, sandbox_kashflow):
+    first = new_client(sandbox_kashflow)
+    first.create_customer({"Code": "ACME01", "Name": "Acme Ltd"})
+    first.get_customer("ACME01")
+    new_client(sandbox_kashflow).get_customer("ACME01")
+
+    assert calls(sandbox, "kashflow", "POST /v2/sessiontoken") == 1
+    assert calls(sandbox, "kashflow", "PUT /v2/sessiontoken") == 1
+
+
+def test_sandbox_expired_token_is_renewed_once(sandbox, sandbox_kashflow):
+    client = new_client(sandbox_kashflow)
+    client.create_customer({"Code": "ACME01", "Name": "Acme Ltd"})
+    # 61 idle minutes: the token dies of inactivity.
+    control(sandbox.info["control"]["kashflow"], "clock", {"advance_seconds": 61 * 60})
+
+    assert new_client(sandbox_kashflow).get_customer("ACME01")["Name"] == "Acme Ltd"
+    assert calls(sandbox, "kashflow", "PUT /v2/sessiontoken") == 2
+
+
+def test_sandbox_a_token_that_keeps_dying_ends_in_an_error(sandbox, sandbox_kashflow):
+    client = new_client(sandbox_kashflow)
+    client.login()
+    set_faults(sandbox, "kashflow", ("GET /v2/bankaccounts", "expire_token", 1.0))
+
+    with pytest.raises(ApiError) as caught:
+        client.bank_accounts()
+
+    assert caught.value.code == "InvalidSessionToken"
+    assert calls(sandbox, "kashflow", "GET /v2/bankaccounts") == 2
+    assert calls(sandbox, "kashflow", "PUT /v2/sessiontoken") == 2  # the first and one more
+
+
+def test_sandbox_a_429_storm_is_waited_out_honouring_retry_after(
+    sandbox, sandbox_kashflow, fast_retries, monkeypatch
+):
+    client = new_client(sandbox_kashflow)
+    client.login()
+    set_faults(sandbox, "kashflow", ("GET /v2/nominals", "429", 1.0))
+    waits = []
+
+    def wait_then_calm(seconds):  # the storm passes while we wait
+        waits.append(seconds)
+        clear_faults(sandbox, "kashflow")
+
+    monkeypatch.setattr(http, "sleep", wait_then_calm)
+
+    assert client.nominals()
+    assert waits and waits[0] >= 1  # the sandbox says Retry-After: 1
+    assert calls(sandbox, "kashflow", "GET /v2/nominals") == 2
+
+
+@pytest.mark.parametrize(
+    ("kind", "status", "code"),
+    [
+        ("429", 429, None),
+        ("503", 503, None),
+        ("timeout", None, "timeout"),
+        ("reset", None, "connection_reset"),
+    ],
+)
+def test_sandbox_faults_that_do_not_clear_end_in_a_bounded_transient_error(
+    sandbox, sandbox_kashflow, fast_retries, kind, status, code
+):
+    client = new_client(sandbox_kashflow)
+    client.login()
+    set_faults(sandbox, "kashflow", ("GET /v2/bankaccounts", kind, 1.0, 1))
+
+    with pytest.raises(ApiError) as caught:
+        client.bank_accounts()
+
+    assert caught.value.transient
+    assert caught.value.status == status
+    assert code is None or caught.value.code == code
+    assert calls(sandbox, "kashflow", "GET /v2/bankaccounts") == 3  # HTTP_ATTEMPTS
+    assert len(fast_retries) == 2
+
+
+def test_sandbox_an_ambiguous_create_is_reported_and_not_repeated(sandbox, sandbox_kashflow):
+    client = new_client(sandbox_kashflow)
+    client.login()
+    set_faults(sandbox, "kashflow", ("POST /v2/customers", "ambiguous", 1.0))
+
+    with pytest.raises(ApiError) as caught:
+        client.create_customer({"Code": "ACME01", "Name": "Acme Ltd"})
+
+    assert caught.value.transient and caught.value.ambiguous
+    assert calls(sandbox, "kashflow", "POST /v2/customers") == 1
+    clear_faults(sandbox, "kashflow")
+    assert client.get_customer("ACME01")["Name"] == "Acme Ltd"  # it was saved
+
+
+def test_sandbox_invoices_round_trip_money_and_dates_exactly(sandbox, sandbox_kashflow):
+    client = new_client(sandbox_kashflow)
+    client.create_customer({"Code": "ACME01", "Name": "Acme Ltd"})
+    created = client.create_invoice(
+        {
+            "CustomerCode": "ACME01",
+            "CustomerReference": "SF-0061x000001",
+            "IssuedDate": date(2024, 3, 31),
+            "LineItems": [
+                {
+                    "Description": "Consulting",
+                    "Quantity": Decimal("1"),
+                    "Rate": Decimal("1234.5678"),
+                    "VATLevel": Decimal("20"),
+                    "NominalCode": 4000,
+                }
+            ],
+        }
+    )
+
+    invoice = client.get_invoice(created["Number"])
+    assert invoice["LineItems"][0]["Rate"] == Decimal("1234.5678")
+    assert isinstance(invoice["GrossAmount"], Decimal)
+    assert parse_kashflow_date(invoice["IssuedDate"]) == date(2024, 3, 31)
+    found = client.find_invoices_by_reference("SF-0061x000001")
+    assert [i["Number"] for i in found] == [created["Number"]]
+    client.update_invoice(created["Number"], {"CustomerReference": "SF-0061x000001-B"})
+    assert client.find_invoices_by_reference("SF-0061x000001") == []
+
+
+def test_sandbox_customers_changed_since_stops_at_the_watermark(sandbox, sandbox_kashflow):
+    client = new_client(sandbox_kashflow)
+    clock = sandbox.info["control"]["kashflow"]
+    for code in ("CUST01", "CUST02", "CUST03"):
+        client.create_customer({"Code": code, "Name": f"Customer {code}"})
+        control(clock, "clock", {"advance_seconds": 60})
+    watermark = parse_kashflow_datetime(client.get_customer("CUST02")["LastUpdatedDate"])
+    control(sandbox.info["control"]["kashflow"], "stats/reset", {})
+
+    changed = list(client.customers_changed_since(watermark))
+
+    assert [c["Code"] for c in changed] == ["CUST03", "CUST02"]
+    assert calls(sandbox, "kashflow", "GET /v2/customers/{code}") == 2
+    assert calls(sandbox, "kashflow", "GET /v2/customers") == 3  # one list page + two records
+
+
+def test_sandbox_reference_data(sandbox, sandbox_kashflow):
+    client = new_client(sandbox_kashflow)
+    assert any(n["Code"] == 4000 for n in client.nominals())
+    assert client.bank_accounts() and client.payment_methods() and client.vat_rates()
+    assert list(client.products()) == []  # the empty seed has none
+
+
+def test_sandbox_wrong_memorable_word_is_named_and_no_secret_leaks(sandbox, caplog):
+    connection = kashflow_connection(sandbox, memorable_word="zzzzzzzzzzzzzz")
+    password = sandbox.info["kashflow"]["password"]
+    caplog.set_level(logging.DEBUG)  # every logger, urllib3's included
+
+    with pytest.raises(ApiError) as caught:
+        KashFlowClient(connection).login()
+
+    assert caught.value.message == "KashFlow rejected the memorable word."
+    connection.refresh_from_db()
+    for text in (str(caught.value), caplog.text, connection.last_check_message):
+        assert password not in text and "zzzzzzzzzzzzzz" not in text

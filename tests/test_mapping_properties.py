@@ -1,0 +1,237 @@
+"""Properties of money, dates, names and streets that must hold for every input, not just examples."""
+
+import os
+import time
+import zoneinfo
+from contextlib import contextmanager
+from datetime import UTC, date, datetime, timedelta
+from decimal import ROUND_HALF_UP, Decimal
+
+from django.test import override_settings
+from django.utils import timezone
+from hypothesis import assume, given
+from hypothesis import strategies as st
+
+from integration.mapping import (
+    COUNTRY_NAMES,
+    KASHFLOW_NO_DATE,
+    KASHFLOW_ZONE,
+    MappingContext,
+    apply_mapping,
+    line_vat_amount,
+    round_decimal,
+    to_decimal,
+)
+from integration.mapping_defaults import ACCOUNT_TO_CUSTOMER, CUSTOMER_TO_ACCOUNT, row
+
+CONTEXT = MappingContext()
+
+
+def mapped(single_row, source):
+    result = apply_mapping([single_row], source, CONTEXT)
+    assert result.errors == []
+    return result.payload[single_row["target_path"]]
+
+
+# Money -------------------------------------------------------------------------------------
+
+# Amounts up to a trillion pounds with up to 6 decimals: more than any invoice carries.
+amounts = st.decimals(
+    min_value=Decimal("-1e12"), max_value=Decimal("1e12"), places=6, allow_nan=False
+)
+pennies = st.decimals(min_value=Decimal("-1e11"), max_value=Decimal("1e11"), places=2)
+
+
+@given(amounts, st.integers(min_value=0, max_value=6))
+def test_decimal_in_gives_decimal_rounded_half_up(amount, places):
+    rounded = mapped(row("Amount", "Amount", "decimal", places=places), {"Amount": amount})
+    assert isinstance(rounded, Decimal)
+    assert rounded == amount.quantize(Decimal(1).scaleb(-places), rounding=ROUND_HALF_UP)
+    assert rounded.as_tuple().exponent == -places
+    assert abs(rounded - amount) <= Decimal("0.5").scaleb(-places)
+
+
+@given(st.integers(min_value=0, max_value=10**12))
+def test_an_exact_half_penny_rounds_away_from_zero(tenths_of_pennies):
+    half = Decimal(tenths_of_pennies * 10 + 5).scaleb(-3)  # e.g. 12.345
+    assert round_decimal(half) == half + Decimal("0.005")
+    assert round_decimal(-half) == -half - Decimal("0.005")
+
+
+@given(pennies)
+def test_money_sent_as_a_json_float_comes_back_to_the_penny(amount):
+    # Salesforce and KashFlow send amounts as JSON numbers; Python reads them as floats.
+    assert mapped(row("Amount", "Amount", "decimal"), {"Amount": float(amount)}) == amount
+
+
+@given(st.floats(allow_nan=False, allow_infinity=False))
+def test_a_float_converts_exactly_as_its_text(number):
+    converted = to_decimal(number)
+    assert converted == Decimal(str(number))
+    assert float(converted) == number  # nothing lost, and no binary noise added
+
+
+@given(st.floats(min_value=-1e12, max_value=1e12))
+def test_decimal_of_a_float_and_of_its_text_agree(number):
+    as_float = mapped(row("Amount", "Amount", "decimal"), {"Amount": number})
+    as_text = mapped(row("Amount", "Amount", "decimal"), {"Amount": str(number)})
+    assert as_float == as_text and str(as_float) == str(as_text)
+
+
+@given(
+    st.decimals(min_value=0, max_value=10_000, places=4),
+    pennies.filter(lambda p: p >= 0),
+    st.sampled_from(["20", "5", "0", "17.5"]),
+)
+def test_line_vat_is_within_half_a_penny_of_the_exact_amount(quantity, rate, vat_level):
+    exact = quantity * rate * Decimal(vat_level) / 100
+    vat = line_vat_amount(quantity, rate, vat_level)
+    assert vat.as_tuple().exponent == -2
+    assert abs(vat - exact) <= Decimal("0.005")
+
+
+# Dates -------------------------------------------------------------------------------------
+
+calendar_dates = st.dates(min_value=date(1700, 1, 1), max_value=date(4000, 12, 31)).filter(
+    lambda day: day != KASHFLOW_NO_DATE  # KashFlow's "no date"
+)
+zone_names = st.sampled_from(sorted(zoneinfo.available_timezones()))
+
+
+@contextmanager
+def process_time_zone(name):
+    """Run as if the server, Django and the request were all in the zone `name`."""
+    saved = os.environ.get("TZ")
+    os.environ["TZ"] = name
+    time.tzset()
+    try:
+        with override_settings(TIME_ZONE=name), timezone.override(zoneinfo.ZoneInfo(name)):
+            yield
+    finally:
+        if saved is None:
+            os.environ.pop("TZ")
+        else:
+            os.environ["TZ"] = saved
+        time.tzset()
+
+
+TO_KASHFLOW = row("IssuedDate", "CloseDate", "date", to="kashflow")
+TO_SALESFORCE = row("CloseDate", "IssuedDate", "date", to="salesforce")
+
+
+@given(calendar_dates, zone_names)
+def test_a_salesforce_date_survives_the_trip_through_kashflow_in_any_zone(day, zone):
+    with process_time_zone(zone):
+        kashflow = mapped(TO_KASHFLOW, {"CloseDate": day.isoformat()})
+        back = mapped(TO_SALESFORCE, {"IssuedDate": kashflow})
+    assert kashflow == f"{day.isoformat()} 12:00:00"
+    assert back == day.isoformat()
+
+
+offsets = st.integers(min_value=-14 * 60, max_value=14 * 60).map(lambda m: timedelta(minutes=m))
+
+
+def offset_text(offset: timedelta, with_colon: bool) -> str:
+    minutes = int(offset.total_seconds() // 60)
+    sign, minutes = ("-" if minutes < 0 else "+"), abs(minutes)
+    return f"{sign}{minutes // 60:02d}{':' if with_colon else ''}{minutes % 60:02d}"
+
+
+@given(
+    st.datetimes(min_value=datetime(1901, 1, 1), max_value=datetime(4000, 12, 31)),
+    st.none() | offsets,
+    st.sampled_from([" ", "T"]),
+    st.booleans(),
+    zone_names,
+)
+def test_a_kashflow_datetime_gives_the_calendar_date_of_its_date_part(
+    moment, offset, separator, with_colon, zone
+):
+    text = moment.strftime(f"%Y-%m-%d{separator}%H:%M:%S")
+    if offset is not None:
+        text += " " + offset_text(offset, with_colon)
+    with process_time_zone(zone):
+        assert mapped(TO_SALESFORCE, {"IssuedDate": text}) == moment.date().isoformat()
+
+
+@given(
+    st.datetimes(
+        min_value=datetime(1971, 1, 1), max_value=datetime(2100, 12, 31), timezones=st.just(UTC)
+    )
+)
+def test_a_moment_survives_the_trip_through_kashflow_uk_time(moment):
+    moment = moment.replace(microsecond=0)  # KashFlow keeps whole seconds
+    local = moment.astimezone(KASHFLOW_ZONE).replace(tzinfo=None)
+    # In the autumn hour that happens twice a UK wall-clock time names two moments; we read the
+    # first, so only moments in the repeated hour may come back an hour early.
+    assume(
+        KASHFLOW_ZONE.utcoffset(local.replace(fold=0))
+        == KASHFLOW_ZONE.utcoffset(local.replace(fold=1))
+    )
+    salesforce = moment.strftime("%Y-%m-%dT%H:%M:%S.000+0000")
+    kashflow = mapped(row("When", "When", "datetime", to="kashflow"), {"When": salesforce})
+    back = mapped(row("When", "When", "datetime", to="salesforce"), {"When": kashflow})
+    assert back == salesforce
+
+
+# Names and streets -------------------------------------------------------------------------
+
+words = st.text(st.characters(categories=["L"], include_characters="'-"), min_size=1, max_size=12)
+
+
+@given(st.lists(words, min_size=1, max_size=4))
+def test_a_split_name_joins_back_to_the_name(name_words):
+    name = " ".join(name_words)
+    first = mapped(row("FirstName", "Name", "split_name", part="first"), {"Name": name})
+    last = mapped(row("LastName", "Name", "split_name", part="last"), {"Name": name})
+    assert last == name_words[-1]
+    assert " ".join(part for part in (first, last) if part) == name
+
+
+address_text = (
+    st.text(
+        st.characters(categories=["L", "N"], include_characters=" ,.-'/&"), min_size=1, max_size=30
+    )
+    .map(str.strip)
+    .filter(bool)
+)
+
+
+@given(
+    st.lists(address_text, min_size=1, max_size=2),
+    address_text,
+    st.none() | address_text,
+    address_text,
+    st.sampled_from(sorted(COUNTRY_NAMES.values())),
+)
+def test_an_account_address_survives_the_trip_through_kashflow(
+    street, city, state, postcode, country
+):
+    """The default templates both ways: Account -> KashFlow customer -> Account."""
+    account = {
+        "Name": "Acme Ltd",
+        "BillingStreet": "\n".join(street),
+        "BillingCity": city,
+        "BillingState": state,
+        "BillingPostalCode": postcode,
+        "BillingCountry": country,
+    }
+    customer = apply_mapping(ACCOUNT_TO_CUSTOMER.rows, account, CONTEXT)
+    stored = customer.payload  # KashFlow derives CountryName from the code it stores
+    stored["Addresses"][0]["CountryName"] = COUNTRY_NAMES[stored["Addresses"][0]["CountryCode"]]
+    back = apply_mapping(CUSTOMER_TO_ACCOUNT.rows, {**stored, "Code": "ACME01"}, CONTEXT)
+    assert customer.errors == back.errors == []
+    assert {key: back.payload[key] for key in account} == account
+
+
+@given(st.lists(address_text, min_size=3, max_size=6), st.integers(min_value=1, max_value=4))
+def test_a_long_street_keeps_every_line_in_order(street, lines):
+    account = {"BillingStreet": "\n".join(street)}
+    rows = [
+        row(f"Line{n}", "BillingStreet", "split_street", line=n, lines=lines)
+        for n in range(1, lines + 1)
+    ]
+    payload = apply_mapping(rows, account, CONTEXT).payload
+    kept = [payload[f"Line{n}"] for n in range(1, lines + 1) if payload[f"Line{n}"]]
+    assert ", ".join(kept) == ", ".join(street)
+    assert len(kept) == min(lines, len(street))

@@ -145,7 +145,8 @@ def _products(store, rows, stamps, pricebook, count, names) -> list[dict]:
             Description=product["description"],
             Family=product["family"],
             IsActive=True,
-            ExternalID__c=product["code"],
+            # kashforce's product key, as KashFlow's pair (nominal, code) reads: "4000-SOF-0001".
+            ExternalID__c=f"{product['nominal_code']}-{product['code']}",
         )
         entry = _record(
             "PricebookEntry",

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Make sure what the tests need is running: PostgreSQL (and, for the browser tests, Chromium).
+# Make sure what the tests need is there: PostgreSQL running, and Chromium for the browser tests.
 # On the development machines PostgreSQL already runs; on a clean one, start or install it.
 set -euo pipefail
 
@@ -19,3 +19,12 @@ if ! command -v pg_isready >/dev/null || ! pg_up; then
   for _ in $(seq 1 30); do pg_up && break; sleep 1; done
 fi
 pg_up && echo "PostgreSQL is up on 127.0.0.1:5432"
+
+# The browser tests drive Debian's Chromium (a test tool's own browser download cannot work
+# here: only the package registries are reachable).
+if ! command -v chromium >/dev/null; then
+  echo "Chromium is not installed: installing it from Debian's packages"
+  apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null
+fi
+chromium --version

@@ -43,6 +43,7 @@ from simple_salesforce.exceptions import (
     SalesforceExpiredSession,
     SalesforceOperationError,
 )
+from simple_salesforce.format import quote_soql_value
 
 from integration.clients import http
 from integration.clients.errors import ApiError, network_error
@@ -131,6 +132,16 @@ LOGIN_MESSAGES = {
         "(https://yourcompany.my.salesforce.com), not login or test.salesforce.com."
     ),
 }
+
+
+def soql_quote(value: object) -> str:
+    """A value as a SOQL literal, quoted and escaped by simple-salesforce's own formatter."""
+    return quote_soql_value(str(value))
+
+
+def soql_list(values) -> str:
+    """Values as the inside of a SOQL IN (...): each quoted, blanks left out."""
+    return ", ".join(soql_quote(value) for value in values if value)
 
 
 @dataclass

@@ -14,6 +14,7 @@ from datetime import timedelta
 
 from integration.clients.errors import ApiError
 from integration.clients.kashflow import parse_kashflow_datetime
+from integration.clients.salesforce import soql_quote
 from integration.mapping import apply_mapping, payload_hash
 from integration.models import CrossRef, Cursor, Direction, SyncEvent
 from integration.sync import engine
@@ -63,7 +64,7 @@ class CustomersFlow:
             account_rows = active_rows(ctx, self.name, SOURCE, ACCOUNT)
             contact_rows = active_rows(ctx, self.name, SOURCE, CONTACT)
         except MappingMissing as exc:
-            return _fail_all(ctx, events, str(exc), permanent=True, code="MAPPING_MISSING")
+            return engine.fail_events(events, str(exc), permanent=True, code="MAPPING_MISSING")
         codes = [event.source_id for event in events]
         links = (
             Links().prefetch("customer", "kashflow", codes).prefetch("contact", "kashflow", codes)
@@ -72,7 +73,7 @@ class CustomersFlow:
             account_context = context(links, salesforce_fields(ctx, "Account"))
             contact_context = context(links, salesforce_fields(ctx, "Contact"))
         except ApiError as exc:
-            return _fail_all(ctx, events, exc.message, permanent=exc.permanent, code=exc.code)
+            return engine.fail_events(events, exc.message, permanent=exc.permanent, code=exc.code)
         current = _current_records(ctx, codes, account_rows, contact_rows) if ctx.run.full else {}
         writes = []
         for event in events:
@@ -161,7 +162,9 @@ def _write(ctx: engine.RunContext, writes: list[_Write], links: Links) -> None:
         )
         accounts = salesforce.upsert("Account", "ExternalID__c", [w.account for w in writes])
     except ApiError as exc:
-        return _fail_all(ctx, [w.event for w in writes], exc.message, not exc.transient, exc.code)
+        return engine.fail_events(
+            [w.event for w in writes], exc.message, not exc.transient, exc.code
+        )
     with_contact = []
     for write, result in zip(writes, accounts, strict=True):
         if not result.success:
@@ -180,7 +183,7 @@ def _write(ctx: engine.RunContext, writes: list[_Write], links: Links) -> None:
     try:
         contacts = salesforce.upsert("Contact", "ExternalID__c", [w.contact for w in with_contact])
     except ApiError as exc:
-        return _fail_all(
+        return engine.fail_events(
             ctx, [w.event for w in with_contact], exc.message, not exc.transient, exc.code
         )
     for write, result in zip(with_contact, contacts, strict=True):
@@ -205,7 +208,7 @@ def _adopt_accounts_by_name(ctx, unlinked: list[_Write], links: Links) -> None:
     if not unlinked or not _org_has_accounts_without_key(ctx):
         return
     names = {w.account["Name"].casefold(): w for w in unlinked if w.account.get("Name")}
-    quoted = ", ".join(_soql_text(w.account["Name"]) for w in names.values())
+    quoted = ", ".join(soql_quote(w.account["Name"]) for w in names.values())
     matches: dict[str, list[str]] = {}
     soql = f"SELECT Id, Name FROM Account WHERE ExternalID__c = null AND Name IN ({quoted})"
     for record in ctx.salesforce.query(soql):
@@ -247,10 +250,10 @@ def _succeeded(write: _Write, links: Links, contact_id: str | None) -> None:
 def _current_records(ctx, codes, account_rows, contact_rows) -> dict[str, dict]:
     """What Salesforce holds now for these customers (a full run's comparison): two queries."""
     current: dict[str, dict] = {}
-    accounts = _select("Account", account_rows, [_soql_text(code) for code in codes])
+    accounts = _select("Account", account_rows, [soql_quote(code) for code in codes])
     for record in ctx.salesforce.query(accounts):
         current.setdefault(record["ExternalID__c"], {})["account"] = record
-    contacts = _select("Contact", contact_rows, [_soql_text(f"{code}-primary") for code in codes])
+    contacts = _select("Contact", contact_rows, [soql_quote(f"{code}-primary") for code in codes])
     for record in ctx.salesforce.query(contacts):
         current.setdefault(record["ExternalID__c"].removesuffix("-primary"), {})["contact"] = record
     return current
@@ -258,12 +261,8 @@ def _current_records(ctx, codes, account_rows, contact_rows) -> dict[str, dict]:
 
 def _select(sobject: str, rows: list[dict], keys: list[str]) -> str:
     fields = sorted({row["target_path"].split(".")[0] for row in rows} | {"Id", "ExternalID__c"})
-    # SOQL, not SQL: field names come from the mapping, values are quoted by _soql_text.
+    # SOQL, not SQL: field names come from the mapping, values are quoted by soql_quote.
     return f"SELECT {', '.join(fields)} FROM {sobject} WHERE ExternalID__c IN ({', '.join(keys)})"
-
-
-def _soql_text(value: str) -> str:
-    return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
 
 
 def _plan(ctx: engine.RunContext, writes: list[_Write], links: Links, current: dict) -> None:
@@ -286,11 +285,6 @@ def _plan(ctx: engine.RunContext, writes: list[_Write], links: Links, current: d
                 payload=write.contact,
                 current=now.get("contact"),
             )
-
-
-def _fail_all(ctx, events, message: str, permanent: bool, code: str = "") -> None:
-    for event in events:
-        event.mark_failed(message, permanent=permanent, code=code)
 
 
 def _watermark(value: str):

@@ -474,6 +474,14 @@ def _process_until_done(flow: Flow, ctx: RunContext) -> None:
     _finish_if_done(run)
 
 
+def fail_events(events, message: str, permanent: bool, code: str = "") -> None:
+    """Fail every event of a batch a flow still holds (a whole-batch failure: an API outage, a
+    missing mapping); events the flow already finished keep their outcome."""
+    for event in events:
+        if event.status == SyncEvent.Status.RUNNING or event.pk is None:
+            event.mark_failed(message, permanent=permanent, code=code)
+
+
 def claim_batch(run: SyncRun, size: int) -> list[SyncEvent]:
     """Claim up to `size` due events of the run's flow for this worker."""
     now = timezone.now()

@@ -84,9 +84,9 @@ class InvoicesFlow:
             rows = _Rows.load(ctx)
             opportunities = _read_opportunities(ctx, [event.source_id for event in events])
         except MappingMissing as exc:
-            return _fail_all(events, str(exc), permanent=True, code="MAPPING_MISSING")
+            return engine.fail_events(events, str(exc), permanent=True, code="MAPPING_MISSING")
         except ApiError as exc:
-            return _fail_all(events, exc.message, exc.permanent, exc.code)
+            return engine.fail_events(events, exc.message, exc.permanent, exc.code)
         links = Links().prefetch("invoice", "salesforce", [e.source_id for e in events])
         invoices = []
         for event in events:
@@ -101,7 +101,9 @@ class InvoicesFlow:
                 ctx, links, [i for i in invoices if not i.ref or not i.ref.kashflow_key]
             )
         except ApiError as exc:
-            return _fail_all([i.event for i in invoices], exc.message, exc.permanent, exc.code)
+            return engine.fail_events(
+                [i.event for i in invoices], exc.message, exc.permanent, exc.code
+            )
         for invoice in invoices:
             _map(invoice, rows, links)
         ready = [i for i in invoices if not i.event.is_error]
@@ -348,7 +350,7 @@ def _write_back(ctx, invoices: list[_Invoice], rows: _Rows) -> None:
     try:
         results = ctx.salesforce.update("Opportunity", records)
     except ApiError as exc:
-        return _fail_all(
+        return engine.fail_events(
             [i.event for i in invoices], _write_back_failed(exc), exc.permanent, exc.code
         )
     for invoice, result in zip(invoices, results, strict=True):
@@ -379,12 +381,6 @@ def _plan(ctx, invoices: list[_Invoice]) -> None:
         if invoice.ref and invoice.ref.kashflow_key:
             continue
         ctx.plan(invoice.event, target_object=TARGET, action="create", payload=invoice.payload)
-
-
-def _fail_all(events, message: str, permanent: bool, code: str = "") -> None:
-    for event in events:
-        if event.status == SyncEvent.Status.RUNNING or event.pk is None:
-            event.mark_failed(message, permanent=permanent, code=code)
 
 
 def _salesforce_moment(stamp: str):

@@ -102,7 +102,7 @@ class PaymentsFlow:
             payment_rows = active_rows(ctx, self.name, PAYMENT_LINE, PAYMENT)
             opportunity_rows = active_rows(ctx, WRITE_BACK_FLOW, SOURCE, OPPORTUNITY)
         except MappingMissing as exc:
-            return _fail_all(events, str(exc), permanent=True, code="MAPPING_MISSING")
+            return engine.fail_events(events, str(exc), permanent=True, code="MAPPING_MISSING")
         links = Links().prefetch("invoice", "kashflow", [event.source_id for event in events])
         invoices = [_Invoice(event, links) for event in events]
         invoices = [invoice for invoice in invoices if invoice.opportunity_id]
@@ -117,7 +117,9 @@ class PaymentsFlow:
             opportunity_context = context(links, salesforce_fields(ctx, "Opportunity"))
         except ApiError as exc:
             events = [invoice.event for invoice in invoices if not invoice.failed]
-            return _fail_all(events, exc.message, permanent=not exc.transient, code=exc.code)
+            return engine.fail_events(
+                events, exc.message, permanent=not exc.transient, code=exc.code
+            )
         payment_ids = [line["Id"] for invoice in invoices for line in invoice.lines]
         record_ids = [
             r["Id"] for opportunity in current.values() for r in _payments_of(opportunity)
@@ -427,11 +429,6 @@ def _plan(ctx: engine.RunContext, invoices: list[_Invoice]) -> None:
                 target_id=invoice.opportunity_id,
                 current=invoice.current,
             )
-
-
-def _fail_all(events: Iterable[SyncEvent], message: str, permanent: bool, code: str = "") -> None:
-    for event in events:
-        event.mark_failed(message, permanent=permanent, code=code)
 
 
 def _chunks(items: Iterable[dict], size: int) -> Iterator[list[dict]]:

@@ -32,7 +32,7 @@ from __future__ import annotations
 from datetime import timedelta
 
 from integration.clients.errors import ApiError
-from integration.clients.salesforce import WriteResult
+from integration.clients.salesforce import WriteResult, soql_list, soql_quote
 from integration.mapping import (
     KASHFLOW_FIELDS,
     apply_mapping,
@@ -213,7 +213,7 @@ def _to_salesforce(ctx: engine.RunContext, events: list[SyncEvent]) -> None:
         product_rows = active_rows(ctx, "products", KASHFLOW_PRODUCT, PRODUCT2)
         entry_rows = active_rows(ctx, "products", KASHFLOW_PRODUCT, ENTRY)
     except MappingMissing as exc:
-        return _fail_all(events, str(exc), permanent=True, code="MAPPING_MISSING")
+        return engine.fail_events(events, str(exc), permanent=True, code="MAPPING_MISSING")
     links = Links().prefetch("product", "kashflow", [e.source_id for e in events])
     writes = [_ToSalesforce(event) for event in events]
     try:
@@ -222,7 +222,7 @@ def _to_salesforce(ctx: engine.RunContext, events: list[SyncEvent]) -> None:
         pricebook_id = _standard_pricebook_id(ctx)
         current = _current_products(ctx, writes, links, product_rows, pricebook_id)
     except ApiError as exc:
-        return _fail_all(events, exc.message, permanent=not exc.transient, code=exc.code)
+        return engine.fail_events(events, exc.message, permanent=not exc.transient, code=exc.code)
     for write in writes:
         write.current = current.get(write.key)
         _plan_product(write, product_rows, product_context)
@@ -308,14 +308,14 @@ def _current_products(ctx, writes, links: Links, rows, pricebook_id: str) -> dic
     codes = {key: write.event.payload.get("Code") for key, write in zip(keys, writes, strict=True)}
     fields = {row["target_path"].split(".")[0] for row in rows}
     fields |= {"Id", "ExternalID__c", "ProductCode"}
-    where = f"ExternalID__c IN ({_soql_list(keys)})"
+    where = f"ExternalID__c IN ({soql_list(keys)})"
     if any(linked.values()):
-        where += f" OR Id IN ({_soql_list(i for i in linked.values() if i)})"
+        where += f" OR Id IN ({soql_list(i for i in linked.values() if i)})"
     if any(codes.values()):
-        where += f" OR (ExternalID__c = null AND ProductCode IN ({_soql_list(codes.values())}))"
+        where += f" OR (ExternalID__c = null AND ProductCode IN ({soql_list(codes.values())}))"
     soql = (
         f"SELECT {', '.join(sorted(fields))}, (SELECT Id, UnitPrice, IsActive FROM "
-        f"PricebookEntries WHERE Pricebook2Id = {_soql_text(pricebook_id)}) "
+        f"PricebookEntries WHERE Pricebook2Id = {soql_quote(pricebook_id)}) "
         f"FROM Product2 WHERE {where}"
     )
     records = list(ctx.salesforce.query(soql))
@@ -336,10 +336,6 @@ def _current_products(ctx, writes, links: Links, rows, pricebook_id: str) -> dic
         if record is not None:
             current[key] = record
     return current
-
-
-def _soql_list(values) -> str:
-    return ", ".join(_soql_text(value) for value in values if value)
 
 
 def _write_products(ctx, writes: list[_ToSalesforce], links: Links) -> None:
@@ -440,12 +436,12 @@ def _to_kashflow(ctx: engine.RunContext, events: list[SyncEvent]) -> None:
     try:
         rows = active_rows(ctx, "products", PRODUCT2, KASHFLOW_PRODUCT)
     except MappingMissing as exc:
-        return _fail_all(events, str(exc), permanent=True, code="MAPPING_MISSING")
+        return engine.fail_events(events, str(exc), permanent=True, code="MAPPING_MISSING")
     links = Links().prefetch("product", "salesforce", [e.source_id for e in events])
     try:
         products = _kashflow_products(ctx)
     except ApiError as exc:
-        return _fail_all(events, exc.message, permanent=not exc.transient, code=exc.code)
+        return engine.fail_events(events, exc.message, permanent=not exc.transient, code=exc.code)
     mapping_context = context(links, KASHFLOW_FIELDS["Product"])
     keys_to_set = []  # Product2 that must carry their KashFlow key as ExternalID__c
     for event in events:
@@ -564,15 +560,6 @@ def _set_external_ids(ctx, keys_to_set: list[tuple[SyncEvent, dict]]) -> None:
             event.message = f"{event.message} The Product2's ExternalID__c was not set: "
             event.message += result.error.message
             event.save(update_fields=["message"])
-
-
-def _soql_text(value: str) -> str:
-    return "'" + str(value).replace("\\", "\\\\").replace("'", "\\'") + "'"
-
-
-def _fail_all(events, message: str, permanent: bool, code: str = "") -> None:
-    for event in events:
-        event.mark_failed(message, permanent=permanent, code=code)
 
 
 engine.register(ProductsFlow())

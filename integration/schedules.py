@@ -1,6 +1,6 @@
 """The job schedules kashforce needs, kept in step with settings after every migrate."""
 
-from datetime import UTC
+from datetime import UTC, datetime, time, timedelta
 
 from django.conf import settings
 
@@ -30,6 +30,12 @@ def wanted_schedules() -> list[dict]:
             "minutes": 1,
         },
         {
+            "name": "kashforce: weekly full comparison",
+            "func": "integration.tasks.weekly_full_sync",
+            "schedule_type": Schedule.WEEKLY,
+            "next_run": _next_quiet_hour(days=7 - datetime.now(UTC).weekday()),  # Monday
+        },
+        {
             "name": "kashforce: nightly cleanup",
             "func": "integration.tasks.cleanup",
             "schedule_type": Schedule.DAILY,
@@ -39,12 +45,11 @@ def wanted_schedules() -> list[dict]:
     return schedules
 
 
-def _next_quiet_hour():
-    """02:30 UTC tomorrow: the cleanup runs while nobody works (DAILY keeps that hour after)."""
-    from datetime import datetime, time, timedelta
-
-    tomorrow = datetime.now(UTC).date() + timedelta(days=1)
-    return datetime.combine(tomorrow, time(2, 30), tzinfo=UTC)
+def _next_quiet_hour(days: int = 1) -> datetime:
+    """02:30 UTC `days` from today: for work that runs while nobody works (the schedule keeps
+    that hour afterwards)."""
+    day = datetime.now(UTC).date() + timedelta(days=days)
+    return datetime.combine(day, time(2, 30), tzinfo=UTC)
 
 
 def install_schedules(**kwargs) -> int:

@@ -1,5 +1,6 @@
 """django-q2 entry points: thin shells that load by id and call the engine. Enqueue ids only."""
 
+from integration.models import Flow
 from integration.sync import engine
 
 
@@ -9,6 +10,12 @@ def run_flow(run_id: int) -> None:
 
 def scheduled_sync(flow: str) -> None:
     engine.start_run(flow, "schedule")
+
+
+def weekly_full_sync() -> None:
+    """Compare everything, not just changes, and put right what drifted (once a week)."""
+    for flow in Flow.values:
+        engine.start_run(flow, "schedule", full=True)
 
 
 def sweep() -> dict:

@@ -371,3 +371,13 @@ def test_sync_command_retries_transient_failures_at_once(flow):
     assert "Retrying 1 record(s)" in out.getvalue()
     assert "Succeeded" in out.getvalue()
     assert flow.target["P9"] == {"Code": "P9", "Name": "x"}
+
+
+def test_a_full_run_is_not_swallowed_by_a_running_incremental_one_and_says_what_drifted(flow):
+    incremental = engine.start_run("products", Trigger.SCHEDULE)
+    full = engine.start_run("products", Trigger.SCHEDULE, full=True)
+    assert full != incremental and full.full
+    flow.source = [{"Code": "P1", "Name": "x"}]
+    engine.execute_run(full.pk)
+    full.refresh_from_db()
+    assert full.summary == "Full comparison: 1 compared, 1 differed and were put right, 0 failed."

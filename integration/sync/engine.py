@@ -204,7 +204,7 @@ def start_run(
         run = (
             SyncRun.objects.select_for_update()
             .unfinished()
-            .filter(flow=flow, dry_run=False, params={})
+            .filter(flow=flow, dry_run=False, full=full, params={})
             .first()
         )
     if run is None:
@@ -557,7 +557,10 @@ def _finish_if_done(run: SyncRun) -> None:
         if locked is None or busy.exists():
             return  # finished already, or work remains for another worker or task
         summary = (
-            f"{locked.read_count} read, {locked.written_count} written, "
+            f"Full comparison: {locked.read_count} compared, {locked.written_count} differed and "
+            f"were put right, {locked.failed_count} failed."
+            if locked.full
+            else f"{locked.read_count} read, {locked.written_count} written, "
             f"{locked.skipped_count} unchanged, {locked.failed_count} failed."
         )
         locked.finish(summary)

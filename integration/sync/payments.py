@@ -92,7 +92,8 @@ class PaymentsFlow:
                 source_id=number,
                 payload=summary,
                 version=version,
-                target_object=PAYMENT,
+                # The invoice's payments land on its Opportunity (records and paid status).
+                target_object=OPPORTUNITY,
             )
 
     # Process ----------------------------------------------------------------------------------

@@ -263,3 +263,18 @@ def test_dry_run_shows_the_invoices_and_writes_nothing(org):
     assert all(p.payload["LineItems"] for p in created)
     assert list(org.kashflow.invoices()) == []
     assert SyncEvent.objects.count() == 0 and CrossRef.objects.count() == 0
+
+
+def test_an_account_that_cannot_become_a_customer_keeps_that_reason(org, monkeypatch):
+    from integration.sync import new_customers
+
+    monkeypatch.setattr(
+        new_customers,
+        "_make_customer",
+        lambda *args: "Account X cannot become a KashFlow customer.",
+    )
+    run_invoices()
+    failed = SyncEvent.objects.unresolved()
+    assert failed.count() == 6
+    assert {e.message for e in failed} == {"Account X cannot become a KashFlow customer."}
+    assert list(org.kashflow.invoices()) == []

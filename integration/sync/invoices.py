@@ -105,7 +105,8 @@ class InvoicesFlow:
                 [i.event for i in invoices], exc.message, exc.permanent, exc.code
             )
         for invoice in invoices:
-            _map(invoice, rows, links)
+            if not invoice.event.is_error:  # its customer could not be made: keep that reason
+                _map(invoice, rows, links)
         ready = [i for i in invoices if not i.event.is_error]
         if ctx.dry_run:
             return _plan(ctx, ready)

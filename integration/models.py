@@ -787,7 +787,8 @@ class SyncEvent(models.Model):
         message = secrets.redact(message)
         max_attempts = settings.KASHFORCE["MAX_ATTEMPTS"]
         if not permanent and self.attempts < max_attempts:
-            delay = timedelta(seconds=min(3600, 30 * 2 ** max(0, self.attempts - 1)))
+            first = settings.KASHFORCE["RETRY_BACKOFF_SECONDS"]
+            delay = timedelta(seconds=min(3600, first * 2 ** max(0, self.attempts - 1)))
             self.status, self.next_attempt_at = self.Status.FAILED_TRANSIENT, timezone.now() + delay
         else:
             if not permanent:

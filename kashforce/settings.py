@@ -233,6 +233,8 @@ KASHFORCE = {
     "SYNC_INTERVAL_MINUTES": _read("KASHFORCE_SYNC_INTERVAL_MINUTES", env.int, 1),
     # Attempts for a record that fails transiently before it joins the error queue.
     "MAX_ATTEMPTS": _read("KASHFORCE_MAX_ATTEMPTS", env.int, 5),
+    # Seconds before such a record is tried again; the wait doubles each attempt (at most 1 hour).
+    "RETRY_BACKOFF_SECONDS": _read("KASHFORCE_RETRY_BACKOFF_SECONDS", env.float, 30.0),
     # HTTP timeouts (connect, read) in seconds for both APIs.
     "HTTP_TIMEOUT": (
         _read("KASHFORCE_HTTP_CONNECT_TIMEOUT", env.float, 5.0),

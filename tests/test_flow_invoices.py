@@ -263,3 +263,29 @@ def test_dry_run_shows_the_invoices_and_writes_nothing(org):
     assert all(p.payload["LineItems"] for p in created)
     assert list(org.kashflow.invoices()) == []
     assert SyncEvent.objects.count() == 0 and CrossRef.objects.count() == 0
+
+
+def test_a_slow_worker_whose_events_were_swept_makes_no_second_invoice(org, settings, monkeypatch):
+    """Worker A is slow (KashFlow crawling through its batch), so the sweeper takes its events
+    for a dead worker's and worker B makes the invoices. A, still alive, must not make them again
+    (the campaign in scripts/chaos.py found this: 12 invoices for 6 deals before the fix)."""
+    settings.KASHFORCE = {**settings.KASHFORCE, "STALE_AFTER_SECONDS": 0}
+    settings.KASHFORCE["RETRY_BACKOFF_SECONDS"] = 0
+    real_create_once = invoices._create_once
+    interleaved = []
+
+    def slow_create_once(ctx, invoice, links):
+        if not interleaved:
+            interleaved.append(invoice.opportunity_id)
+            engine.sweep()  # A's claims look stale...
+            engine.execute_run(run.pk)  # ...and worker B does the work meanwhile
+        return real_create_once(ctx, invoice, links)
+
+    monkeypatch.setattr(invoices, "_create_once", slow_create_once)
+    run = engine.start_run("invoices", Trigger.MANUAL)
+    engine.execute_run(run.pk)  # worker A
+    assert interleaved
+    for event in SyncEvent.objects.all():
+        assert len(invoices_for(org, event.source_id)) == 1, event
+        assert event.status == SyncEvent.Status.SUCCEEDED, event.message
+    assert len(list(org.kashflow.invoices())) == 6

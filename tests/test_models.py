@@ -239,3 +239,15 @@ def test_cursor_advances_per_flow_and_connection():
     assert Cursor.get_value("customers", connection) == "2024-05-02 10:00:00"
     assert Cursor.objects.count() == 1
 
+
+def test_a_worker_holds_its_claim_until_the_sweeper_or_another_worker_takes_it():
+    event = SyncEventFactory()
+    event.claim()
+    assert event.hold()  # still ours: the claim is renewed
+    slow_worker = SyncEvent.objects.get(pk=event.pk)
+    event.mark_failed("The worker stopped while syncing this record", permanent=False)
+    assert not slow_worker.hold()  # the sweeper took it
+    SyncEvent.objects.filter(pk=event.pk).update(next_attempt_at=timezone.now())
+    assert event.claim()  # another worker has it now
+    assert not slow_worker.hold()
+    assert event.hold()

@@ -289,3 +289,29 @@ def test_a_slow_worker_whose_events_were_swept_makes_no_second_invoice(org, sett
         assert len(invoices_for(org, event.source_id)) == 1, event
         assert event.status == SyncEvent.Status.SUCCEEDED, event.message
     assert len(list(org.kashflow.invoices())) == 6
+
+
+def test_customers_linked_by_the_customers_flow_meanwhile_are_used_not_made_again(org, monkeypatch):
+    """The customers flow links the Accounts to their KashFlow namesakes while an invoices batch
+    is under way (two workers). The batch must use those customers, not give the Accounts new
+    codes and make each company a second KashFlow customer (the campaign in scripts/chaos.py
+    found invoices failing on codes that were never made, and Accounts moved off their
+    customers)."""
+    real_ensure = invoices.ensure_customers
+
+    def customers_flow_meanwhile(ctx, links, batch):
+        run = engine.start_run("customers", Trigger.MANUAL)
+        engine.execute_run(run.pk)
+        return real_ensure(ctx, links, batch)
+
+    monkeypatch.setattr(invoices, "ensure_customers", customers_flow_meanwhile)
+    assert run_invoices().written_count == 6
+    names = [c["Name"] for c in org.kashflow.customers()]
+    assert len(names) == len(set(names))  # no company twice in KashFlow
+    codes = {c["Code"] for c in org.kashflow.customers()}
+    for ref in CrossRef.objects.filter(object_type="customer"):
+        assert ref.kashflow_key in codes
+        [account] = org.salesforce.query(
+            f"SELECT ExternalID__c FROM Account WHERE Id = '{ref.salesforce_id}'"
+        )
+        assert account["ExternalID__c"] == ref.kashflow_key

@@ -93,7 +93,11 @@ def _make_customer(ctx, links: Links, rows: list[dict], account: dict) -> str | 
     if mapped.errors:
         problems = "; ".join(error.message for error in mapped.errors)
         return f"Account {account['Name']} cannot become a KashFlow customer. {problems}"
-    ref = links.get("customer", "salesforce", account["Id"])
+    # Read afresh: the customers flow may have linked this Account to its KashFlow namesake since
+    # the batch began, and a code chosen from the stale view would make the company twice.
+    ref = links.reload("customer", "salesforce", account["Id"])
+    if _confirmed(ref):
+        return None
     code = ref.kashflow_key if ref and ref.kashflow_key else _free_code(account["Name"])
     if ctx.dry_run:
         links.assume("customer", salesforce_id=account["Id"], kashflow_key=code)

@@ -315,3 +315,30 @@ def test_customers_linked_by_the_customers_flow_meanwhile_are_used_not_made_agai
             f"SELECT ExternalID__c FROM Account WHERE Id = '{ref.salesforce_id}'"
         )
         assert account["ExternalID__c"] == ref.kashflow_key
+
+
+def test_an_account_linked_just_after_its_link_was_read_is_not_given_a_second_code(
+    org, monkeypatch
+):
+    """The narrower race: the customers flow links the Account to its namesake just after the
+    invoices flow read the Account's link (none yet) and before it chooses a code. The code the
+    Account now has is its own, not someone else's."""
+    from integration.sync.links import Links
+
+    real_reload = Links.reload
+    ran = []
+
+    def customers_flow_just_after(links, object_type, side, key):
+        ref = real_reload(links, object_type, side, key)
+        if not ran:
+            ran.append(key)
+            engine.execute_run(engine.start_run("customers", Trigger.MANUAL).pk)
+        return ref
+
+    monkeypatch.setattr(Links, "reload", customers_flow_just_after)
+    assert run_invoices().written_count == 6
+    assert ran
+    names = [c["Name"] for c in org.kashflow.customers()]
+    assert len(names) == len(set(names))  # no company twice in KashFlow
+    accounts = [a["Name"] for a in org.salesforce.query("SELECT Name FROM Account")]
+    assert len(accounts) == len(set(accounts)) == 6

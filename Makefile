@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 HOST ?= 127.0.0.1
 PORT ?= 8000
 
-.PHONY: run test check venv serve clean
+.PHONY: run test check chaos venv serve clean
 
 $(VENV)/.installed: requirements.txt requirements-dev.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -34,6 +34,13 @@ check: venv
 	  KASHFORCE_ENCRYPTION_KEYS=$$($(PY) -c 'from cryptography.fernet import Fernet; print(Fernet.generate_key().decode())') \
 	  ALLOWED_HOSTS=kashforce.example.co.uk KASHFORCE_VAR_DIR=$$(mktemp -d) \
 	  $(PY) manage.py check --deploy --fail-level WARNING
+
+# The fault campaign at full size: 1,000 won deals, customers and payments under ~20% API faults
+# and SIGKILLed workers, then checked against both simulators (a CI-sized one is in the suite).
+# On PostgreSQL: it makes and drops a database of its own on the server DATABASE_URL names.
+CHAOS_DATABASE_URL ?= postgres://postgres@127.0.0.1:5432/postgres
+chaos: venv
+	$(PY) scripts/chaos.py faults --opportunities 1000 --kills 10 --database-url $(CHAOS_DATABASE_URL) $(CHAOS_ARGS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache

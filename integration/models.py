@@ -769,6 +769,23 @@ class SyncEvent(models.Model):
             self.refresh_from_db()
         return bool(claimed)
 
+    def hold(self) -> bool:
+        """Renew this worker's claim just before a write that must not happen twice (a KashFlow
+        invoice). False when the claim is lost: the sweeper took this event for a dead worker's
+        (this one was only slow) and another worker may be on it now, so leave it alone.
+
+        `claimed_at` is the claim's token: the sweeper and every new claim change it.
+        """
+        if self.pk is None:
+            return True  # a dry run's event
+        now = timezone.now()
+        held = SyncEvent.objects.filter(
+            pk=self.pk, status=self.Status.RUNNING, claimed_at=self.claimed_at
+        ).update(claimed_at=now)
+        if held:
+            self.claimed_at = now
+        return bool(held)
+
     def mark_succeeded(
         self, target_id: str = "", content_hash: str = "", message: str = ""
     ) -> None:
@@ -787,7 +804,8 @@ class SyncEvent(models.Model):
         message = secrets.redact(message)
         max_attempts = settings.KASHFORCE["MAX_ATTEMPTS"]
         if not permanent and self.attempts < max_attempts:
-            delay = timedelta(seconds=min(3600, 30 * 2 ** max(0, self.attempts - 1)))
+            first = settings.KASHFORCE["RETRY_BACKOFF_SECONDS"]
+            delay = timedelta(seconds=min(3600, first * 2 ** max(0, self.attempts - 1)))
             self.status, self.next_attempt_at = self.Status.FAILED_TRANSIENT, timezone.now() + delay
         else:
             if not permanent:

@@ -233,6 +233,8 @@ KASHFORCE = {
     "SYNC_INTERVAL_MINUTES": _read("KASHFORCE_SYNC_INTERVAL_MINUTES", env.int, 1),
     # Attempts for a record that fails transiently before it joins the error queue.
     "MAX_ATTEMPTS": _read("KASHFORCE_MAX_ATTEMPTS", env.int, 5),
+    # Seconds before such a record is tried again; the wait doubles each attempt (at most 1 hour).
+    "RETRY_BACKOFF_SECONDS": _read("KASHFORCE_RETRY_BACKOFF_SECONDS", env.float, 30.0),
     # HTTP timeouts (connect, read) in seconds for both APIs.
     "HTTP_TIMEOUT": (
         _read("KASHFORCE_HTTP_CONNECT_TIMEOUT", env.float, 5.0),
@@ -251,7 +253,9 @@ KASHFORCE = {
     # A task works on a run for this long, then hands over to a fresh task (stays far below
     # Q_TIMEOUT, so a long initial load never gets killed mid-way).
     "TASK_SLICE_SECONDS": _read("KASHFORCE_TASK_SLICE_SECONDS", env.int, 120),
-    # Work claimed but not finished for this long is taken to belong to a dead worker.
+    # Work claimed but not finished for this long is taken to belong to a dead worker. Keep it
+    # above the longest one API call can take (HTTP_ATTEMPTS x (timeouts + HTTP_MAX_WAIT)): a
+    # worker renews its claim just before creating an invoice, and must finish that call in time.
     "STALE_AFTER_SECONDS": _read("KASHFORCE_STALE_AFTER_SECONDS", env.int, 900),
     # A run still queued after this long lost its queue message; the sweeper enqueues it again.
     "LOST_TASK_SECONDS": _read("KASHFORCE_LOST_TASK_SECONDS", env.int, 120),

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Make sure what the tests need is there: PostgreSQL running, and Chromium for the browser tests.
+# Make sure what the tests need is there: PostgreSQL and Redis running, Chromium for the browser tests.
 # On the development machines PostgreSQL already runs; on a clean one, start or install it.
 set -euo pipefail
 
@@ -19,6 +19,19 @@ if ! command -v pg_isready >/dev/null || ! pg_up; then
   for _ in $(seq 1 30); do pg_up && break; sleep 1; done
 fi
 pg_up && echo "PostgreSQL is up on 127.0.0.1:5432"
+
+# Redis, for the scale-out tests on the Redis broker: a throwaway server on loopback only.
+redis_up() { redis-cli -h 127.0.0.1 -p 6379 ping 2>/dev/null | grep -q PONG; }
+if ! redis_up; then
+  if ! command -v redis-server >/dev/null; then
+    echo "Redis is not installed: installing it from Debian's packages"
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server >/dev/null
+  fi
+  redis-server --daemonize yes --bind 127.0.0.1 -::1 --port 6379 --save "" --appendonly no
+  for _ in $(seq 1 30); do redis_up && break; sleep 1; done
+fi
+redis_up && echo "Redis is up on 127.0.0.1:6379"
 
 # The browser tests drive Debian's Chromium (a test tool's own browser download cannot work
 # here: only the package registries are reachable).

@@ -278,3 +278,82 @@ def test_an_account_that_cannot_become_a_customer_keeps_that_reason(org, monkeyp
     assert failed.count() == 6
     assert {e.message for e in failed} == {"Account X cannot become a KashFlow customer."}
     assert list(org.kashflow.invoices()) == []
+
+
+def test_a_slow_worker_whose_events_were_swept_makes_no_second_invoice(org, settings, monkeypatch):
+    """Worker A is slow (KashFlow crawling through its batch), so the sweeper takes its events
+    for a dead worker's and worker B makes the invoices. A, still alive, must not make them again
+    (the campaign in scripts/chaos.py found this: 12 invoices for 6 deals before the fix)."""
+    settings.KASHFORCE = {**settings.KASHFORCE, "STALE_AFTER_SECONDS": 0}
+    settings.KASHFORCE["RETRY_BACKOFF_SECONDS"] = 0
+    real_create_once = invoices._create_once
+    interleaved = []
+
+    def slow_create_once(ctx, invoice, links):
+        if not interleaved:
+            interleaved.append(invoice.opportunity_id)
+            engine.sweep()  # A's claims look stale...
+            engine.execute_run(run.pk)  # ...and worker B does the work meanwhile
+        return real_create_once(ctx, invoice, links)
+
+    monkeypatch.setattr(invoices, "_create_once", slow_create_once)
+    run = engine.start_run("invoices", Trigger.MANUAL)
+    engine.execute_run(run.pk)  # worker A
+    assert interleaved
+    for event in SyncEvent.objects.all():
+        assert len(invoices_for(org, event.source_id)) == 1, event
+        assert event.status == SyncEvent.Status.SUCCEEDED, event.message
+    assert len(list(org.kashflow.invoices())) == 6
+
+
+def test_customers_linked_by_the_customers_flow_meanwhile_are_used_not_made_again(org, monkeypatch):
+    """The customers flow links the Accounts to their KashFlow namesakes while an invoices batch
+    is under way (two workers). The batch must use those customers, not give the Accounts new
+    codes and make each company a second KashFlow customer (the campaign in scripts/chaos.py
+    found invoices failing on codes that were never made, and Accounts moved off their
+    customers)."""
+    real_ensure = invoices.ensure_customers
+
+    def customers_flow_meanwhile(ctx, links, batch):
+        run = engine.start_run("customers", Trigger.MANUAL)
+        engine.execute_run(run.pk)
+        return real_ensure(ctx, links, batch)
+
+    monkeypatch.setattr(invoices, "ensure_customers", customers_flow_meanwhile)
+    assert run_invoices().written_count == 6
+    names = [c["Name"] for c in org.kashflow.customers()]
+    assert len(names) == len(set(names))  # no company twice in KashFlow
+    codes = {c["Code"] for c in org.kashflow.customers()}
+    for ref in CrossRef.objects.filter(object_type="customer"):
+        assert ref.kashflow_key in codes
+        [account] = org.salesforce.query(
+            f"SELECT ExternalID__c FROM Account WHERE Id = '{ref.salesforce_id}'"
+        )
+        assert account["ExternalID__c"] == ref.kashflow_key
+
+
+def test_an_account_linked_just_after_its_link_was_read_is_not_given_a_second_code(
+    org, monkeypatch
+):
+    """The narrower race: the customers flow links the Account to its namesake just after the
+    invoices flow read the Account's link (none yet) and before it chooses a code. The code the
+    Account now has is its own, not someone else's."""
+    from integration.sync.links import Links
+
+    real_reload = Links.reload
+    ran = []
+
+    def customers_flow_just_after(links, object_type, side, key):
+        ref = real_reload(links, object_type, side, key)
+        if not ran:
+            ran.append(key)
+            engine.execute_run(engine.start_run("customers", Trigger.MANUAL).pk)
+        return ref
+
+    monkeypatch.setattr(Links, "reload", customers_flow_just_after)
+    assert run_invoices().written_count == 6
+    assert ran
+    names = [c["Name"] for c in org.kashflow.customers()]
+    assert len(names) == len(set(names))  # no company twice in KashFlow
+    accounts = [a["Name"] for a in org.salesforce.query("SELECT Name FROM Account")]
+    assert len(accounts) == len(set(accounts)) == 6

@@ -133,6 +133,19 @@ def test_transient_failure_backs_off_then_joins_the_error_queue(settings):
     assert list(SyncEvent.objects.unresolved()) == [event]
 
 
+def test_the_first_wait_before_a_retry_is_a_setting_and_doubles(settings):
+    settings.KASHFORCE = {**settings.KASHFORCE, "RETRY_BACKOFF_SECONDS": 2}
+    event = SyncEventFactory()
+    waits = []
+    for _ in range(3):
+        event.claim()
+        before = timezone.now()
+        event.mark_failed("Salesforce answered 503", permanent=False)
+        waits.append(round((event.next_attempt_at - before).total_seconds()))
+        SyncEvent.objects.filter(pk=event.pk).update(next_attempt_at=timezone.now())
+    assert waits == [2, 4, 8]
+
+
 def test_permanent_failure_goes_straight_to_the_error_queue():
     event = SyncEventFactory()
     event.claim()
@@ -225,3 +238,16 @@ def test_cursor_advances_per_flow_and_connection():
     Cursor.advance("customers", connection, "2024-05-02 10:00:00")
     assert Cursor.get_value("customers", connection) == "2024-05-02 10:00:00"
     assert Cursor.objects.count() == 1
+
+
+def test_a_worker_holds_its_claim_until_the_sweeper_or_another_worker_takes_it():
+    event = SyncEventFactory()
+    event.claim()
+    assert event.hold()  # still ours: the claim is renewed
+    slow_worker = SyncEvent.objects.get(pk=event.pk)
+    event.mark_failed("The worker stopped while syncing this record", permanent=False)
+    assert not slow_worker.hold()  # the sweeper took it
+    SyncEvent.objects.filter(pk=event.pk).update(next_attempt_at=timezone.now())
+    assert event.claim()  # another worker has it now
+    assert not slow_worker.hold()
+    assert event.hold()

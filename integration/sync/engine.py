@@ -508,24 +508,31 @@ def _process_batch(flow: Flow, batch: list[SyncEvent], ctx: RunContext) -> None:
         # A bug or an unforeseen failure: every event of the batch still in hand is retried with
         # backoff and, if it keeps failing, lands in the error queue with this message.
         log.exception("run=%s flow=%s batch failed", ctx.run.pk, ctx.run.flow)
-        for event in batch:
-            event.refresh_from_db()
-            if event.status == SyncEvent.Status.RUNNING:
-                event.mark_failed(
-                    f"Unexpected error while syncing: {redact(str(exc))}", permanent=False
-                )
-    _count_outcomes(ctx.run, [event.pk for event in batch])
+        for event in _still_held(batch):
+            event.mark_failed(
+                f"Unexpected error while syncing: {redact(str(exc))}", permanent=False
+            )
+    _count_outcomes(ctx.run, batch)
 
 
-def _count_outcomes(run: SyncRun, ids: list[int]) -> None:
+def _still_held(batch: list[SyncEvent]) -> list[SyncEvent]:
+    """The batch's events still running under this worker's claim. One the sweeper took (this
+    worker was slow, not dead) may be in another worker's hands now: that one is left alone."""
+    claims = {event.pk: event.claimed_at for event in batch if event.claimed_at}
+    running = SyncEvent.objects.filter(pk__in=list(claims), status=SyncEvent.Status.RUNNING)
+    return [event for event in running if event.claimed_at == claims[event.pk]]
+
+
+def _count_outcomes(run: SyncRun, batch: list[SyncEvent]) -> None:
+    ids = [event.pk for event in batch]
     outcomes = dict(
         SyncEvent.objects.filter(pk__in=ids).values_list("status").annotate(n=Count("pk"))
     )
-    unfinished = outcomes.get(SyncEvent.Status.RUNNING, 0)
-    if unfinished:
-        # The flow returned without an outcome for some events: never leave them silent.
-        for event in SyncEvent.objects.filter(pk__in=ids, status=SyncEvent.Status.RUNNING):
-            event.mark_failed("kashforce recorded no outcome for this record.", permanent=False)
+    # The flow returned without an outcome for some events: never leave them silent.
+    unfinished = _still_held(batch)
+    for event in unfinished:
+        event.mark_failed("kashforce recorded no outcome for this record.", permanent=False)
+    unfinished = len(unfinished)
     failed = sum(
         outcomes.get(s, 0)
         for s in (SyncEvent.Status.FAILED_TRANSIENT, SyncEvent.Status.FAILED_PERMANENT)

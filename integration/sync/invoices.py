@@ -312,6 +312,8 @@ def _create_once(ctx, invoice: _Invoice, links: Links) -> None:
             invoice.ref = links.link(
                 "invoice", salesforce_id=invoice.opportunity_id, kashflow_key=None
             )
+        if not invoice.event.hold():
+            return  # swept while this worker was slow: whoever has the event now makes it
         invoice.created = kashflow.create_invoice(invoice.payload)
         _record_number(invoice, links)
     except ApiError as exc:

@@ -37,6 +37,16 @@ class Links:
         if ref.kashflow_key:
             self._refs[(ref.object_type, "kashflow", ref.kashflow_key)] = ref
 
+    def reload(self, object_type: str, side: str, key: str) -> CrossRef | None:
+        """Read one cross-reference again, for a decision that must not rest on what the batch
+        read at its start: another worker may have linked the record since."""
+        field = "salesforce_id" if side == "salesforce" else "kashflow_key"
+        self._refs.pop((object_type, side, str(key)), None)
+        ref = CrossRef.objects.filter(object_type=object_type, **{field: key}).first()
+        if ref is not None:
+            self._remember(ref)
+        return ref
+
     def get(self, object_type: str, side: str, key: str | None) -> CrossRef | None:
         if not key:
             return None

@@ -93,8 +93,16 @@ def _make_customer(ctx, links: Links, rows: list[dict], account: dict) -> str | 
     if mapped.errors:
         problems = "; ".join(error.message for error in mapped.errors)
         return f"Account {account['Name']} cannot become a KashFlow customer. {problems}"
-    ref = links.get("customer", "salesforce", account["Id"])
-    code = ref.kashflow_key if ref and ref.kashflow_key else _free_code(account["Name"])
+    # Read afresh: the customers flow may have linked this Account to its KashFlow namesake since
+    # the batch began, and a code chosen from the stale view would make the company twice.
+    ref = links.reload("customer", "salesforce", account["Id"])
+    if _confirmed(ref):
+        return None
+    code = (
+        ref.kashflow_key
+        if ref and ref.kashflow_key
+        else _free_code(account["Name"], None, account["Id"])
+    )
     if ctx.dry_run:
         links.assume("customer", salesforce_id=account["Id"], kashflow_key=code)
         ctx.plan(
@@ -158,15 +166,20 @@ def customer_code_base(name: str) -> str:
     return (letters or "CUST")[:5]
 
 
-def _free_code(name: str, after: str | None = None) -> str:
-    """The first code for the name not linked to another Account (KashFlow decides the rest)."""
+def _free_code(name: str, after: str | None = None, account_id: str = "") -> str:
+    """The first code for the name not linked to another Account (KashFlow decides the rest).
+
+    A code linked to this very Account is its own: the customers flow may have linked it to its
+    KashFlow namesake a moment ago, and counting that as taken would make the company twice.
+    """
     base = customer_code_base(name)
     start = int(after[len(base) :]) + 1 if after and after[len(base) :].isdigit() else 1
-    taken = set(
-        CrossRef.objects.filter(object_type="customer", kashflow_key__startswith=base).values_list(
-            "kashflow_key", flat=True
-        )
-    )
+    links = CrossRef.objects.filter(object_type="customer", kashflow_key__startswith=base)
+    taken = set()
+    for salesforce_id, code in links.values_list("salesforce_id", "kashflow_key"):
+        if account_id and salesforce_id == account_id and not after:
+            return code
+        taken.add(code)
     number = start
     while f"{base}{number:03d}" in taken:
         number += 1

@@ -16,7 +16,7 @@ def check(monkeypatch):
     calls = []
     fake = types.SimpleNamespace(calls=calls)
 
-    def check_connection(connection):
+    def check_connection(connection, user=None):
         calls.append(connection)
         return fake.result
 

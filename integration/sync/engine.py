@@ -27,6 +27,7 @@ from django.db.models import Count, F, Q
 from django.utils import timezone
 
 from integration.models import (
+    AuditEntry,
     Connection,
     SyncEvent,
     SyncRun,
@@ -226,7 +227,18 @@ def start_bulk_retry(filters: dict, user) -> SyncRun:
     if not filters.get("flow"):
         raise ValueError("A group retry needs a flow.")
     clean = {k: v for k, v in filters.items() if v not in (None, "") or k == "error_code"}
-    return start_run(filters["flow"], Trigger.RETRY, user, params={"requeue": _jsonable(clean)})
+    count = SyncEvent.objects.unresolved().matching(filters).count()
+    run = start_run(filters["flow"], Trigger.RETRY, user, params={"requeue": _jsonable(clean)})
+    described = ", ".join(f"{k}={v!s}" for k, v in sorted(_jsonable(clean).items()))
+    AuditEntry.record(
+        user,
+        AuditEntry.Action.GROUP_RETRIED,
+        AuditEntry.ObjectType.RUN,
+        run.pk,
+        str(run),
+        f"{count} error(s) matching {described}.",
+    )
+    return run
 
 
 def retry_events(event_ids: list[int], user) -> int:

@@ -293,7 +293,7 @@ def _current_opportunities(ctx, invoices, payment_rows, opportunity_rows) -> dic
     opportunity_fields = _fields(opportunity_rows) | {"Id"}
     ids = ", ".join(sorted({f"'{invoice.opportunity_id}'" for invoice in invoices}))
     soql = (
-        f"SELECT {', '.join(sorted(opportunity_fields))}, "  # noqa: S608 (SOQL; ids are ours)
+        f"SELECT {', '.join(sorted(opportunity_fields))}, "
         f"(SELECT {', '.join(sorted(payment_fields))} FROM KashFlow_Payments__r) "
         f"FROM Opportunity WHERE Id IN ({ids})"
     )

@@ -150,7 +150,7 @@ def _changed_products_soql(ctx, since: str) -> str:
     fields &= set(salesforce_fields(ctx, "Product2"))
     fields |= {"Id", "ExternalID__c", "SystemModstamp"}
     soql = (  # SOQL: field names from the mapping and describe, no values
-        f"SELECT {', '.join(sorted(fields))}, (SELECT Id, UnitPrice FROM PricebookEntries "  # noqa: S608
+        f"SELECT {', '.join(sorted(fields))}, (SELECT Id, UnitPrice FROM PricebookEntries "
         "WHERE Pricebook2.IsStandard = true) FROM Product2"
     )
     moment = utc_moment(since) if since else None
@@ -314,7 +314,7 @@ def _current_products(ctx, writes, links: Links, rows, pricebook_id: str) -> dic
     if any(codes.values()):
         where += f" OR (ExternalID__c = null AND ProductCode IN ({_soql_list(codes.values())}))"
     soql = (
-        f"SELECT {', '.join(sorted(fields))}, (SELECT Id, UnitPrice, IsActive FROM "  # noqa: S608
+        f"SELECT {', '.join(sorted(fields))}, (SELECT Id, UnitPrice, IsActive FROM "
         f"PricebookEntries WHERE Pricebook2Id = {_soql_text(pricebook_id)}) "
         f"FROM Product2 WHERE {where}"
     )

@@ -231,6 +231,9 @@ KASHFORCE = {
     "API_BUDGET_SHARE": _read("KASHFORCE_API_BUDGET_SHARE", env.float, 0.8),
     # Minutes between scheduled runs of each flow.
     "SYNC_INTERVAL_MINUTES": _read("KASHFORCE_SYNC_INTERVAL_MINUTES", env.int, 1),
+    # Failed sign-ins per username and address before sign-in is refused, and for how long.
+    "LOGIN_ATTEMPTS": _read("KASHFORCE_LOGIN_ATTEMPTS", env.int, 5),
+    "LOGIN_LOCKOUT_MINUTES": _read("KASHFORCE_LOGIN_LOCKOUT_MINUTES", env.int, 15),
     # Attempts for a record that fails transiently before it joins the error queue.
     "MAX_ATTEMPTS": _read("KASHFORCE_MAX_ATTEMPTS", env.int, 5),
     # HTTP timeouts (connect, read) in seconds for both APIs.

@@ -7,6 +7,9 @@ from django.db.models import Q
 
 from integration.models import AuditEntry, Connection, Flow, SyncEvent, SyncRun, Transform, Trigger
 
+# A guessable secret would make the webhook address guessable (token_urlsafe(24) is 32 chars).
+OUTBOUND_SECRET_MIN_LENGTH = 24
+
 SECRET_LABELS = {
     "password": "Password",
     "security_token": "Security token",
@@ -82,7 +85,31 @@ class ConnectionForm(forms.ModelForm):
             self.add_error(
                 "login_url", "Salesforce needs a login address, e.g. https://login.salesforce.com"
             )
+        self._clean_outbound(kind, cleaned)
         return cleaned
+
+    def _clean_outbound(self, kind: str, cleaned: dict) -> None:
+        """The Outbound secret is all that stands between the internet and the webhook, with
+        the org id: it must be long enough not to be guessed, and the org id must be known."""
+        new_secret = cleaned.get("outbound_secret") or ""
+        if new_secret and len(new_secret) < OUTBOUND_SECRET_MIN_LENGTH:
+            self.add_error(
+                "outbound_secret",
+                f"Use at least {OUTBOUND_SECRET_MIN_LENGTH} random characters; this secret is "
+                "what keeps strangers off the webhook address.",
+            )
+        keeps_secret = self.instance.pk and self.instance.has_secret("outbound_secret")
+        will_have_secret = new_secret or (keeps_secret and not cleaned.get("clear_outbound_secret"))
+        if (
+            kind == Connection.Kind.SALESFORCE
+            and will_have_secret
+            and not cleaned.get("organization_id")
+        ):
+            self.add_error(
+                "organization_id",
+                "Outbound Messages are only accepted from a known org: enter its id "
+                "(Setup → Company Information → Salesforce.com Organization ID).",
+            )
 
     def describe_changes(self) -> str:
         """What this form changes, for the audit trail: field names, and for secrets only

@@ -505,20 +505,49 @@ def claim_batch(run: SyncRun, size: int) -> list[SyncEvent]:
     return list(SyncEvent.objects.filter(pk__in=ids).order_by("created_at", "pk"))
 
 
+# Raised by flow code meeting data of a shape it does not expect (a list where a record should
+# be, text where a number should be): the same record fails the same way every time.
+DATA_ERRORS = (AttributeError, TypeError, KeyError, IndexError, ValueError, ArithmeticError)
+
+
 def _process_batch(flow: Flow, batch: list[SyncEvent], ctx: RunContext) -> None:
     try:
         flow.process(batch, ctx)
-    except Exception as exc:
-        # A bug or an unforeseen failure: every event of the batch still in hand is retried with
-        # backoff and, if it keeps failing, lands in the error queue with this message.
-        log.exception("run=%s flow=%s batch failed", ctx.run.pk, ctx.run.flow)
+    except Exception:
+        # One record the flow could not handle must not hold back the others: what is still in
+        # hand is processed again one record at a time (every write is idempotent), so the
+        # culprit is found and set aside and the rest are synced.
+        log.exception("run=%s flow=%s batch failed; retrying one by one", ctx.run.pk, ctx.run.flow)
         for event in batch:
             event.refresh_from_db()
             if event.status == SyncEvent.Status.RUNNING:
-                event.mark_failed(
-                    f"Unexpected error while syncing: {redact(str(exc))}", permanent=False
-                )
+                _process_alone(flow, event, ctx)
     _count_outcomes(ctx.run, [event.pk for event in batch])
+
+
+def _process_alone(flow: Flow, event: SyncEvent, ctx: RunContext) -> None:
+    try:
+        flow.process([event], ctx)
+    except DATA_ERRORS as exc:
+        log.exception("run=%s event=%s cannot be handled", ctx.run.pk, event.pk)
+        event.refresh_from_db()
+        if event.status == SyncEvent.Status.RUNNING:
+            event.mark_failed(
+                f"kashforce could not read {event.source_object} {event.source_id}: its data "
+                f"is not in the shape expected ({type(exc).__name__}: {redact(str(exc))[:300]}). "
+                "It did not hold back the other records. Correct it at its source, then retry.",
+                permanent=True,
+                code="UNREADABLE_RECORD",
+            )
+    except Exception as exc:
+        # Something else (a bug, an unclassified outage): retried with backoff and, if it keeps
+        # failing, the error queue.
+        log.exception("run=%s event=%s failed", ctx.run.pk, event.pk)
+        event.refresh_from_db()
+        if event.status == SyncEvent.Status.RUNNING:
+            event.mark_failed(
+                f"Unexpected error while syncing: {redact(str(exc))}", permanent=False
+            )
 
 
 def _count_outcomes(run: SyncRun, ids: list[int]) -> None:

@@ -200,7 +200,7 @@ class Connection(models.Model):
     def record_check(self, ok: bool, message: str) -> None:
         self.status = self.Status.OK if ok else self.Status.FAILING
         self.last_checked_at = timezone.now()
-        self.last_check_message = secrets.redact(message)
+        self.last_check_message = secrets.redact(message).replace("\x00", "")
         Connection.objects.filter(pk=self.pk).update(
             status=self.status,
             last_checked_at=self.last_checked_at,
@@ -804,7 +804,7 @@ class SyncEvent(models.Model):
     def mark_failed(self, message: str, permanent: bool, code: str = "") -> None:
         """Record a failure. A transient one is retried with exponential backoff until the
         attempts run out; then, like a permanent one, it joins the error queue for a person."""
-        message = secrets.redact(message)
+        message = secrets.redact(message).replace("\x00", "")
         max_attempts = settings.KASHFORCE["MAX_ATTEMPTS"]
         if not permanent and self.attempts < max_attempts:
             delay = timedelta(seconds=min(3600, 30 * 2 ** max(0, self.attempts - 1)))
@@ -834,7 +834,7 @@ class SyncEvent(models.Model):
     ) -> None:
         self.status, self.finished_at, self.claimed_at = status, timezone.now(), None
         self.next_attempt_at, self.error_class, self.error_code = None, "", ""
-        self.message = secrets.redact(message)
+        self.message = secrets.redact(message).replace("\x00", "")
         if target_id:
             self.target_id = target_id
         if content_hash:
@@ -987,5 +987,5 @@ class AuditEntry(models.Model):
             object_type=object_type,
             object_id=str(object_id or ""),
             object_label=str(label)[:255],
-            summary=secrets.redact(summary),
+            summary=secrets.redact(summary).replace("\x00", ""),
         )

@@ -398,3 +398,17 @@ def test_sync_command_retries_transient_failures_at_once(flow):
     assert "Retrying 1 record(s)" in out.getvalue()
     assert "Succeeded" in out.getvalue()
     assert flow.target["P9"] == {"Code": "P9", "Name": "x"}
+
+
+def test_nul_characters_never_reach_the_database(flow):
+    """PostgreSQL refuses U+0000 in text and jsonb: one NUL in a source field must not make
+    recording (and so every collect) fail."""
+    flow.source = [{"Code": "P\x001", "Name": "Odd\x00 name", "Tags": ["a\x00", {"k\x00": "v"}]}]
+    run = _run_now()
+    event = SyncEvent.objects.get()
+    assert event.source_id == "P1"
+    assert event.payload == {"Code": "P1", "Name": "Odd name", "Tags": ["a", {"k": "v"}]}
+    event.mark_failed("Salesforce said: bad value 'Odd\x00 name'", permanent=True)
+    event.refresh_from_db()
+    assert event.message == "Salesforce said: bad value 'Odd name'"
+    assert run.status == SyncRun.Status.SUCCEEDED

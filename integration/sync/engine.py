@@ -290,6 +290,7 @@ def record_change(
     event is still waiting replaces that event's payload, so stale data is never written.
     """
     flow = ctx.run.flow
+    payload, source_id, version = without_nul(payload), without_nul(source_id), without_nul(version)
     if ctx.dry_run:
         event = SyncEvent(
             flow=flow,
@@ -338,6 +339,21 @@ def record_change(
         return event
     except IntegrityError:
         return None  # another worker recorded the same change a moment ago
+
+
+def without_nul(value):
+    """The value with NUL characters removed from every string in it.
+
+    PostgreSQL cannot store U+0000 in text or jsonb, so one NUL in a KashFlow or Salesforce
+    field would make recording the change fail, and the collect with it, on every run.
+    """
+    if isinstance(value, str):
+        return value.replace("\x00", "")
+    if isinstance(value, dict):
+        return {without_nul(k): without_nul(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [without_nul(v) for v in value]
+    return value
 
 
 # --------------------------------------------------------------------------------------------

@@ -4,20 +4,12 @@ from datetime import timedelta
 
 import pytest
 from django.contrib.sessions.models import Session
-from django.core.cache import cache
 from django.test import Client
 from django.utils import timezone
 
 pytestmark = pytest.mark.django_db
 
 RIGHT, WRONG = "correct horse battery", "wrong horse"
-
-
-@pytest.fixture(autouse=True)
-def fresh_counters():
-    cache.clear()
-    yield
-    cache.clear()
 
 
 def sign_in(password, username="olivia", address="203.0.113.7", path="/login/"):

@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
+from django.apps import apps
 from django.db import connection as db
 from django.test import Client
 from django.utils import timezone
@@ -19,6 +20,7 @@ from django_q.models import Failure
 
 from integration.clients import http
 from integration.clients.check import check_connection
+from integration.mapping_defaults import install_default_mappings
 from integration.models import AuditEntry, Connection, SyncEvent, SyncRun, Trigger
 from integration.sync import engine
 from tests.factories import KashFlowConnectionFactory
@@ -130,6 +132,8 @@ def test_no_secret_in_the_database_file_the_logs_or_any_stored_error(
         pytest.skip("reads the SQLite file's raw bytes")
     caplog.set_level(logging.DEBUG)
     monkeypatch.setattr(http, "sleep", lambda seconds: None)
+    # An earlier transactional test may have flushed the default mappings migration 0004 made.
+    install_default_mappings(apps)
     sandbox.reset(SEED)
     salesforce, kashflow = connect_both(sandbox)
     salesforce.organization_id = sandbox.info["salesforce"]["organization_id"]

@@ -1,7 +1,21 @@
 """Who may do what. Roles are Django groups created by a data migration; views check the two
 permissions below through these decorators, in one place."""
 
-from django.contrib.auth.decorators import permission_required
+import hashlib
+import logging
+import math
+import time
+
+from django.conf import settings
+from django.contrib.admin.forms import AdminAuthenticationForm
+from django.contrib.auth.decorators import login_not_required, permission_required
+from django.contrib.auth.forms import AuthenticationForm
+from django.contrib.auth.views import LoginView
+from django.core.cache import cache
+from django.core.exceptions import NON_FIELD_ERRORS, ValidationError
+from django.utils.decorators import method_decorator
+
+log = logging.getLogger(__name__)
 
 OPERATIONS_GROUP = "Operations"
 INTEGRATION_ADMIN_GROUP = "Integration admin"
@@ -17,3 +31,77 @@ admin_required = permission_required(ADMINISTER, raise_exception=True)
 # See the dashboard's pages (both roles have it; a signed-in user with no role does not).
 VIEW = "integration.view_syncevent"
 viewer_required = permission_required(VIEW, raise_exception=True)
+
+
+# --------------------------------------------------------------------------------------------
+# Signing in: failed attempts are counted per username and address, and after too many the
+# sign-in is refused (even with the right password) until the lockout has passed. The counter
+# lives in Django's cache: per process with the default local-memory cache, shared when CACHES
+# points at Redis or the database.
+
+
+def _attempts_key(username: str, address: str) -> str:
+    digest = hashlib.sha256(f"{username.strip().lower()}|{address}".encode()).hexdigest()
+    return f"kashforce:login-attempts:{digest}"
+
+
+class ThrottledAuthenticationForm(AuthenticationForm):
+    error_messages = {
+        **AuthenticationForm.error_messages,
+        "throttled": "Too many attempts; wait %(minutes)s minutes before trying again.",
+    }
+
+    def clean(self):
+        limit = settings.KASHFORCE["LOGIN_ATTEMPTS"]
+        lockout = settings.KASHFORCE["LOGIN_LOCKOUT_MINUTES"] * 60
+        address = self.request.META.get("REMOTE_ADDR", "") if self.request else ""
+        key = _attempts_key(self.data.get("username", ""), address)
+        record = cache.get(key) or {"count": 0, "until": 0.0}
+        now = time.time()
+        if record["until"] > now:
+            raise self._throttled(record["until"] - now)
+        try:
+            return super().clean()
+        except ValidationError:
+            record["count"] += 1
+            if record["count"] >= limit:
+                record["until"] = now + lockout
+                log.warning(
+                    "sign-in locked for %d minutes after %d failures: username=%r address=%s",
+                    lockout // 60,
+                    record["count"],
+                    self.data.get("username", "")[:150],
+                    address,
+                )
+            cache.set(key, record, timeout=lockout)
+            if record["until"] > now:
+                raise self._throttled(lockout) from None
+            raise
+        finally:
+            if self.user_cache is not None:
+                cache.delete(key)
+
+    def _throttled(self, seconds: float) -> ValidationError:
+        return ValidationError(
+            self.error_messages["throttled"],
+            code="throttled",
+            params={"minutes": max(1, math.ceil(seconds / 60))},
+        )
+
+
+class ThrottledAdminAuthenticationForm(ThrottledAuthenticationForm, AdminAuthenticationForm):
+    """The console's own sign-in page counts with the same counter."""
+
+
+@method_decorator(login_not_required, name="dispatch")
+class SignInView(LoginView):
+    """Django's sign-in with the counter above; a refused attempt answers 429."""
+
+    form_class = ThrottledAuthenticationForm
+    redirect_authenticated_user = True
+
+    def form_invalid(self, form):
+        response = super().form_invalid(form)
+        if form.has_error(NON_FIELD_ERRORS, "throttled"):
+            response.status_code = 429
+        return response

@@ -6,6 +6,7 @@ from django.contrib import admin, messages
 from integration.clients.check import check_connection
 from integration.forms import SECRET_LABELS, ConnectionForm
 from integration.models import (
+    AuditEntry,
     Connection,
     CrossRef,
     Cursor,
@@ -46,9 +47,32 @@ class ConnectionAdmin(admin.ModelAdmin):
     @admin.action(description="Check the selected connections", permissions=["change"])
     def check_selected(self, request, queryset):
         for connection in queryset:
-            result = check_connection(connection)
+            result = check_connection(connection, request.user)
             level = messages.SUCCESS if result.ok else messages.ERROR
             self.message_user(request, f"{connection.name}: {result.message}", level)
+
+    def save_model(self, request, obj, form, change):
+        super().save_model(request, obj, form, change)
+        form.audit(request.user, created=not change)
+
+    def delete_model(self, request, obj):
+        self._audit_deleted(request, [obj])
+        super().delete_model(request, obj)
+
+    def delete_queryset(self, request, queryset):
+        self._audit_deleted(request, list(queryset))
+        super().delete_queryset(request, queryset)
+
+    def _audit_deleted(self, request, connections):
+        for connection in connections:
+            AuditEntry.record(
+                request.user,
+                AuditEntry.Action.CONNECTION_DELETED,
+                AuditEntry.ObjectType.CONNECTION,
+                connection.pk,
+                str(connection),
+                "Deleted in the console.",
+            )
 
     def get_fieldsets(self, request, obj=None):
         secret_fields = [f for name in SECRET_LABELS for f in (name, f"clear_{name}")]
@@ -78,6 +102,25 @@ class MappingSetAdmin(admin.ModelAdmin):
     list_filter = ["flow", "is_active"]
     search_fields = ["name", "source_object", "target_object"]
     inlines = [FieldMappingInline]
+
+    def save_related(self, request, form, formsets, change):
+        # The console edits a version in place (the dashboard's editor makes a new one), so
+        # the trail says who did it and which forms changed.
+        before = form.instance.as_rows() if change else []
+        super().save_related(request, form, formsets, change)
+        from integration.changes import describe_mapping_changes, mapping_changes
+
+        after = form.instance.as_rows()
+        fields = ", ".join(form.changed_data)
+        summary = describe_mapping_changes(mapping_changes(before, after))
+        AuditEntry.record(
+            request.user,
+            AuditEntry.Action.MAPPING_EDITED_IN_CONSOLE,
+            AuditEntry.ObjectType.MAPPING,
+            form.instance.pk,
+            str(form.instance),
+            f"{'Changed ' + fields + '. ' if fields else ''}Rows: {summary}.",
+        )
 
 
 @admin.register(CrossRef)
@@ -142,3 +185,23 @@ class SyncEventAdmin(admin.ModelAdmin):
 class CursorAdmin(admin.ModelAdmin):
     list_display = ["flow", "connection", "name", "value", "updated_at"]
     list_filter = ["flow"]
+
+
+@admin.register(AuditEntry)
+class AuditEntryAdmin(admin.ModelAdmin):
+    """The audit trail, read-only: nobody edits or deletes history, superusers included."""
+
+    list_display = ["created_at", "username", "action", "object_type", "object_label", "summary"]
+    list_filter = ["action", "object_type", "username"]
+    search_fields = ["=object_id", "object_label", "username", "summary"]
+    date_hierarchy = "created_at"
+    show_full_result_count = False
+
+    def has_add_permission(self, request):
+        return False
+
+    def has_change_permission(self, request, obj=None):
+        return False
+
+    def has_delete_permission(self, request, obj=None):
+        return False

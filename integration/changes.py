@@ -68,3 +68,16 @@ def _row_details(old: dict, new: dict) -> list[Change]:
         for attr in ROW_ATTRIBUTES
         if old.get(attr) != new.get(attr) and (old or new.get(attr) not in (None, "", {}, False))
     ]
+
+
+def describe_mapping_changes(changes: list[RowChange]) -> str:
+    """One line for the audit trail: "added Phone; changed Name (transform, default)"."""
+    if not changes:
+        return "no field changed"
+    parts = []
+    for change in changes:
+        attrs = (
+            f" ({', '.join(d.field for d in change.details)})" if change.kind == "changed" else ""
+        )
+        parts.append(f"{change.kind} {change.target}{attrs}")
+    return "; ".join(parts)

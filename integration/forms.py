@@ -3,8 +3,12 @@
 import json
 
 from django import forms
+from django.db.models import Q
 
-from integration.models import Connection, Flow, SyncEvent, SyncRun, Transform, Trigger
+from integration.models import AuditEntry, Connection, Flow, SyncEvent, SyncRun, Transform, Trigger
+
+# A guessable secret would make the webhook address guessable (token_urlsafe(24) is 32 chars).
+OUTBOUND_SECRET_MIN_LENGTH = 24
 
 SECRET_LABELS = {
     "password": "Password",
@@ -81,7 +85,64 @@ class ConnectionForm(forms.ModelForm):
             self.add_error(
                 "login_url", "Salesforce needs a login address, e.g. https://login.salesforce.com"
             )
+        self._clean_outbound(kind, cleaned)
         return cleaned
+
+    def _clean_outbound(self, kind: str, cleaned: dict) -> None:
+        """The Outbound secret is all that stands between the internet and the webhook, with
+        the org id: it must be long enough not to be guessed, and the org id must be known."""
+        new_secret = cleaned.get("outbound_secret") or ""
+        if new_secret and len(new_secret) < OUTBOUND_SECRET_MIN_LENGTH:
+            self.add_error(
+                "outbound_secret",
+                f"Use at least {OUTBOUND_SECRET_MIN_LENGTH} random characters; this secret is "
+                "what keeps strangers off the webhook address.",
+            )
+        keeps_secret = self.instance.pk and self.instance.has_secret("outbound_secret")
+        will_have_secret = new_secret or (keeps_secret and not cleaned.get("clear_outbound_secret"))
+        if (
+            kind == Connection.Kind.SALESFORCE
+            and will_have_secret
+            and not cleaned.get("organization_id")
+        ):
+            self.add_error(
+                "organization_id",
+                "Outbound Messages are only accepted from a known org: enter its id "
+                "(Setup → Company Information → Salesforce.com Organization ID).",
+            )
+
+    def describe_changes(self) -> str:
+        """What this form changes, for the audit trail: field names, and for secrets only
+        whether each was replaced or cleared, never a value."""
+        fields = [
+            str(self.fields[name].label) for name in self.changed_data if name in self.Meta.fields
+        ]
+        replaced = [SECRET_LABELS[n] for n in SECRET_LABELS if self.cleaned_data.get(n)]
+        cleared = [SECRET_LABELS[n] for n in SECRET_LABELS if self.cleaned_data.get(f"clear_{n}")]
+        parts = [
+            f"{label}: {', '.join(names)}"
+            for label, names in (
+                ("Changed", fields),
+                ("Secrets replaced", replaced),
+                ("Secrets cleared", cleared),
+            )
+            if names
+        ]
+        return ". ".join(parts) + "." if parts else "Nothing changed."
+
+    def audit(self, user, created: bool) -> None:
+        """Record who saved this connection (the dashboard's view and the admin both call it)."""
+        action = (
+            AuditEntry.Action.CONNECTION_ADDED if created else AuditEntry.Action.CONNECTION_CHANGED
+        )
+        AuditEntry.record(
+            user,
+            action,
+            AuditEntry.ObjectType.CONNECTION,
+            self.instance.pk,
+            str(self.instance),
+            self.describe_changes(),
+        )
 
     def save(self, commit=True):
         connection = super().save(commit=False)
@@ -125,6 +186,35 @@ class RunFilterForm(forms.Form):
         if data.get("date_to"):
             runs = runs.filter(created_at__date__lte=data["date_to"])
         return runs
+
+
+class AuditFilterForm(forms.Form):
+    action = forms.ChoiceField(label="What", required=False)
+    object_type = forms.ChoiceField(label="On", required=False)
+    username = forms.CharField(label="Who", required=False, max_length=150)
+    q = forms.CharField(label="Name or id", required=False, max_length=200)
+    date_from = forms.DateField(label="From", required=False, widget=DateInput)
+    date_to = forms.DateField(label="To", required=False, widget=DateInput)
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.fields["action"].choices = [("", "Anything"), *AuditEntry.Action.choices]
+        self.fields["object_type"].choices = [("", "Anything"), *AuditEntry.ObjectType.choices]
+
+    def apply(self, entries):
+        data = self.cleaned_data
+        for key in ("action", "object_type"):
+            if data.get(key):
+                entries = entries.filter(**{key: data[key]})
+        if data.get("username"):
+            entries = entries.filter(username__iexact=data["username"].strip())
+        if text := (data.get("q") or "").strip():
+            entries = entries.filter(Q(object_id=text) | Q(object_label__icontains=text))
+        if data.get("date_from"):
+            entries = entries.filter(created_at__date__gte=data["date_from"])
+        if data.get("date_to"):
+            entries = entries.filter(created_at__date__lte=data["date_to"])
+        return entries
 
 
 # The error queue's three views of failed events.

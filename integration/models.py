@@ -17,7 +17,7 @@ from django.db.models import Count, F, Max, Min, Q
 from django.db.models.functions import TruncDate
 from django.utils import timezone
 
-from integration import secrets
+from integration import changes, secrets
 
 # One copy of the hash, in the mapping engine; re-exported here for the flows and the ledger.
 from integration.mapping import content_hash as content_hash
@@ -200,7 +200,7 @@ class Connection(models.Model):
     def record_check(self, ok: bool, message: str) -> None:
         self.status = self.Status.OK if ok else self.Status.FAILING
         self.last_checked_at = timezone.now()
-        self.last_check_message = secrets.redact(message)
+        self.last_check_message = secrets.redact(message).replace("\x00", "")
         Connection.objects.filter(pk=self.pk).update(
             status=self.status,
             last_checked_at=self.last_checked_at,
@@ -300,12 +300,17 @@ class MappingSet(models.Model):
         return [row.as_dict() for row in self.fields.all()]
 
     @transaction.atomic
-    def save_new_version(self, rows: list[dict], user=None, note: str = "") -> MappingSet:
-        """Make and activate the next version holding `rows`; this one stays in the history."""
+    def save_new_version(
+        self, rows: list[dict], user=None, note: str = "", *, rolled_back: bool = False
+    ) -> MappingSet:
+        """Make and activate the next version holding `rows`; this one stays in the history.
+        The audit trail says who did it and which fields changed against the active version."""
         siblings = MappingSet.objects.select_for_update().filter(
             flow=self.flow, source_object=self.source_object, target_object=self.target_object
         )
         next_version = (siblings.aggregate(v=models.Max("version"))["v"] or 0) + 1
+        previous = siblings.filter(is_active=True).first()
+        previous_rows = previous.as_rows() if previous else []
         siblings.filter(is_active=True).update(is_active=False)
         new = MappingSet.objects.create(
             name=self.name,
@@ -320,12 +325,27 @@ class MappingSet(models.Model):
         FieldMapping.objects.bulk_create(
             FieldMapping.from_dict(new, order, row) for order, row in enumerate(rows, start=1)
         )
+        what = changes.describe_mapping_changes(
+            changes.mapping_changes(previous_rows, new.as_rows())
+        )
+        AuditEntry.record(
+            user,
+            AuditEntry.Action.MAPPING_ROLLED_BACK
+            if rolled_back
+            else AuditEntry.Action.MAPPING_SAVED,
+            AuditEntry.ObjectType.MAPPING,
+            new.pk,
+            str(new),
+            f"{note}. Against v{previous.version if previous else 0}: {what}."
+            if note
+            else f"Against v{previous.version if previous else 0}: {what}.",
+        )
         return new
 
     def rollback_to(self, user=None) -> MappingSet:
         """Rollback is a new version with this version's rows, so history only ever grows."""
         return self.save_new_version(
-            self.as_rows(), user=user, note=f"Rolled back to v{self.version}"
+            self.as_rows(), user=user, note=f"Rolled back to v{self.version}", rolled_back=True
         )
 
 
@@ -801,7 +821,7 @@ class SyncEvent(models.Model):
     def mark_failed(self, message: str, permanent: bool, code: str = "") -> None:
         """Record a failure. A transient one is retried with exponential backoff until the
         attempts run out; then, like a permanent one, it joins the error queue for a person."""
-        message = secrets.redact(message)
+        message = secrets.redact(message).replace("\x00", "")
         max_attempts = settings.KASHFORCE["MAX_ATTEMPTS"]
         if not permanent and self.attempts < max_attempts:
             first = settings.KASHFORCE["RETRY_BACKOFF_SECONDS"]
@@ -832,7 +852,7 @@ class SyncEvent(models.Model):
     ) -> None:
         self.status, self.finished_at, self.claimed_at = status, timezone.now(), None
         self.next_attempt_at, self.error_class, self.error_code = None, "", ""
-        self.message = secrets.redact(message)
+        self.message = secrets.redact(message).replace("\x00", "")
         if target_id:
             self.target_id = target_id
         if content_hash:
@@ -853,7 +873,9 @@ class SyncEvent(models.Model):
             status=self.Status.PENDING, next_attempt_at=None, resolved_by=user, ignored_reason=""
         )
         if updated:
+            was = self.get_status_display()
             self.refresh_from_db()
+            self._audit(user, AuditEntry.Action.ERROR_RETRIED, f"Was: {was}. {self.message}")
         return bool(updated)
 
     def ignore(self, user, reason: str) -> bool:
@@ -872,7 +894,13 @@ class SyncEvent(models.Model):
         )
         if updated:
             self.refresh_from_db()
+            self._audit(user, AuditEntry.Action.ERROR_IGNORED, f"Reason: {self.ignored_reason}")
         return bool(updated)
+
+    def _audit(self, user, action: str, summary: str) -> None:
+        AuditEntry.record(
+            user, action, AuditEntry.ObjectType.EVENT, self.pk, str(self), summary[:1000]
+        )
 
 
 class Cursor(models.Model):
@@ -901,4 +929,81 @@ class Cursor(models.Model):
     def advance(cls, flow: str, connection: Connection, value: str, name: str = "default") -> None:
         cls.objects.update_or_create(
             flow=flow, connection=connection, name=name, defaults={"value": value}
+        )
+
+
+# --------------------------------------------------------------------------------------------
+# The audit trail
+
+
+class AuditEntryQuerySet(models.QuerySet):
+    def for_object(self, object_type: str, object_id) -> AuditEntryQuerySet:
+        return self.filter(object_type=object_type, object_id=str(object_id))
+
+
+class AuditEntry(models.Model):
+    """Who changed a connection or a mapping, or retried or ignored an error, and when.
+
+    Append-only: written where the change happens (model methods and the flow functions the
+    dashboard and the admin both call), never edited. A summary names what changed and never
+    holds a secret's value: for a connection it says which secrets were replaced or cleared.
+    """
+
+    class Action(models.TextChoices):
+        CONNECTION_ADDED = "connection_added", "Connection added"
+        CONNECTION_CHANGED = "connection_changed", "Connection changed"
+        CONNECTION_DELETED = "connection_deleted", "Connection deleted"
+        CONNECTION_TESTED = "connection_tested", "Connection tested"
+        MAPPING_SAVED = "mapping_saved", "Mapping saved"
+        MAPPING_ROLLED_BACK = "mapping_rolled_back", "Mapping rolled back"
+        MAPPING_EDITED_IN_CONSOLE = "mapping_console", "Mapping edited in the console"
+        ERROR_RETRIED = "error_retried", "Error retried"
+        ERROR_IGNORED = "error_ignored", "Error ignored"
+        GROUP_RETRIED = "group_retried", "Group of errors retried"
+
+    class ObjectType(models.TextChoices):
+        CONNECTION = "connection", "Connection"
+        MAPPING = "mapping", "Mapping"
+        EVENT = "event", "Sync event"
+        RUN = "run", "Run"
+
+    created_at = models.DateTimeField(default=timezone.now)
+    user = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    # Kept as text too, so the trail still names a person after their account is deleted.
+    username = models.CharField(max_length=150, blank=True)
+    action = models.CharField(max_length=30, choices=Action.choices)
+    object_type = models.CharField(max_length=20, choices=ObjectType.choices)
+    object_id = models.CharField(max_length=100, blank=True)
+    object_label = models.CharField(max_length=255, blank=True)
+    summary = models.TextField(blank=True)
+
+    objects = AuditEntryQuerySet.as_manager()
+
+    class Meta:
+        ordering = ["-created_at", "-pk"]
+        verbose_name_plural = "audit entries"
+        indexes = [
+            models.Index(fields=["-created_at"], name="audit_recent"),
+            models.Index(fields=["object_type", "object_id"], name="audit_object"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.created_at:%Y-%m-%d %H:%M} {self.username or 'kashforce'}: {self.get_action_display()} {self.object_label}"
+
+    @classmethod
+    def record(
+        cls, user, action: str, object_type: str, object_id="", label: str = "", summary: str = ""
+    ) -> AuditEntry:
+        """Append one entry. `user` None (or anonymous) is kashforce itself: a command, a task."""
+        person = user if getattr(user, "pk", None) else None
+        return cls.objects.create(
+            user=person,
+            username=person.get_username() if person else "",
+            action=action,
+            object_type=object_type,
+            object_id=str(object_id or ""),
+            object_label=str(label)[:255],
+            summary=secrets.redact(summary).replace("\x00", ""),
         )

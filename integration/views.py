@@ -22,6 +22,7 @@ from integration.access import admin_required, operator_required, viewer_require
 from integration.forms import (
     NO_CODE,
     QUEUE_VIEWS,
+    AuditFilterForm,
     ConnectionForm,
     ErrorFilterForm,
     FieldMappingForm,
@@ -32,6 +33,7 @@ from integration.forms import (
 )
 from integration.links import RecordLinks, salesforce_id18
 from integration.models import (
+    AuditEntry,
     Connection,
     CrossRef,
     Flow,
@@ -552,6 +554,7 @@ def connection_edit(request, pk: int | None = None):
     form = ConnectionForm(request.POST or None, instance=connection)
     if request.method == "POST" and form.is_valid():
         connection = form.save()
+        form.audit(request.user, created=pk is None)
         messages.success(request, f"Saved {connection.name}. Use Test to check it signs in.")
         return redirect("dashboard:connections")
     return render(
@@ -565,7 +568,7 @@ def connection_test(request, pk: int):
     from integration.clients.check import check_connection
 
     connection = get_object_or_404(Connection, pk=pk)
-    result = check_connection(connection)
+    result = check_connection(connection, request.user)
     # The message already names any custom fields missing in the Salesforce org.
     if result.ok:
         messages.success(request, f"{connection.name} works: {result.message}")
@@ -817,3 +820,19 @@ def mapping_rollback(request, pk: int):
         f"Rolled back: version {new.version} now has the rows of version {mapping_set.version}.",
     )
     return redirect("dashboard:mapping_history", pk=new.pk)
+
+
+# --------------------------------------------------------------------------------------------
+# The audit trail (Integration admins only)
+
+
+@admin_required
+def audit(request):
+    form = AuditFilterForm(request.GET or None)
+    entries = AuditEntry.objects.select_related("user")
+    if form.is_valid():
+        entries = form.apply(entries)
+    page = keyset_page(
+        entries, PAGE_SIZE, request.GET.get("older", ""), request.GET.get("newer", "")
+    )
+    return render(request, "integration/audit.html", {"form": form, "page": page})

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hmac
 import logging
+import re
 
 from defusedxml import DefusedXmlException
 from defusedxml.ElementTree import ParseError, fromstring
@@ -29,6 +30,8 @@ OUTBOUND_NS = "http://soap.sforce.com/2005/09/outbound"
 SOAP_NS = "http://schemas.xmlsoap.org/soap/envelope/"
 XSI_TYPE = "{http://www.w3.org/2001/XMLSchema-instance}type"
 MAX_BODY_BYTES = 2 * 1024 * 1024  # 100 notifications of a few fields each fit easily
+RECORD_ID = re.compile(r"[A-Za-z0-9]{15}(?:[A-Za-z0-9]{3})?")
+NOTIFICATION_ID = re.compile(r"[A-Za-z0-9]{1,18}")
 
 ACK = (
     '<?xml version="1.0" encoding="UTF-8"?>'
@@ -84,6 +87,8 @@ def parse_notifications(body: bytes) -> tuple[str, list[dict]]:
         sobject = item.find(f"{{{OUTBOUND_NS}}}sObject")
         if not notification_id or sobject is None:
             raise BadMessage("A notification has no Id or no sObject.")
+        if not NOTIFICATION_ID.fullmatch(notification_id):
+            raise BadMessage("A notification Id is not a Salesforce id.")
         fields = {
             child.tag.rsplit("}", 1)[-1]: (child.text or "").strip()
             for child in sobject
@@ -91,6 +96,10 @@ def parse_notifications(body: bytes) -> tuple[str, list[dict]]:
         }
         if not fields.get("Id"):
             raise BadMessage(f"Notification {notification_id} carries no record Id.")
+        if not RECORD_ID.fullmatch(fields["Id"]):
+            raise BadMessage(
+                f"Notification {notification_id}: the record Id is not a Salesforce id."
+            )
         sobject_type = (sobject.get(XSI_TYPE) or "").split(":")[-1]
         notifications.append(
             {"notification_id": notification_id, "sobject_type": sobject_type, "fields": fields}
@@ -110,15 +119,25 @@ def salesforce_outbound(request, secret: str):
             "outbound message with an unknown secret from %s", request.META.get("REMOTE_ADDR")
         )
         return _fault("Unknown endpoint.", status=404)
+    if not connection.organization_id:
+        # Without the org id, the secret path alone would authenticate: refuse until it is set.
+        log.warning("outbound message refused: connection %s has no org id", connection.pk)
+        return _fault(
+            "kashforce does not know this Salesforce org's id yet; an Integration admin sets it "
+            "on the connection.",
+            status=403,
+        )
     if len(request.body) > MAX_BODY_BYTES:
         return _fault("The message is too large.", status=413)
     try:
         org_id, notifications = parse_notifications(request.body)
     except BadMessage as exc:
         return _fault(str(exc), status=400)
-    if connection.organization_id and org_id[:15] != connection.organization_id[:15]:
+    if org_id[:15] != connection.organization_id[:15]:
         log.warning(
-            "outbound message for org %s refused (expected %s)", org_id, connection.organization_id
+            "outbound message for org %r refused (expected %s)",
+            org_id[:18],
+            connection.organization_id,
         )
         return _fault("This message is for another Salesforce org.", status=403)
     opportunities = [n for n in notifications if n["sobject_type"] in ("Opportunity", "")]
@@ -141,5 +160,15 @@ def salesforce_outbound(request, secret: str):
                 target_object="kashflow.Invoice",
             )
         ctx.flush_counts()
-    log.info("outbound message org=%s notifications=%d run=%s", org_id, len(notifications), run.pk)
+        if not ctx.recorded:
+            # A repeat (Salesforce delivers at least once, and may replay): every notification
+            # is in the ledger already, so the run made for it is dropped with its queue task.
+            transaction.set_rollback(True)
+    log.info(
+        "outbound message org=%s notifications=%d new=%d run=%s",
+        org_id,
+        len(notifications),
+        ctx.recorded,
+        run.pk if ctx.recorded else "-",
+    )
     return HttpResponse(ACK, content_type="text/xml; charset=utf-8")

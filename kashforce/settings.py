@@ -76,6 +76,7 @@ INSTALLED_APPS = [
 
 MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",
+    "kashforce.headers.SecurityHeadersMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
@@ -193,6 +194,23 @@ SESSION_COOKIE_HTTPONLY = True
 SECURE_CONTENT_TYPE_NOSNIFF = True
 SECURE_REFERRER_POLICY = "same-origin"
 X_FRAME_OPTIONS = "DENY"
+SECURITY_HEADERS = {
+    "Content-Security-Policy": "; ".join(
+        [
+            "default-src 'self'",
+            "script-src 'self'",
+            "style-src 'self'",
+            "img-src 'self' data:",
+            "font-src 'self'",
+            "connect-src 'self'",
+            "object-src 'none'",
+            "base-uri 'none'",
+            "form-action 'self'",
+            "frame-ancestors 'none'",
+        ]
+    ),
+    "Permissions-Policy": "camera=(), microphone=(), geolocation=(), payment=(), usb=()",
+}
 if not DEBUG:
     SECURE_SSL_REDIRECT = _read("SECURE_SSL_REDIRECT", env.bool, True)
     SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
@@ -231,6 +249,9 @@ KASHFORCE = {
     "API_BUDGET_SHARE": _read("KASHFORCE_API_BUDGET_SHARE", env.float, 0.8),
     # Minutes between scheduled runs of each flow.
     "SYNC_INTERVAL_MINUTES": _read("KASHFORCE_SYNC_INTERVAL_MINUTES", env.int, 1),
+    # Failed sign-ins per username and address before sign-in is refused, and for how long.
+    "LOGIN_ATTEMPTS": _read("KASHFORCE_LOGIN_ATTEMPTS", env.int, 5),
+    "LOGIN_LOCKOUT_MINUTES": _read("KASHFORCE_LOGIN_LOCKOUT_MINUTES", env.int, 15),
     # Attempts for a record that fails transiently before it joins the error queue.
     "MAX_ATTEMPTS": _read("KASHFORCE_MAX_ATTEMPTS", env.int, 5),
     # Seconds before such a record is tried again; the wait doubles each attempt (at most 1 hour).

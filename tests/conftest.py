@@ -11,6 +11,17 @@ pytest_plugins = (
 )
 
 
+@pytest.fixture(autouse=True)
+def _fresh_cache():
+    """Each test starts with an empty cache: sign-in counters and cached describes never
+    carry over from one test to the next."""
+    from django.core.cache import cache
+
+    cache.clear()
+    yield
+    cache.clear()
+
+
 @pytest.fixture
 def ops_user(db):
     user = factories.UserFactory(username="olivia")

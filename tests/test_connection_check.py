@@ -146,6 +146,23 @@ def test_wrong_salesforce_password_is_named(sandbox):
     assert "Wrong-Pass-99" not in stored(connection)[1]
 
 
+def test_a_private_key_that_does_not_match_the_certificate_is_named(sandbox):
+    from tests.test_secrets_never_leak import a_private_key
+
+    connection = salesforce_connection(sandbox, "sf_jwt")
+    connection.set_secrets(private_key=a_private_key())
+    connection.save()
+
+    result = check_connection(connection)
+
+    assert not result.ok
+    assert result.message == (
+        "Salesforce did not accept the signed login: the certificate on the connected app must "
+        "match the private key stored here."
+    )
+    assert "{content}" not in stored(connection)[1]
+
+
 def test_an_untrusted_certificate_is_named(sandbox):
     connection = salesforce_connection(sandbox, ca_file="")  # the system CAs only
 

@@ -16,7 +16,7 @@ def check(monkeypatch):
     calls = []
     fake = types.SimpleNamespace(calls=calls)
 
-    def check_connection(connection):
+    def check_connection(connection, user=None):
         calls.append(connection)
         return fake.result
 
@@ -106,3 +106,48 @@ def test_test_button_is_post_only(ops_client, check):
     )
     assert check.calls == []
     assert Connection.objects.count() == 1
+
+
+def salesforce_form(**extra):
+    return {
+        "name": "SF live",
+        "kind": "salesforce",
+        "environment": "production",
+        "auth_method": "sf_password",
+        "login_url": "https://login.salesforce.com",
+        "api_version": "59.0",
+        "username": "integration@example.co.uk",
+        "is_active": "on",
+        **extra,
+    }
+
+
+def test_a_short_outbound_secret_is_refused(admin_client_):
+    response = admin_client_.post(
+        reverse("dashboard:connection_new"),
+        salesforce_form(outbound_secret="hunter2", organization_id="00D5g000004XyZAEA0"),
+    )
+    assert response.status_code == 200
+    assert "Use at least 24 random characters" in response.content.decode()
+    assert not Connection.objects.exists()
+
+
+def test_an_outbound_secret_needs_the_org_id(admin_client_):
+    secret = "k" * 32
+    response = admin_client_.post(
+        reverse("dashboard:connection_new"), salesforce_form(outbound_secret=secret)
+    )
+    assert "Outbound Messages are only accepted from a known org" in response.content.decode()
+    assert not Connection.objects.exists()
+    admin_client_.post(
+        reverse("dashboard:connection_new"),
+        salesforce_form(outbound_secret=secret, organization_id="00D5g000004XyZAEA0"),
+    )
+    connection = Connection.objects.get()
+    # Removing the org id later, with the secret still stored, is refused too.
+    response = admin_client_.post(
+        reverse("dashboard:connection_edit", args=[connection.pk]), salesforce_form()
+    )
+    assert "Outbound Messages are only accepted from a known org" in response.content.decode()
+    connection.refresh_from_db()
+    assert connection.organization_id == "00D5g000004XyZAEA0"

@@ -122,6 +122,33 @@ def test_an_exception_in_the_flow_fails_only_that_batch_and_is_retried(flow, mon
     assert all("Unexpected error while syncing: boom" in e.message for e in SyncEvent.objects.all())
 
 
+def test_one_record_the_flow_chokes_on_does_not_hold_back_its_batch(flow, monkeypatch):
+    flow.source = [{"Code": "P1", "Name": "x"}, {"Code": "P2", "Name": ["not", "text"]}]
+    handles = flow.process
+
+    def chokes_on_lists(events, ctx):
+        for event in events:
+            event.payload["Name"].strip()  # AttributeError for P2, as a flow bug would raise
+        handles(events, ctx)
+
+    monkeypatch.setattr(flow, "process", chokes_on_lists)
+    run = _run_now()
+    assert (run.status, run.written_count, run.failed_count) == (SyncRun.Status.PARTIAL, 1, 1)
+    assert flow.target == {"P1": {"Code": "P1", "Name": "x"}}
+    error = SyncEvent.objects.unresolved().get()
+    assert (error.source_id, error.error_code) == ("P2", "UNREADABLE_RECORD")
+    assert error.message.startswith(
+        "kashforce could not read kashflow.Product P2: its data is not in the shape expected "
+        "(AttributeError: 'list' object has no attribute 'strip')."
+    )
+    # A retry meets the same data and the same error: one row, one more attempt, no loop.
+    engine.retry_events([error.pk], None)
+    _run_now()
+    error.refresh_from_db()
+    assert (error.status, error.attempts) == (SyncEvent.Status.FAILED_PERMANENT, 2)
+    assert SyncEvent.objects.filter(source_id="P2").count() == 1
+
+
 def test_a_second_start_returns_the_unfinished_run():
     first = engine.start_run("products", Trigger.MANUAL)
     assert engine.start_run("products", Trigger.SCHEDULE) == first
@@ -381,3 +408,17 @@ def test_a_full_run_is_not_swallowed_by_a_running_incremental_one_and_says_what_
     engine.execute_run(full.pk)
     full.refresh_from_db()
     assert full.summary == "Full comparison: 1 compared, 1 differed and were put right, 0 failed."
+
+
+def test_nul_characters_never_reach_the_database(flow):
+    """PostgreSQL refuses U+0000 in text and jsonb: one NUL in a source field must not make
+    recording (and so every collect) fail."""
+    flow.source = [{"Code": "P\x001", "Name": "Odd\x00 name", "Tags": ["a\x00", {"k\x00": "v"}]}]
+    run = _run_now()
+    event = SyncEvent.objects.get()
+    assert event.source_id == "P1"
+    assert event.payload == {"Code": "P1", "Name": "Odd name", "Tags": ["a", {"k": "v"}]}
+    event.mark_failed("Salesforce said: bad value 'Odd\x00 name'", permanent=True)
+    event.refresh_from_db()
+    assert event.message == "Salesforce said: bad value 'Odd name'"
+    assert run.status == SyncRun.Status.SUCCEEDED

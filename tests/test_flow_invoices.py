@@ -242,13 +242,16 @@ def test_push_and_poll_of_the_same_deal_are_one_event(org, client):
 
     salesforce = CrossRef  # noqa: F841 (readability: the connection is the sandbox's)
     connection = org.salesforce.connection
-    connection.set_secrets(outbound_secret="s3cret-path")
+    connection.set_secrets(outbound_secret="s3cret-path-of-at-least-24-chars")
+    connection.organization_id = connection.organization_id or "00D5g000004XyZAEA0"
     connection.save()
     [opportunity] = waiting(org)[:1]
-    body = envelope(
-        ("04l000000000001AAA", opportunity["Id"]), org=connection.organization_id or "00D"
+    body = envelope(("04l000000000001AAA", opportunity["Id"]), org=connection.organization_id)
+    response = client.post(
+        "/hooks/salesforce/outbound/s3cret-path-of-at-least-24-chars/",
+        body,
+        content_type="text/xml",
     )
-    response = client.post("/hooks/salesforce/outbound/s3cret-path/", body, content_type="text/xml")
     assert response.status_code == 200
     run_invoices()
     assert SyncEvent.objects.filter(source_id=opportunity["Id"]).count() == 1

@@ -235,3 +235,80 @@ def test_a_long_street_keeps_every_line_in_order(street, lines):
     kept = [payload[f"Line{n}"] for n in range(1, lines + 1) if payload[f"Line{n}"]]
     assert ", ".join(kept) == ", ".join(street)
     assert len(kept) == min(lines, len(street))
+
+
+# Hostile input: odd unicode, very long text, zero and negative money, wrong types ------------
+
+from integration.mapping_defaults import TEMPLATES  # noqa: E402
+
+# Text from either API: any unicode (control characters, right-to-left overrides, emoji,
+# combining marks), and now and then far longer than any field.
+any_text = st.one_of(
+    st.text(max_size=300),
+    st.text(alphabet=st.characters(codec="utf-8"), min_size=1000, max_size=5000),
+)
+# What a JSON API can send in place of any field: the wrong type included.
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | any_text,
+    lambda children: (
+        st.lists(children, max_size=3) | st.dictionaries(st.text(max_size=12), children, max_size=4)
+    ),
+    max_leaves=12,
+)
+
+
+@given(any_text, st.integers(min_value=1, max_value=500))
+def test_truncate_gives_at_most_the_length_and_a_prefix_of_the_text(text, length):
+    result = apply_mapping(
+        [row("Name", "Name", "truncate", length=length)], {"Name": text}, CONTEXT
+    )
+    assert result.errors == []
+    cut = result.payload.get("Name")
+    if cut is not None:
+        assert len(cut) <= length
+        assert cut.strip() in text
+        # Either all of it (surrounding blanks aside) went, or a warning says it was cut.
+        assert cut == text.strip() or any("was cut to" in w for w in result.warnings)
+
+
+@given(st.decimals(min_value=Decimal("-1e9"), max_value=Decimal("0"), places=4, allow_nan=False))
+def test_zero_and_negative_amounts_keep_their_sign_and_value(amount):
+    for given_as in (amount, str(amount), f"{amount:f}"):
+        rounded = mapped(row("Amount", "Amount", "decimal", places=2), {"Amount": given_as})
+        assert isinstance(rounded, Decimal)
+        assert rounded <= 0
+        assert abs(rounded - amount) <= Decimal("0.005")
+        if amount == 0:
+            assert rounded == 0
+
+
+@given(json_values)
+def test_money_and_dates_of_any_type_are_an_error_or_a_value_never_a_crash(value):
+    rows = [
+        row("Amount", "Amount", "decimal", places=2),
+        row("CloseDate", "Date", "date", to="salesforce"),
+        row("Stamp", "Date", "datetime", to="salesforce"),
+    ]
+    result = apply_mapping(rows, {"Amount": value, "Date": value}, CONTEXT)
+    amount = result.payload.get("Amount")
+    assert amount is None or isinstance(amount, Decimal)
+    assert all(error.message for error in result.errors)
+
+
+@given(st.sampled_from(TEMPLATES), st.dictionaries(st.text(max_size=20), json_values, max_size=8))
+def test_every_default_mapping_takes_any_record_without_raising(template, record):
+    """apply_mapping's contract: bad data is an error on a row, never an exception."""
+    result = apply_mapping(template.rows, record, CONTEXT)
+    assert isinstance(result.payload, dict)
+    for error in result.errors:
+        assert error.message and error.row >= 1
+
+
+@given(
+    st.sampled_from(TEMPLATES),
+    st.sampled_from(["Name", "Code", "Contacts", "Addresses", "Amount", "CloseDate", "Id"]),
+    json_values,
+)
+def test_every_default_mapping_takes_a_usual_field_of_the_wrong_type(template, field, value):
+    result = apply_mapping(template.rows, {field: value}, CONTEXT)
+    assert isinstance(result.payload, dict)

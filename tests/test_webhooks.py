@@ -113,3 +113,68 @@ def test_malformed_messages_get_a_400_with_the_reason(salesforce, body, says):
 
 def test_get_is_not_allowed(salesforce):
     assert Client().get(f"/hooks/salesforce/outbound/{SECRET}/").status_code == 405
+
+
+def test_a_replayed_message_changes_nothing_not_even_a_new_run(salesforce):
+    body = envelope(("04l000000000001AAA", "0065g00000Opp01AAA"))
+    assert post(body).status_code == 200
+    SyncRun.objects.update(status=SyncRun.Status.SUCCEEDED)  # the push's run has finished
+    runs = SyncRun.objects.count()
+    for _ in range(3):  # Salesforce's retries, or someone replaying a captured message
+        response = post(body)
+        assert response.status_code == 200 and b"<Ack>true</Ack>" in response.content
+    assert SyncRun.objects.count() == runs
+    assert SyncEvent.objects.count() == 1
+
+
+def test_a_connection_without_an_org_id_accepts_no_messages(salesforce):
+    salesforce.organization_id = ""
+    salesforce.save()
+    response = post(envelope(("04l000000000001AAA", "0065g00000Opp01AAA")))
+    assert response.status_code == 403
+    assert b"does not know this Salesforce org" in response.content
+    assert SyncEvent.objects.count() == 0 and SyncRun.objects.count() == 0
+
+
+def test_the_15_character_org_id_is_the_same_org(salesforce):
+    response = post(envelope(("04l000000000001AAA", "0065g00000Opp01AAA"), org=ORG[:15]))
+    assert response.status_code == 200
+
+
+@pytest.mark.parametrize(
+    "notification, record, says",
+    [
+        ("04l1", "0065g00000Opp01AAA' OR Name != '", b"record Id is not a Salesforce id"),
+        ("04l1", "x" * 5000, b"record Id is not a Salesforce id"),
+        ("04l1", "0065g00000Opp01", None),  # the 15-character form is an id too
+        ("04l-1; DROP", "0065g00000Opp01AAA", b"notification Id is not a Salesforce id"),
+        ("04l1", "006\u00e90000Opp01AAA", b"record Id is not a Salesforce id"),
+    ],
+)
+def test_ids_that_are_not_salesforce_ids_are_refused(salesforce, notification, record, says):
+    response = post(envelope((notification, record)))
+    if says is None:
+        assert response.status_code == 200
+        assert SyncEvent.objects.get().source_id == record
+    else:
+        assert response.status_code == 400, response.content
+        assert says in response.content
+        assert SyncEvent.objects.count() == 0
+
+
+def test_odd_field_values_are_kept_as_text(salesforce):
+    odd = "Caf\u00e9 \U0001f600 \u202egnp.exe & co"  # accents, an emoji, a right-to-left override
+    body = envelope(("04l1", "0065g00000Opp01AAA")).replace(
+        b"Acme renewal &amp; support", odd.replace("&", "&amp;").encode()
+    )
+    assert post(body).status_code == 200
+    assert SyncEvent.objects.get().payload["Name"] == odd
+
+
+def test_a_message_over_the_size_limit_is_refused(salesforce):
+    huge = envelope(("04l1", "0065g00000Opp01AAA")).replace(
+        b"<sf:Name>", b"<sf:Name>" + b"x" * (2 * 1024 * 1024)
+    )
+    response = post(huge)
+    assert response.status_code in (400, 413)
+    assert SyncEvent.objects.count() == 0

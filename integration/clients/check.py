@@ -12,7 +12,7 @@ from urllib.parse import urlsplit
 from integration.clients.errors import ApiError
 from integration.clients.kashflow import KashFlowClient
 from integration.clients.salesforce import OBJECT_MISSING, SalesforceClient
-from integration.models import Connection
+from integration.models import AuditEntry, Connection
 from integration.secrets import SecretDecryptionError
 
 SECRET_WORDS = {
@@ -32,8 +32,9 @@ class CheckResult:
     missing_fields: dict[str, list[str]] = field(default_factory=dict)
 
 
-def check_connection(connection: Connection) -> CheckResult:
-    """Sign in and report; the outcome is stored with `connection.record_check`."""
+def check_connection(connection: Connection, user=None) -> CheckResult:
+    """Sign in and report; the outcome is stored with `connection.record_check` and the
+    audit trail says who tested it."""
     try:
         result = _incomplete(connection) or _check(connection)
     except ApiError as exc:
@@ -41,6 +42,14 @@ def check_connection(connection: Connection) -> CheckResult:
     except SecretDecryptionError as exc:
         result = CheckResult(False, str(exc))
     connection.record_check(result.ok, result.message)
+    AuditEntry.record(
+        user,
+        AuditEntry.Action.CONNECTION_TESTED,
+        AuditEntry.ObjectType.CONNECTION,
+        connection.pk,
+        str(connection),
+        f"{'Works' if result.ok else 'Not working'}: {connection.last_check_message}",
+    )
     return result
 
 

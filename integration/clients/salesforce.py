@@ -220,7 +220,9 @@ def error_from_exception(exc: SalesforceError, what: str) -> ApiError:
 
 
 def login_error(exc: SalesforceAuthenticationFailed) -> ApiError:
-    code, detail = str(exc.code or ""), str(exc.message or "")
+    # simple-salesforce 1.12 keeps Salesforce's words in `auth_message`; `message` is only its
+    # class's template ("Authentication failed. Response content: {content}").
+    code, detail = str(exc.code or ""), str(getattr(exc, "auth_message", "") or "").strip()
     message = LOGIN_MESSAGES.get(detail) or LOGIN_MESSAGES.get(code)
     if message is None and isinstance(exc.code, int) and exc.code in RETRY_STATUSES:
         return ApiError(

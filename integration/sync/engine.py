@@ -27,6 +27,7 @@ from django.db.models import Count, F, Q
 from django.utils import timezone
 
 from integration.models import (
+    AuditEntry,
     Connection,
     SyncEvent,
     SyncRun,
@@ -226,7 +227,18 @@ def start_bulk_retry(filters: dict, user) -> SyncRun:
     if not filters.get("flow"):
         raise ValueError("A group retry needs a flow.")
     clean = {k: v for k, v in filters.items() if v not in (None, "") or k == "error_code"}
-    return start_run(filters["flow"], Trigger.RETRY, user, params={"requeue": _jsonable(clean)})
+    count = SyncEvent.objects.unresolved().matching(filters).count()
+    run = start_run(filters["flow"], Trigger.RETRY, user, params={"requeue": _jsonable(clean)})
+    described = ", ".join(f"{k}={v!s}" for k, v in sorted(_jsonable(clean).items()))
+    AuditEntry.record(
+        user,
+        AuditEntry.Action.GROUP_RETRIED,
+        AuditEntry.ObjectType.RUN,
+        run.pk,
+        str(run),
+        f"{count} error(s) matching {described}.",
+    )
+    return run
 
 
 def retry_events(event_ids: list[int], user) -> int:
@@ -278,6 +290,7 @@ def record_change(
     event is still waiting replaces that event's payload, so stale data is never written.
     """
     flow = ctx.run.flow
+    payload, source_id, version = without_nul(payload), without_nul(source_id), without_nul(version)
     if ctx.dry_run:
         event = SyncEvent(
             flow=flow,
@@ -326,6 +339,21 @@ def record_change(
         return event
     except IntegrityError:
         return None  # another worker recorded the same change a moment ago
+
+
+def without_nul(value):
+    """The value with NUL characters removed from every string in it.
+
+    PostgreSQL cannot store U+0000 in text or jsonb, so one NUL in a KashFlow or Salesforce
+    field would make recording the change fail, and the collect with it, on every run.
+    """
+    if isinstance(value, str):
+        return value.replace("\x00", "")
+    if isinstance(value, dict):
+        return {without_nul(k): without_nul(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [without_nul(v) for v in value]
+    return value
 
 
 # --------------------------------------------------------------------------------------------
@@ -501,17 +529,21 @@ def claim_batch(run: SyncRun, size: int) -> list[SyncEvent]:
     return list(SyncEvent.objects.filter(pk__in=ids).order_by("created_at", "pk"))
 
 
+# Raised by flow code meeting data of a shape it does not expect (a list where a record should
+# be, text where a number should be): the same record fails the same way every time.
+DATA_ERRORS = (AttributeError, TypeError, KeyError, IndexError, ValueError, ArithmeticError)
+
+
 def _process_batch(flow: Flow, batch: list[SyncEvent], ctx: RunContext) -> None:
     try:
         flow.process(batch, ctx)
-    except Exception as exc:
-        # A bug or an unforeseen failure: every event of the batch still in hand is retried with
-        # backoff and, if it keeps failing, lands in the error queue with this message.
-        log.exception("run=%s flow=%s batch failed", ctx.run.pk, ctx.run.flow)
+    except Exception:
+        # One record the flow could not handle must not hold back the others: what this worker
+        # still holds is processed again one record at a time (every write is idempotent), so
+        # the culprit is found and set aside and the rest are synced.
+        log.exception("run=%s flow=%s batch failed; retrying one by one", ctx.run.pk, ctx.run.flow)
         for event in _still_held(batch):
-            event.mark_failed(
-                f"Unexpected error while syncing: {redact(str(exc))}", permanent=False
-            )
+            _process_alone(flow, event, ctx)
     _count_outcomes(ctx.run, batch)
 
 
@@ -521,6 +553,27 @@ def _still_held(batch: list[SyncEvent]) -> list[SyncEvent]:
     claims = {event.pk: event.claimed_at for event in batch if event.claimed_at}
     running = SyncEvent.objects.filter(pk__in=list(claims), status=SyncEvent.Status.RUNNING)
     return [event for event in running if event.claimed_at == claims[event.pk]]
+
+
+def _process_alone(flow: Flow, event: SyncEvent, ctx: RunContext) -> None:
+    try:
+        flow.process([event], ctx)
+    except DATA_ERRORS as exc:
+        log.exception("run=%s event=%s cannot be handled", ctx.run.pk, event.pk)
+        for held in _still_held([event]):
+            held.mark_failed(
+                f"kashforce could not read {event.source_object} {event.source_id}: its data "
+                f"is not in the shape expected ({type(exc).__name__}: {redact(str(exc))[:300]}). "
+                "It did not hold back the other records. Correct it at its source, then retry.",
+                permanent=True,
+                code="UNREADABLE_RECORD",
+            )
+    except Exception as exc:
+        # Something else (a bug, an unclassified outage): retried with backoff and, if it keeps
+        # failing, the error queue.
+        log.exception("run=%s event=%s failed", ctx.run.pk, event.pk)
+        for held in _still_held([event]):
+            held.mark_failed(f"Unexpected error while syncing: {redact(str(exc))}", permanent=False)
 
 
 def _count_outcomes(run: SyncRun, batch: list[SyncEvent]) -> None:

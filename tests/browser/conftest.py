@@ -71,8 +71,18 @@ def page(browser, live_server):
     context = browser.new_context(viewport={"width": 1366, "height": 768}, base_url=live_server.url)
     context.set_default_timeout(10_000)
     page = context.new_page()
+    # The Content-Security-Policy must not block anything the pages use (htmx, Chart.js, the
+    # admin): the browser reports each refusal on the console.
+    refused = []
+    page.on(
+        "console",
+        lambda message: (
+            refused.append(message.text) if "Content Security Policy" in message.text else None
+        ),
+    )
     yield page
     context.close()
+    assert refused == [], refused
 
 
 def sign_in(page, username: str) -> None:

@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 HOST ?= 127.0.0.1
 PORT ?= 8000
 
-.PHONY: run test check venv serve clean
+.PHONY: run test check venv serve clean bench bench-small
 
 $(VENV)/.installed: requirements.txt requirements-dev.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -34,6 +34,15 @@ check: venv
 	  KASHFORCE_ENCRYPTION_KEYS=$$($(PY) -c 'from cryptography.fernet import Fernet; print(Fernet.generate_key().decode())') \
 	  ALLOWED_HOSTS=kashforce.example.co.uk KASHFORCE_VAR_DIR=$$(mktemp -d) \
 	  $(PY) manage.py check --deploy --fail-level WARNING
+
+# Benchmarks against the sandbox (50 ms a call unless LATENCY_MS says otherwise), beside a naive
+# baseline; they write benchmarks/results.json and docs/benchmarks.md. bench-small takes minutes.
+LATENCY_MS ?= 50
+bench: venv
+	$(PY) -m benchmarks.run --latency-ms $(LATENCY_MS) $(BENCH_ARGS)
+
+bench-small: venv
+	$(PY) -m benchmarks.run --small --latency-ms $(LATENCY_MS) $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache

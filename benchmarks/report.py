@@ -102,10 +102,9 @@ def markdown(results: dict) -> str:
         lines += ["## Not measured in this run", ""]
         lines += [f"- **{item['id']}**: {item['why']}" for item in results["not_measured"]]
         lines.append("")
-    if results.get("changes"):
-        lines += ["## Product changes made for these figures", ""]
-        lines += [f"- {change}" for change in results["changes"]]
-        lines.append("")
+    notes = ROOT / "benchmarks/notes.md"
+    if notes.exists():
+        lines += [notes.read_text().strip(), ""]
     return "\n".join(lines)
 
 

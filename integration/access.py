@@ -13,3 +13,7 @@ ADMINISTER = "integration.administer_integration"
 
 operator_required = permission_required(OPERATE, raise_exception=True)
 admin_required = permission_required(ADMINISTER, raise_exception=True)
+
+# See the dashboard's pages (both roles have it; a signed-in user with no role does not).
+VIEW = "integration.view_syncevent"
+viewer_required = permission_required(VIEW, raise_exception=True)

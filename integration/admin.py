@@ -131,18 +131,10 @@ class SyncEventAdmin(admin.ModelAdmin):
 
     @admin.action(description="Retry the selected failed events", permissions=["change"])
     def retry_selected(self, request, queryset):
-        from integration.models import SyncEvent as Event
+        # The dashboard's Retry: SyncEvent.retry on each, then the queue is rung for their flows.
+        from integration.sync.engine import retry_events
 
-        retried = sum(
-            event.retry(user=request.user)
-            for event in queryset.filter(
-                status__in=[
-                    Event.Status.FAILED_PERMANENT,
-                    Event.Status.FAILED_TRANSIENT,
-                    Event.Status.IGNORED,
-                ]
-            )
-        )
+        retried = retry_events(list(queryset.values_list("pk", flat=True)), request.user)
         self.message_user(request, f"{retried} event(s) put back in line.", messages.SUCCESS)
 
 

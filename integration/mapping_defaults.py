@@ -166,7 +166,9 @@ LINE_ITEM_TO_INVOICE_LINE = Template(
             fallbacks=["PricebookEntry.Product2.Name", "Product2.Name", "Name"]),
         # Salesforce keeps quantities to 2 places by default; KashFlow to 4, so nothing is lost.
         row("Quantity", "Quantity", "decimal", required=True, places=4),
-        row("Rate", "UnitPrice", "decimal", required=True, places=2),
+        # KashFlow keeps rates to 4 places; the flow prices a discounted line so that
+        # Quantity x Rate is Salesforce's TotalPrice exactly, which may need all 4.
+        row("Rate", "UnitPrice", "decimal", required=True, places=4),
         row("NominalCode", "Product2Id", "lookup", default="4000", default_from="nominal_code",
             object_type="product", side="salesforce", part="nominal_code",
             fallbacks=["PricebookEntry.Product2Id"]),

@@ -7,12 +7,14 @@ click or two workers cannot do the same work twice.
 
 from __future__ import annotations
 
-from datetime import timedelta
+import re
+from datetime import date, datetime, time, timedelta
 
 from django.conf import settings
 from django.core.serializers.json import DjangoJSONEncoder
 from django.db import models, transaction
-from django.db.models import F, Q
+from django.db.models import Count, F, Max, Min, Q
+from django.db.models.functions import TruncDate
 from django.utils import timezone
 
 from integration import secrets
@@ -585,29 +587,80 @@ class SyncEventQuerySet(models.QuerySet):
             status=SyncEvent.Status.RUNNING, claimed_at__lt=timezone.now() - older_than
         )
 
+    def latest_by_source(self, flow: str, source_object: str, source_ids) -> dict[str, SyncEvent]:
+        """The newest event of each record, by source id (two queries, whatever the count).
+
+        For sources with no change stamp (KashFlow products, an invoice's payments), a flow
+        compares a record with what it last saw here, so A → B → A is still three changes.
+        """
+        newest = (
+            self.filter(flow=flow, source_object=source_object, source_id__in=list(source_ids))
+            .values("source_id")
+            .annotate(newest=Max("pk"))
+            .values_list("newest", flat=True)
+        )
+        return {event.source_id: event for event in self.filter(pk__in=list(newest))}
+
     def for_record(self, record_id: str) -> SyncEventQuerySet:
         return self.filter(Q(source_id=record_id) | Q(target_id=record_id))
 
-    def matching(self, filters: dict) -> SyncEventQuerySet:
-        """The error queue's filters, shared by the page, the CSV export and the group retry.
+    def for_records(self, record_ids: list[str]) -> SyncEventQuerySet:
+        return self.filter(Q(source_id__in=record_ids) | Q(target_id__in=record_ids))
 
-        Keys (all optional): flow, error_code, source_object, q (text in the record id or the
-        message), date_from, date_to (dates, inclusive).
+    def matching(self, filters: dict) -> SyncEventQuerySet:
+        """The error queue's filters, shared by its page, its CSV export and the group retry
+        (engine.start_bulk_retry), so all three always mean the same events.
+
+        Keys, all optional: flow, source_object, error_class, error_code (None = any code,
+        "" = events with no code), q (a record id, or text in the message), date_from and
+        date_to (dates or ISO strings, inclusive, in the site's time zone).
         """
-        qs = self
-        for key, lookup in (("flow", "flow"), ("source_object", "source_object")):
+        queryset = self
+        for key in ("flow", "source_object", "error_class"):
             if filters.get(key):
-                qs = qs.filter(**{lookup: filters[key]})
-        if "error_code" in filters and filters["error_code"] is not None:
-            qs = qs.filter(error_code=filters["error_code"])
-        if filters.get("q"):
-            text = filters["q"].strip()
-            qs = qs.filter(Q(source_id=text) | Q(target_id=text) | Q(message__icontains=text))
-        if filters.get("date_from"):
-            qs = qs.filter(created_at__date__gte=filters["date_from"])
-        if filters.get("date_to"):
-            qs = qs.filter(created_at__date__lte=filters["date_to"])
-        return qs
+                queryset = queryset.filter(**{key: filters[key]})
+        if filters.get("error_code") is not None:
+            queryset = queryset.filter(error_code=filters["error_code"])
+        if text := (filters.get("q") or "").strip():
+            queryset = queryset.filter(
+                Q(source_id=text) | Q(target_id=text) | Q(message__icontains=text)
+            )
+        if day := _as_date(filters.get("date_from")):
+            queryset = queryset.filter(created_at__gte=_start_of(day))
+        if day := _as_date(filters.get("date_to")):
+            queryset = queryset.filter(created_at__lt=_start_of(day + timedelta(days=1)))
+        return queryset
+
+    def error_groups(self) -> SyncEventQuerySet:
+        """Errors grouped by cause (flow, code, class), the biggest group first: one query.
+        `sample` is one of the group's messages, to name a cause that has no code."""
+        return (
+            self.values("flow", "error_code", "error_class")
+            .annotate(count=Count("pk"), latest=Max("created_at"), sample=Min("message"))
+            .order_by("-count", "flow", "error_code")
+        )
+
+    def synced_per_day(self, since: datetime) -> SyncEventQuerySet:
+        """Records synced per day (site time zone) and flow since a moment: one grouped query."""
+        return (
+            self.filter(status=SyncEvent.Status.SUCCEEDED, finished_at__gte=since)
+            .annotate(day=TruncDate("finished_at"))
+            .values("day", "flow")
+            .annotate(count=Count("pk"))
+            .order_by("day", "flow")
+        )
+
+
+def _as_date(value) -> date | None:
+    if not value:
+        return None
+    if isinstance(value, datetime):
+        return value.date()
+    return value if isinstance(value, date) else date.fromisoformat(str(value))
+
+
+def _start_of(day: date) -> datetime:
+    return timezone.make_aware(datetime.combine(day, time.min))
 
 
 class SyncEvent(models.Model):
@@ -684,6 +737,21 @@ class SyncEvent(models.Model):
 
     def __repr__(self) -> str:
         return f"<SyncEvent {self.pk} {self.flow} {self.source_id} {self.status}>"
+
+    @staticmethod
+    def cause_label(error_code: str, message: str = "") -> str:
+        """A cause in words: the code spelt out, or the first words of a message when the
+        failure came without a code."""
+        if error_code:
+            if re.fullmatch(r"[A-Z0-9_]+", error_code):
+                return error_code.replace("_", " ").capitalize()
+            return error_code
+        # A transient failure that ran out of attempts starts with the same words every time.
+        words = re.sub(r"^Gave up after \d+ attempts\.\s*", "", message).split()
+        if not words:
+            return "No message"
+        label = " ".join(words[:8]).rstrip(".,:;")
+        return label + ("…" if len(words) > 8 else "")
 
     @property
     def is_error(self) -> bool:

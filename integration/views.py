@@ -1,15 +1,52 @@
 """Dashboard views: small functions. An action is POST → model or flow call → message → redirect."""
 
-from datetime import timedelta
+import logging
+from datetime import datetime, time, timedelta
 
+from django.conf import settings
+from django.contrib import messages
 from django.contrib.auth.decorators import login_not_required
+from django.core.cache import cache
 from django.db import connection as db_connection
-from django.http import JsonResponse
-from django.shortcuts import render
+from django.db.models import Q
+from django.http import Http404, JsonResponse
+from django.shortcuts import get_object_or_404, redirect, render
+from django.urls import reverse
+from django.utils import timezone
+from django.utils.http import url_has_allowed_host_and_scheme, urlencode
 from django.views.decorators.cache import never_cache
-from django.views.decorators.http import require_GET
+from django.views.decorators.http import require_GET, require_POST
 
-from integration.models import Flow, SyncEvent, SyncRun
+from integration import changes, export
+from integration.access import admin_required, operator_required, viewer_required
+from integration.forms import (
+    NO_CODE,
+    QUEUE_VIEWS,
+    ConnectionForm,
+    ErrorFilterForm,
+    FieldMappingForm,
+    IgnoreForm,
+    MappingFormSet,
+    MappingVersionForm,
+    RunFilterForm,
+)
+from integration.links import RecordLinks, salesforce_id18
+from integration.models import (
+    Connection,
+    CrossRef,
+    Flow,
+    MappingSet,
+    SyncEvent,
+    SyncRun,
+    Trigger,
+)
+from integration.paging import keyset_page
+
+log = logging.getLogger(__name__)
+
+PAGE_SIZE = 50
+CHART_DAYS = 14
+TIMELINE_LIMIT = 200
 
 
 @login_not_required
@@ -57,14 +94,726 @@ def _queue_state() -> dict:
     return {"ok": not stuck, "broker": "orm", "waiting": waiting, "stuck": stuck}
 
 
+# --------------------------------------------------------------------------------------------
+# Seams to the engines, imported when first used. The sync engine is integration/sync/engine.py;
+# the mapping engine (validation, preview, the known fields) is integration/mapping.py.
+
+
+def _sync_engine():
+    from integration.sync import engine
+
+    return engine
+
+
+def _mapping_engine():
+    """integration.mapping, or None on an install without it (the editor then saves unchecked
+    rows and says that preview is unavailable)."""
+    try:
+        from integration import mapping
+    except ImportError:
+        return None
+    return mapping
+
+
+def _start_of(day) -> datetime:
+    return timezone.make_aware(datetime.combine(day, time.min))
+
+
+def _back(request, default: str):
+    """Redirect to the page the action came from (only on this site), else to `default`."""
+    target = request.POST.get("next", "")
+    if url_has_allowed_host_and_scheme(target, {request.get_host()}, request.is_secure()):
+        return redirect(target)
+    return redirect(default)
+
+
+# --------------------------------------------------------------------------------------------
+# Overview
+
+
+def _stale_after() -> timedelta:
+    # A few missed schedule ticks are normal (a long run, a restart); a quarter of an hour of
+    # silence with a one-minute schedule means the workers are not running.
+    return timedelta(minutes=max(15, 3 * settings.KASHFORCE["SYNC_INTERVAL_MINUTES"]))
+
+
+def _cause_rows(groups) -> list[dict]:
+    return [
+        {
+            **group,
+            "label": SyncEvent.cause_label(group["error_code"], group["sample"] or ""),
+            "flow_label": Flow(group["flow"]).label,
+            "code_param": group["error_code"] or NO_CODE,
+        }
+        for group in groups
+    ]
+
+
+@viewer_required
 def overview(request):
+    today = timezone.localdate()
+    days = [today - timedelta(days=n) for n in range(CHART_DAYS - 1, -1, -1)]
+    week_start = today - timedelta(days=today.weekday())
+    synced = {
+        (row["day"], row["flow"]): row["count"]
+        for row in SyncEvent.objects.synced_per_day(_start_of(days[0]))
+    }
+    causes = _cause_rows(SyncEvent.objects.unresolved().error_groups())
+    connections = list(Connection.objects.filter(is_active=True))
+    engine = _sync_engine()
+    now, stale_after = timezone.now(), _stale_after()
+
     flows = []
     for flow in Flow:
-        last = SyncRun.objects.for_flow(flow).first()
-        flows.append({"flow": flow, "last": last})
+        last = SyncRun.objects.for_flow(flow).select_related("triggered_by").first()
+        flows.append(
+            {
+                "flow": flow,
+                "last": last,
+                "stalled": bool(
+                    last
+                    and last.status == SyncRun.Status.RUNNING
+                    and (last.heartbeat_at or last.created_at) < now - stale_after
+                ),
+                "next_run_at": engine.next_run_at(flow),
+                "today": synced.get((today, flow.value), 0),
+                "week": sum(synced.get((day, flow.value), 0) for day in days if day >= week_start),
+                "open_errors": sum(c["count"] for c in causes if c["flow"] == flow.value),
+            }
+        )
+    latest = max((row["last"].created_at for row in flows if row["last"]), default=None)
+    charts = {
+        "synced": {
+            "labels": [day.strftime("%a %d %b") for day in days],
+            "series": [
+                {"label": flow.label, "data": [synced.get((day, flow.value), 0) for day in days]}
+                for flow in Flow
+            ],
+        },
+        "causes": {
+            "labels": [f"{c['label']} ({c['flow_label']})" for c in causes[:8]],
+            "data": [c["count"] for c in causes[:8]],
+        },
+        "api": [
+            {
+                "label": c.name,
+                "used": c.api_usage_used,
+                "limit": c.api_usage_limit,
+                "budget": round(c.api_usage_limit * settings.KASHFORCE["API_BUDGET_SHARE"]),
+            }
+            for c in connections
+            if c.kind == Connection.Kind.SALESFORCE and c.api_usage_limit
+        ],
+    }
     context = {
         "flows": flows,
-        "open_errors": SyncEvent.objects.unresolved().count(),
-        "recent_runs": SyncRun.objects.select_related("triggered_by")[:10],
+        "causes": causes,
+        "open_errors": sum(c["count"] for c in causes),
+        "failing_connections": [c for c in connections if c.status == Connection.Status.FAILING],
+        "salesforce_usage": [c for c in connections if c.kind == Connection.Kind.SALESFORCE],
+        "silent_since": latest if latest and latest < now - stale_after else None,
+        "never_synced": latest is None,
+        "charts": charts,
+        "budget_percent": round(100 * settings.KASHFORCE["API_BUDGET_SHARE"]),
+        "days": days,
+        "synced_table": list(
+            zip(
+                charts["synced"]["labels"],
+                zip(*(s["data"] for s in charts["synced"]["series"]), strict=True),
+                strict=True,
+            )
+        ),
     }
     return render(request, "integration/overview.html", context)
+
+
+# --------------------------------------------------------------------------------------------
+# Runs
+
+
+@viewer_required
+def runs(request):
+    form = RunFilterForm(request.GET or None)
+    queryset = SyncRun.objects.select_related("triggered_by")
+    if form.is_valid():
+        queryset = form.apply(queryset)
+    page = keyset_page(
+        queryset, PAGE_SIZE, request.GET.get("older", ""), request.GET.get("newer", "")
+    )
+    return render(request, "integration/runs.html", {"form": form, "page": page, "flows": Flow})
+
+
+@viewer_required
+def runs_csv(request):
+    form = RunFilterForm(request.GET or None)
+    queryset = form.apply(SyncRun.objects.all()) if form.is_valid() else SyncRun.objects.all()
+    columns = [
+        "pk",
+        "flow",
+        "trigger",
+        "status",
+        "dry_run",
+        "created_at",
+        "started_at",
+        "finished_at",
+        "read_count",
+        "written_count",
+        "skipped_count",
+        "failed_count",
+        "triggered_by__username",
+        "summary",
+    ]
+    rows = queryset.order_by("-created_at", "-pk").values_list(*columns).iterator(chunk_size=2000)
+    header = [
+        "Run",
+        "Flow",
+        "Trigger",
+        "Status",
+        "Dry run",
+        "Created",
+        "Started",
+        "Finished",
+        "Read",
+        "Written",
+        "Unchanged",
+        "Failed",
+        "Started by",
+        "Summary",
+    ]
+    return export.csv_response("kashforce-runs.csv", header, (_csv_row(row) for row in rows))
+
+
+def _csv_row(values) -> list:
+    return [
+        timezone.localtime(value).isoformat(timespec="seconds")
+        if isinstance(value, datetime)
+        else value
+        for value in values
+    ]
+
+
+@viewer_required
+def run_detail(request, pk: int):
+    run = get_object_or_404(SyncRun.objects.select_related("triggered_by"), pk=pk)
+    page = keyset_page(
+        run.events.select_related("resolved_by"),
+        PAGE_SIZE,
+        request.GET.get("older", ""),
+        request.GET.get("newer", ""),
+    )
+    links = RecordLinks.load()
+    rows = [(event, links.for_event(event)) for event in page.rows]
+    context = {"run": run, "page": page, "rows": rows, "poll": _is_unfinished(run)}
+    return render(request, "integration/run_detail.html", context)
+
+
+def _is_unfinished(run: SyncRun) -> bool:
+    return run.status in (SyncRun.Status.QUEUED, SyncRun.Status.RUNNING)
+
+
+@viewer_required
+def run_progress(request, pk: int):
+    """The part of a run's page that htmx polls while the run is going; once the run has
+    finished, the fragment comes back without its polling trigger and the polling stops."""
+    run = get_object_or_404(SyncRun, pk=pk)
+    context = {"run": run, "poll": _is_unfinished(run), "polled": True}
+    return render(request, "integration/_run_progress.html", context)
+
+
+@require_POST
+@operator_required
+def sync_now(request):
+    flow = request.POST.get("flow", "")
+    if flow not in Flow.values:
+        raise Http404("No such flow.")
+    run = _sync_engine().start_run(flow, Trigger.MANUAL, request.user)
+    messages.success(request, f"{Flow(flow).label}: sync started. This page follows its progress.")
+    return redirect("dashboard:run", pk=run.pk)
+
+
+# --------------------------------------------------------------------------------------------
+# The error queue
+
+
+@viewer_required
+def errors(request):
+    form = ErrorFilterForm(request.GET or None)
+    queue = SyncEvent.objects.filter(status=form.status)
+    filters = form.filters()
+    # Filters other than the cause stay when a person picks a cause or retries a whole group.
+    carry = [
+        (k, request.GET[k])
+        for k in ("source_object", "q", "date_from", "date_to")
+        if request.GET.get(k)
+    ]
+    causes = _cause_rows(queue.matching(form.filters(with_cause=False)).error_groups())
+    for cause in causes:
+        cause["query"] = urlencode(
+            [
+                *carry,
+                ("show", form.view),
+                ("flow", cause["flow"]),
+                ("code", cause["code_param"]),
+                ("error_class", cause["error_class"]),
+            ]
+        )
+    page = keyset_page(
+        queue.matching(filters).select_related("resolved_by"),
+        PAGE_SIZE,
+        request.GET.get("older", ""),
+        request.GET.get("newer", ""),
+    )
+    links = RecordLinks.load()
+    context = {
+        "title": QUEUE_VIEWS[form.view][0],
+        "form": form,
+        "views": {key: label for key, (label, _) in QUEUE_VIEWS.items()},
+        "causes": causes,
+        "selected_cause": _selected_cause(causes, filters),
+        "total": sum(c["count"] for c in causes),
+        "carry": carry,
+        "page": page,
+        "rows": [(event, links.for_event(event)) for event in page.rows],
+        "source_objects": MappingSet.objects.order_by()
+        .values_list("source_object", flat=True)
+        .distinct(),
+    }
+    return render(request, "integration/errors.html", context)
+
+
+@viewer_required
+def errors_csv(request):
+    form = ErrorFilterForm(request.GET or None)
+    queryset = SyncEvent.objects.filter(status=form.status).matching(form.filters())
+    columns = [
+        "pk",
+        "flow",
+        "source_object",
+        "source_id",
+        "target_object",
+        "target_id",
+        "status",
+        "error_class",
+        "error_code",
+        "message",
+        "attempts",
+        "created_at",
+        "updated_at",
+        "resolved_by__username",
+        "ignored_reason",
+        "run_id",
+    ]
+    rows = queryset.order_by("-created_at", "-pk").values_list(*columns).iterator(chunk_size=2000)
+    header = [
+        "Event",
+        "Flow",
+        "Source object",
+        "Source id",
+        "Target object",
+        "Target id",
+        "Status",
+        "Error class",
+        "Error code",
+        "Message",
+        "Attempts",
+        "First seen",
+        "Last change",
+        "Retried or ignored by",
+        "Reason ignored",
+        "Run",
+    ]
+    return export.csv_response("kashforce-errors.csv", header, (_csv_row(row) for row in rows))
+
+
+def _selected_cause(causes: list[dict], filters: dict) -> dict | None:
+    if "error_code" not in filters:
+        return None
+    wanted = {key: filters[key] for key in ("flow", "error_code", "error_class") if key in filters}
+    return next((c for c in causes if all(c[k] == v for k, v in wanted.items())), None)
+
+
+@require_POST
+@operator_required
+def retry_event(request, pk: int):
+    event = get_object_or_404(SyncEvent, pk=pk)
+    if _sync_engine().retry_events([event.pk], request.user):
+        messages.success(
+            request,
+            f"Retrying {event.source_id}. It leaves this list now and comes back only if it fails again.",
+        )
+    else:
+        messages.warning(request, f"{event.source_id} was not waiting for a retry.")
+    return _back(request, reverse("dashboard:errors"))
+
+
+@require_POST
+@operator_required
+def retry_selected(request):
+    ids = [int(pk) for pk in request.POST.getlist("ids") if pk.isdigit()]
+    if not ids:
+        messages.warning(request, "Tick the errors to retry first.")
+        return _back(request, reverse("dashboard:errors"))
+    retried = _sync_engine().retry_events(ids, request.user)
+    messages.success(request, f"Retrying {retried} record{'s' if retried != 1 else ''}.")
+    return _back(request, reverse("dashboard:errors"))
+
+
+@require_POST
+@operator_required
+def retry_group(request):
+    form = ErrorFilterForm(request.POST)
+    filters = form.filters()
+    if "error_code" not in filters:
+        messages.error(request, "Choose a cause to retry.")
+        return _back(request, reverse("dashboard:errors"))
+    run = _sync_engine().start_bulk_retry(filters, request.user)
+    messages.success(
+        request, "Retrying the whole group in the background. This page follows its progress."
+    )
+    return redirect("dashboard:run", pk=run.pk)
+
+
+@require_POST
+@operator_required
+def ignore_event(request, pk: int):
+    event = get_object_or_404(SyncEvent, pk=pk)
+    form = IgnoreForm(request.POST)
+    if not form.is_valid():
+        messages.error(request, "Say why this error is being ignored.")
+    elif event.ignore(request.user, form.cleaned_data["reason"]):
+        messages.success(request, f"Ignored {event.source_id}: {event.ignored_reason}")
+    else:
+        messages.warning(request, f"{event.source_id} was not an open error.")
+    return _back(request, reverse("dashboard:errors"))
+
+
+# --------------------------------------------------------------------------------------------
+# Record timeline: "what happened to invoice 1043?"
+
+
+@viewer_required
+def timeline(request):
+    query = request.GET.get("q", "").strip()
+    context = {"query": query}
+    if query:
+        ids = {query, salesforce_id18(query)}
+        crossrefs = list(CrossRef.objects.filter(Q(salesforce_id__in=ids) | Q(kashflow_key=query)))
+        for crossref in crossrefs:
+            ids |= {crossref.salesforce_id, crossref.kashflow_key} - {None}
+        events = list(
+            SyncEvent.objects.for_records(sorted(ids)).select_related("run", "resolved_by")[
+                :TIMELINE_LIMIT
+            ]
+        )
+        links = RecordLinks.load()
+        context |= {
+            "crossrefs": [(c, links.for_crossref(c)) for c in crossrefs],
+            "entries": _timeline_entries(events, links),
+            "limited": len(events) == TIMELINE_LIMIT,
+        }
+    return render(request, "integration/timeline.html", context)
+
+
+def _timeline_entries(events: list[SyncEvent], links: RecordLinks) -> list[dict]:
+    """Newest first, each event with what changed in its payload since the one before it
+    (the previous event of the same record in the same flow)."""
+    previous: dict[tuple, dict] = {}
+    entries = []
+    for event in reversed(events):
+        key = (event.flow, event.source_object, event.source_id)
+        before = previous.get(key)
+        entries.append(
+            {
+                "event": event,
+                "links": links.for_event(event),
+                "first": before is None,
+                "changes": changes.payload_changes(before, event.payload)
+                if before is not None
+                else [],
+            }
+        )
+        previous[key] = event.payload
+    return entries[::-1]
+
+
+# --------------------------------------------------------------------------------------------
+# Connections
+
+
+@viewer_required
+def connections(request):
+    context = {"connections": Connection.objects.all()}
+    return render(request, "integration/connections.html", context)
+
+
+@admin_required
+def connection_edit(request, pk: int | None = None):
+    connection = get_object_or_404(Connection, pk=pk) if pk else Connection()
+    form = ConnectionForm(request.POST or None, instance=connection)
+    if request.method == "POST" and form.is_valid():
+        connection = form.save()
+        messages.success(request, f"Saved {connection.name}. Use Test to check it signs in.")
+        return redirect("dashboard:connections")
+    return render(
+        request, "integration/connection_form.html", {"form": form, "connection": connection}
+    )
+
+
+@require_POST
+@operator_required
+def connection_test(request, pk: int):
+    from integration.clients.check import check_connection
+
+    connection = get_object_or_404(Connection, pk=pk)
+    result = check_connection(connection)
+    # The message already names any custom fields missing in the Salesforce org.
+    if result.ok:
+        messages.success(request, f"{connection.name} works: {result.message}")
+    else:
+        messages.error(request, f"{connection.name} is not working: {result.message}")
+    return redirect("dashboard:connections")
+
+
+# --------------------------------------------------------------------------------------------
+# Mapping editor (Integration admins only)
+
+
+@admin_required
+def mappings(request):
+    mapping_sets = MappingSet.objects.active().select_related("created_by")
+    return render(request, "integration/mappings.html", {"mapping_sets": mapping_sets})
+
+
+@admin_required
+def mapping_edit(request, pk: int):
+    mapping_set = get_object_or_404(MappingSet.objects.select_related("created_by"), pk=pk)
+    if request.method == "POST":
+        formset = MappingFormSet(request.POST, prefix="rows")
+        version_form = MappingVersionForm(request.POST)
+        if (
+            formset.is_valid()
+            and version_form.is_valid()
+            and _validate(mapping_set, formset, version_form)
+        ):
+            new = mapping_set.save_new_version(
+                formset.rows(), user=request.user, note=version_form.cleaned_data["note"]
+            )
+            messages.success(
+                request, f"Saved as version {new.version}. It is used from the next sync."
+            )
+            return redirect("dashboard:mapping", pk=new.pk)
+    else:
+        initial = [FieldMappingForm.initial_from_row(row) for row in mapping_set.as_rows()]
+        formset = MappingFormSet(initial=initial, prefix="rows")
+        version_form = MappingVersionForm()
+    return render(
+        request,
+        "integration/mapping_edit.html",
+        _editor_context(mapping_set, formset, version_form),
+    )
+
+
+def _editor_context(mapping_set: MappingSet, formset, version_form) -> dict:
+    history = MappingSet.objects.history(
+        mapping_set.flow, mapping_set.source_object, mapping_set.target_object
+    )
+    recent = (
+        SyncEvent.objects.filter(flow=mapping_set.flow, source_object=mapping_set.source_object)
+        .order_by("-created_at")
+        .values_list("source_id", flat=True)[:200]
+    )
+    return {
+        "mapping_set": mapping_set,
+        "active": mapping_set if mapping_set.is_active else history.filter(is_active=True).first(),
+        "formset": formset,
+        "version_form": version_form,
+        "source_fields": sorted(_field_info(mapping_set.source_object) or ()),
+        "target_fields": sorted(_field_info(mapping_set.target_object) or ()),
+        "recent_records": list(dict.fromkeys(recent))[:20],
+        "preview_available": _mapping_engine() is not None,
+    }
+
+
+def _field_info(object_name: str) -> dict | None:
+    """The real fields of 'kashflow.Customer' or 'salesforce.Account' (name -> FieldInfo):
+    KashFlow's are known; Salesforce's come from `describe`, cached for ten minutes so the
+    editor does not spend API calls on every page. None when they cannot be known now."""
+    mapping = _mapping_engine()
+    system, _, name = object_name.partition(".")
+    if mapping is None:
+        return None
+    if system == "kashflow":
+        return mapping.KASHFLOW_FIELDS.get(name)
+    if system != "salesforce":
+        return None
+    try:
+        describe = cache.get_or_set(
+            f"kashforce:describe:{name}", lambda: _salesforce_describe(name), timeout=600
+        )
+    except Exception:  # no connection, or Salesforce unreachable: the editor still works
+        log.warning("describe %s failed", name, exc_info=True)
+        return None
+    return mapping.salesforce_fields_from_describe(describe)
+
+
+def _salesforce_describe(sobject: str) -> dict:
+    from integration.clients.salesforce import SalesforceClient
+
+    return SalesforceClient(Connection.active(Connection.Kind.SALESFORCE)).describe(sobject)
+
+
+def _validate(mapping_set: MappingSet, formset, version_form) -> bool:
+    """The mapping engine's checks, shown on the rows they concern. Without the target's
+    fields (Salesforce unreachable) only the rows themselves can be checked."""
+    mapping = _mapping_engine()
+    if mapping is None:
+        return True
+    rows, kept = formset.rows(), formset.kept_forms()
+    target_fields = _field_info(mapping_set.target_object)
+    if target_fields is None:
+        problems = [
+            mapping.RowError(number, row["target_path"], problem)
+            for number, row in enumerate(rows, start=1)
+            for problem in mapping.row_problems(row)
+        ]
+    else:
+        template = _template(mapping_set)
+        problems = mapping.validate_rows(
+            rows,
+            target_fields,
+            update_only=bool(template and template.update_only),
+            filled_by_flow=template.filled_by_flow if template else (),
+        )
+    for problem in problems:
+        if problem.row and problem.row <= len(kept):
+            kept[problem.row - 1].add_error(None, problem.problem)
+        else:
+            version_form.add_error(None, problem.message)
+    return not problems
+
+
+def _template(mapping_set: MappingSet):
+    """The default template of this pair: which fields its flow fills itself."""
+    try:
+        from integration.mapping_defaults import template_for
+    except ImportError:
+        return None
+    return template_for(mapping_set.flow, mapping_set.source_object, mapping_set.target_object)
+
+
+@require_POST
+@admin_required
+def mapping_preview(request, pk: int):
+    """Map one real source record with the rows as they are in the form (saved or not) and
+    show the payload and what would change in the target. Nothing is written."""
+    mapping_set = get_object_or_404(MappingSet, pk=pk)
+    formset = MappingFormSet(request.POST, prefix="rows")
+    record_id = request.POST.get("record_id", "").strip()
+    context = {"record_id": record_id, "mapping_set": mapping_set}
+    mapping = _mapping_engine()
+    source = _source_record(mapping_set, record_id) if record_id else None
+    if mapping is None:
+        context["problem"] = "Preview needs the mapping engine, which is not installed here."
+    elif not record_id:
+        context["problem"] = "Type or pick the id of a record to preview with."
+    elif not formset.is_valid():
+        context["problem"] = "Fix the rows marked in red first."
+    elif source is None:
+        context["problem"] = (
+            f"No {mapping_set.source_object} with id {record_id} has reached kashforce yet."
+        )
+    else:
+        target = _current_target(mapping_set, record_id)
+        mapping_context = mapping.MappingContext(
+            lookup=_crossref_lookup, target_fields=_field_info(mapping_set.target_object)
+        )
+        preview = mapping.preview(formset.rows(), source, mapping_context, target)
+        context |= {
+            "preview": preview,
+            "payload_rows": changes.flatten(preview.payload).items(),
+            "has_target": target is not None,
+        }
+    return render(request, "integration/_mapping_preview.html", context)
+
+
+def _crossref_lookup(object_type: str, side: str, key: str) -> str | None:
+    """The other side's id of a record, for the preview's lookup rows (one query each)."""
+    other = "kashflow_key" if side == "salesforce" else "salesforce_id"
+    mine = "salesforce_id" if side == "salesforce" else "kashflow_key"
+    return (
+        CrossRef.objects.filter(object_type=object_type, **{mine: key})
+        .values_list(other, flat=True)
+        .first()
+    )
+
+
+def _source_record(mapping_set: MappingSet, record_id: str) -> dict | None:
+    """The record as it last arrived from the source system (the ledger keeps its payload)."""
+    event = (
+        SyncEvent.objects.filter(
+            flow=mapping_set.flow, source_object=mapping_set.source_object, source_id=record_id
+        )
+        .order_by("-created_at")
+        .first()
+    )
+    return event.payload if event else None
+
+
+def _current_target(mapping_set: MappingSet, record_id: str) -> dict | None:
+    """The KashFlow record as it is now, for the diff; None when there is none (or it cannot
+    be read: the preview then shows everything the mapping writes)."""
+    object_type = mapping_set.target_object.partition(".")[2].lower()
+    if not mapping_set.target_object.startswith("kashflow.") or object_type not in (
+        "customer",
+        "invoice",
+    ):
+        return None
+    key = _crossref_lookup(object_type, "salesforce", record_id)
+    if not key:
+        return None
+    try:
+        from integration.clients.kashflow import KashFlowClient
+
+        client = KashFlowClient(Connection.active(Connection.Kind.KASHFLOW))
+        return (
+            client.get_customer(key) if object_type == "customer" else client.get_invoice(int(key))
+        )
+    except Exception:
+        log.warning("reading KashFlow %s %s for a preview failed", object_type, key, exc_info=True)
+        return None
+
+
+@admin_required
+def mapping_history(request, pk: int):
+    mapping_set = get_object_or_404(MappingSet, pk=pk)
+    versions = list(
+        MappingSet.objects.history(
+            mapping_set.flow, mapping_set.source_object, mapping_set.target_object
+        )
+        .select_related("created_by")
+        .prefetch_related("fields")
+    )
+    entries = [
+        {
+            "version": version,
+            "changes": changes.mapping_changes(older.as_rows() if older else [], version.as_rows()),
+        }
+        for version, older in zip(versions, [*versions[1:], None], strict=True)
+    ]
+    return render(
+        request,
+        "integration/mapping_history.html",
+        {"mapping_set": mapping_set, "entries": entries},
+    )
+
+
+@require_POST
+@admin_required
+def mapping_rollback(request, pk: int):
+    mapping_set = get_object_or_404(MappingSet, pk=pk)
+    new = mapping_set.rollback_to(request.user)
+    messages.success(
+        request,
+        f"Rolled back: version {new.version} now has the rows of version {mapping_set.version}.",
+    )
+    return redirect("dashboard:mapping_history", pk=new.pk)

@@ -267,6 +267,9 @@ KASHFORCE = {
     },
     # VAT rates by country code or KashFlow product code, e.g. "countries": {"IE": "23"}.
     "VAT_RULES": _read("KASHFORCE_VAT_RULES", env.json, {}),
+    # How far back (days, by issue date) the payments flow looks at invoices for new payments.
+    # KashFlow has no modified-since filter on invoices; a full run reads every invoice.
+    "PAYMENTS_LOOKBACK_DAYS": _read("KASHFORCE_PAYMENTS_LOOKBACK_DAYS", env.int, 400),
     # Which Opportunities become invoices (a SOQL condition on Opportunity).
     "INVOICE_WHEN": _read("KASHFORCE_INVOICE_WHEN", env.str, "IsWon = true AND Amount > 0"),
     # Where the sandbox keeps its state and descriptor.

@@ -506,6 +506,25 @@ def test_invoices_with_payments_fetches_only_paid_ones(connection, api):
     assert query_of(api.calls("GET", "/v2/invoices")[0])["issuedatefrom"] == "2024-01-01"
 
 
+def test_products_are_created_and_updated_by_nominal_code_and_code(connection, api):
+    stored = {"Id": 7, "NominalCode": 4000, "Code": "SOF 1/A", "Name": "Sofa", "Price": 499.5}
+    api.on("POST", "/v2/products", reply(201, stored))
+    api.on("PUT", "/v2/products/4000/.*", reply(200, {**stored, "Description": "Blue"}))
+    client = client_for(connection, api)
+
+    created = client.create_product(
+        {"NominalCode": 4000, "Code": "SOF 1/A", "Name": "Sofa", "Price": Decimal("499.50")}
+    )
+    updated = client.update_product(4000, "SOF 1/A", {"Description": "Blue"})
+
+    assert created["Price"] == Decimal("499.5")
+    assert '"Price":499.50' in api.calls("POST", "/v2/products")[0].body
+    put = api.calls("PUT", "/v2/products/.*")[0]
+    assert put.path_url == "/v2/products/4000/SOF%201%2FA"
+    assert body_of(put) == {"Description": "Blue"}
+    assert updated["Description"] == "Blue"
+
+
 def test_bare_array_lists_are_read_in_one_call(connection, api):
     api.on(
         "GET", "/v2/bankaccounts", reply(200, [{"Id": 1, "Code": 1200}, {"Id": 2, "Code": 1210}])

@@ -344,6 +344,31 @@ def test_upsert_sends_collections_of_200_and_maps_results_back_in_order(connecti
     assert all(r.success and r.created for r in results)
 
 
+def test_delete_sends_ids_200_a_call_and_maps_results_back_in_order(connection, api):
+    def answer(request):
+        ids = query_of(request)["ids"].split(",")
+        items = [{"id": i, "success": True, "errors": []} for i in ids]
+        if "a0X000000000000002" in ids:
+            items[ids.index("a0X000000000000002")] = {
+                "id": None,
+                "success": False,
+                "errors": [{"statusCode": "ENTITY_IS_DELETED", "message": "entity is deleted"}],
+            }
+        return reply(200, items)(request)
+
+    api.on("DELETE", DATA + "composite/sobjects", answer)
+    record_ids = [f"a0X{i:015d}" for i in range(250)]
+
+    results = client_for(connection, api).delete(record_ids)
+
+    calls = api.calls("DELETE")
+    assert [len(query_of(c)["ids"].split(",")) for c in calls] == [200, 50]
+    assert query_of(calls[0])["allOrNone"] == "false"
+    assert [r.index for r in results] == list(range(250))
+    assert not results[2].success and results[2].error.code == "ENTITY_IS_DELETED"
+    assert sum(r.success for r in results) == 249
+
+
 def test_per_record_failures_come_back_as_permanent_errors_with_the_field(connection, api):
     api.on(
         "PATCH",

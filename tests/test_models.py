@@ -206,6 +206,18 @@ def test_record_timeline_finds_events_by_either_id():
     assert list(SyncEvent.objects.for_record("CUST0042")) == [a]
 
 
+def test_latest_by_source_gives_each_records_newest_event(django_assert_num_queries):
+    SyncEventFactory(flow="payments", source_object="kashflow.Invoice", source_id="1001")
+    newest = SyncEventFactory(flow="payments", source_object="kashflow.Invoice", source_id="1001")
+    other = SyncEventFactory(flow="payments", source_object="kashflow.Invoice", source_id="1002")
+    SyncEventFactory(flow="products", source_object="kashflow.Invoice", source_id="1003")
+    with django_assert_num_queries(2):
+        latest = SyncEvent.objects.latest_by_source(
+            "payments", "kashflow.Invoice", ["1001", "1002", "1003"]
+        )
+    assert latest == {"1001": newest, "1002": other}
+
+
 def test_cursor_advances_per_flow_and_connection():
     connection = KashFlowConnectionFactory()
     assert Cursor.get_value("customers", connection) == ""

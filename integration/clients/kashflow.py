@@ -383,6 +383,18 @@ class KashFlowClient:
     def products(self) -> Iterator[dict]:
         return self._pages("/products", "list products")
 
+    def create_product(self, product: dict) -> dict:
+        """Create; returns the stored product. Its key is the pair (NominalCode, Code), which
+        KashFlow keeps unique, so a create repeated after a lost answer fails instead of
+        making a second product."""
+        what = f"create product {product.get('NominalCode', '')}/{product.get('Code', '')}"
+        return self._request("POST", "/products", what, body=product)
+
+    def update_product(self, nominal_code: int | str, code: str, changes: dict) -> dict:
+        """Update with the fields given; returns the stored product."""
+        path = f"/products/{int(nominal_code)}/{_key(code)}"
+        return self._request("PUT", path, f"update product {nominal_code}/{code}", body=changes)
+
     def nominals(self) -> list[dict]:
         return list(self._pages("/nominals", "list nominal codes"))
 

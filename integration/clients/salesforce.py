@@ -561,6 +561,23 @@ class SalesforceClient:
         """Insert records, 200 a call. A lost answer is ApiError(ambiguous=True): prefer upsert."""
         return self._collections("POST", "composite/sobjects", sobject, records, "create")
 
+    def delete(self, record_ids: list[str]) -> list[WriteResult]:
+        """Delete records by Id, 200 a call, one result per id in the caller's order.
+
+        A record already gone comes back as a failed result with ENTITY_IS_DELETED or
+        INVALID_CROSS_REFERENCE_KEY, which callers may take as done.
+        """
+        results = []
+        for start in range(0, len(record_ids), COLLECTION_SIZE):
+            chunk = record_ids[start : start + COLLECTION_SIZE]
+            path = f"composite/sobjects?ids={','.join(chunk)}&allOrNone=false"
+            answer = self._request("DELETE", path, f"delete {len(chunk)} record(s)") or []
+            results += [
+                _write_result(start + i, item, f"delete {chunk[i]}")
+                for i, item in enumerate(answer)
+            ]
+        return results
+
     def _collections(self, method, path, sobject, records, verb) -> list[WriteResult]:
         results = []
         for start in range(0, len(records), COLLECTION_SIZE):

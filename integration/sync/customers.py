@@ -156,6 +156,11 @@ def _text(value) -> str:
 def _write(ctx: engine.RunContext, writes: list[_Write], links: Links) -> None:
     salesforce = ctx.salesforce
     try:
+        _adopt_accounts_by_name(
+            ctx,
+            [w for w in writes if not links.get("customer", "kashflow", w.event.source_id)],
+            links,
+        )
         accounts = salesforce.upsert("Account", "ExternalID__c", [w.account for w in writes])
     except ApiError as exc:
         return _fail_all(ctx, [w.event for w in writes], exc.message, not exc.transient, exc.code)
@@ -192,6 +197,44 @@ def _write(ctx: engine.RunContext, writes: list[_Write], links: Links) -> None:
                 result.error.code,
             )
     _succeeded(done, links)
+
+
+def _adopt_accounts_by_name(ctx, unlinked: list[_Write], links: Links) -> None:
+    """Before a customer's first upsert, give its External ID to an existing Account of the
+    same name that has none, so an org that already holds the company gets no duplicate.
+
+    Costs nothing in an org where every Account already has an External ID (one query a task
+    finds that out); otherwise one query and at most one update per batch.
+    """
+    if not unlinked or not _org_has_accounts_without_key(ctx):
+        return
+    names = {w.account["Name"].casefold(): w for w in unlinked if w.account.get("Name")}
+    quoted = ", ".join(_soql_text(w.account["Name"]) for w in names.values())
+    matches: dict[str, list[str]] = {}
+    soql = f"SELECT Id, Name FROM Account WHERE ExternalID__c = null AND Name IN ({quoted})"
+    for record in ctx.salesforce.query(soql):
+        matches.setdefault(record["Name"].casefold(), []).append(record["Id"])
+    # Only an unambiguous match: two Accounts of one name are left for a person to merge.
+    adopted = [
+        (names[name], ids[0]) for name, ids in matches.items() if len(ids) == 1 and name in names
+    ]
+    if not adopted:
+        return
+    results = ctx.salesforce.update(
+        "Account",
+        [{"Id": account_id, "ExternalID__c": w.event.source_id} for w, account_id in adopted],
+    )
+    for (write, account_id), result in zip(adopted, results, strict=True):
+        if result.success:
+            links.link("customer", salesforce_id=account_id, kashflow_key=write.event.source_id)
+            write.warnings.append("Matched to the existing Account of the same name.")
+
+
+def _org_has_accounts_without_key(ctx) -> bool:
+    if "unkeyed_accounts" not in ctx.cache:
+        found = ctx.salesforce.query("SELECT Id FROM Account WHERE ExternalID__c = null LIMIT 1")
+        ctx.cache["unkeyed_accounts"] = any(True for _ in found)
+    return ctx.cache["unkeyed_accounts"]
 
 
 def _succeeded(done: list[tuple[_Write, str | None]], links: Links) -> None:
@@ -233,7 +276,7 @@ def _current_records(ctx, codes, account_rows, contact_rows) -> dict[str, dict]:
 def _select(sobject: str, rows: list[dict], keys: list[str]) -> str:
     fields = sorted({row["target_path"].split(".")[0] for row in rows} | {"Id", "ExternalID__c"})
     # SOQL, not SQL: field names come from the mapping, values are quoted by _soql_text.
-    return f"SELECT {', '.join(fields)} FROM {sobject} WHERE ExternalID__c IN ({', '.join(keys)})"  # noqa: S608
+    return f"SELECT {', '.join(fields)} FROM {sobject} WHERE ExternalID__c IN ({', '.join(keys)})"
 
 
 def _soql_text(value: str) -> str:

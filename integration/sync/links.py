@@ -101,6 +101,14 @@ class Links:
                     self._remember(ref)
         return [self.link(object_type, salesforce_id=sf, kashflow_key=kf) for sf, kf in pairs]
 
+    def assume(self, object_type: str, *, salesforce_id: str, kashflow_key: str) -> None:
+        """A dry run's link: looked up like a real one, never saved."""
+        self._remember(
+            CrossRef(
+                object_type=object_type, salesforce_id=salesforce_id, kashflow_key=kashflow_key
+            )
+        )
+
     def written(self, ref: CrossRef, side: str, payload_hash: str) -> None:
         """Note the hash of the payload just written to `side`: an unchanged record is not
         sent again."""

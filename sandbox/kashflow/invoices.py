@@ -202,7 +202,7 @@ def list_invoices(txn: Txn, request) -> dict:
     column = sort_column(request, SORT_COLUMNS, default="number")
     order = order_of(request)
     totals = txn.one(
-        "SELECT COUNT(*) AS n, COALESCE(SUM(i.gross_4), 0) AS gross_4 FROM invoices AS i"  # noqa: S608
+        "SELECT COUNT(*) AS n, COALESCE(SUM(i.gross_4), 0) AS gross_4 FROM invoices AS i"
         f" JOIN customers AS c ON c.id = i.customer_id WHERE {where}",
         params,
     )

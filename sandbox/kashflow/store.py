@@ -120,7 +120,7 @@ class Store:
     def wipe(self, txn: Txn) -> None:
         """Delete the account's data, keeping its login and open sessions."""
         for table in DATA_TABLES + REFERENCE_TABLES:
-            txn.run(f"DELETE FROM {table}")  # noqa: S608 (table names are constants)
+            txn.run(f"DELETE FROM {table}")
         txn.run("DELETE FROM sqlite_sequence")
         txn.db.executemany(
             "INSERT INTO sqlite_sequence (name, seq) VALUES (?, ?)", ID_BASES.items()

@@ -298,6 +298,7 @@ OBJECTS = [
             Field("IsActive", "boolean", label="Active"),
             _external_id(),
         ],
+        children={"PricebookEntries": ("PricebookEntry", "Product2Id")},
     ),
     _object(
         "Pricebook2",

@@ -8,7 +8,8 @@
 - `key=value,...` (shared with the KashFlow app; each reads the keys it knows): `customers`,
   `accounts` (default: as many as `customers`; `accounts=0` leaves the org without Accounts, for a
   first load from KashFlow), `contacts` (default: one per Account), `products`,
-  `opportunities`, `won_uninvoiced`.
+  `opportunities`, `won_uninvoiced`, and `names` (the fake-data seed, default `demo`, as on the
+  KashFlow side, so the first N Accounts and the first N KashFlow customers share their names).
 
 Records are written with executemany in one transaction, so 10,000+ rows take a second or two.
 """
@@ -42,6 +43,9 @@ def parse(seed: str) -> dict:
     counts = {}
     for part in seed.split(","):
         key, sep, value = part.partition("=")
+        if key.strip() == "names" and value.strip():
+            counts["names"] = value.strip()  # the fake-data seed, shared with KashFlow's
+            continue
         if not sep or not value.strip().isdigit():
             raise ValueError(f"bad seed part {part!r}: expected demo, empty or key=N,key=N")
         counts[key.strip()] = int(value)
@@ -74,8 +78,11 @@ def _build(store: Store, seed: str, counts: dict) -> str:
         IsStandard=True,
     )
     rows.append(("Pricebook2", pricebook))
-    entries = _products(store, rows, stamps, pricebook, counts.get("products", 0), seed)
-    accounts = _accounts(store, rows, stamps, _account_count(counts), seed, counts.get("contacts"))
+    entries = _products(
+        store, rows, stamps, pricebook, counts.get("products", 0), counts.get("names", "demo")
+    )
+    names = counts.get("names", "demo")
+    accounts = _accounts(store, rows, stamps, _account_count(counts), names, counts.get("contacts"))
     if accounts and entries:
         _opportunities(store, rows, stamps, rng, accounts, entries, pricebook, counts)
     store.bulk_load(rows)
@@ -126,9 +133,9 @@ def _record(type_name: str, record_id: str, stamp: str, **values) -> dict:
     return record
 
 
-def _products(store, rows, stamps, pricebook, count, seed) -> list[dict]:
+def _products(store, rows, stamps, pricebook, count, names) -> list[dict]:
     entries = []
-    for product in fake.products(count, seed):
+    for product in fake.products(count, names):
         record = _record(
             "Product2",
             _next_id(store, "Product2"),
@@ -138,7 +145,8 @@ def _products(store, rows, stamps, pricebook, count, seed) -> list[dict]:
             Description=product["description"],
             Family=product["family"],
             IsActive=True,
-            ExternalID__c=product["code"],
+            # kashforce's product key, as KashFlow's pair (nominal, code) reads: "4000-SOF-0001".
+            ExternalID__c=f"{product['nominal_code']}-{product['code']}",
         )
         entry = _record(
             "PricebookEntry",
@@ -157,9 +165,9 @@ def _products(store, rows, stamps, pricebook, count, seed) -> list[dict]:
     return entries
 
 
-def _accounts(store, rows, stamps, count, seed, contacts) -> list[dict]:
+def _accounts(store, rows, stamps, count, names, contacts) -> list[dict]:
     accounts = []
-    for number, company in enumerate(fake.companies(count, seed)):
+    for number, company in enumerate(fake.companies(count, names)):
         domain = company["email"].split("@", 1)[1]
         account = _record(
             "Account",

@@ -1,0 +1,396 @@
+"""Closed Won → invoice: a won Opportunity becomes a KashFlow sales invoice, and the invoice's
+number, status and amount due are written back to the Opportunity.
+
+Changes arrive two ways: Salesforce's Outbound Message (integration/webhooks.py) and a poll of
+`SystemModstamp` from a cursor. Both record the same event ("won" is the Opportunity's one
+version), so an Opportunity is one event however often it is seen.
+
+KashFlow has no idempotency key, so an invoice is made exactly once like this:
+
+1. Before creating, record the *intent*: a CrossRef for the Opportunity with no invoice number.
+2. Create the invoice with `CustomerReference` = the Opportunity Id (the marker).
+3. Record the number on the CrossRef, then write back to Salesforce (batched).
+
+A retry that finds a number on the CrossRef skips to the write-back. One that finds only the
+intent — the worker died, or KashFlow's answer was lost after it saved — first looks for an
+invoice carrying the marker and adopts it. So a retry, a replay, a crash or a lost answer never
+makes a second invoice, and a new invoice costs one KashFlow call.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import timedelta
+from decimal import Decimal
+
+from django.conf import settings
+
+from integration.clients.errors import ApiError
+from integration.mapping import apply_mapping, line_vat_amount, payload_hash
+from integration.models import CrossRef, Cursor, Direction, SyncEvent
+from integration.sync import engine
+from integration.sync.links import Links
+from integration.sync.mappings import MappingMissing, active_rows, context, salesforce_fields
+from integration.sync.new_customers import ensure_customers
+
+SOURCE = "salesforce.Opportunity"
+TARGET = "kashflow.Invoice"
+LINE_SOURCE = "salesforce.OpportunityLineItem"
+LINE_TARGET = "kashflow.InvoiceLine"
+# Salesforce's SystemModstamp can land just behind a read in flight: look a little way back.
+OVERLAP = timedelta(minutes=5)
+OPPORTUNITY_FIELDS = (
+    "Id, Name, AccountId, Account.Name, Account.BillingCountry, Amount, CloseDate, IsWon, "
+    "StageName, KashFlow_Invoice_Number__c, SystemModstamp"
+)
+LINE_FIELDS = (
+    "Id, Quantity, UnitPrice, Discount, TotalPrice, Description, Product2Id, Product2.Name, "
+    "ProductCode, SortOrder"
+)
+
+
+class InvoicesFlow:
+    name = "invoices"
+    batch_size = 50  # one Opportunity query and one write-back call per batch
+
+    # Collect ----------------------------------------------------------------------------------
+
+    def collect(self, ctx: engine.RunContext) -> None:
+        connection = ctx.salesforce.connection
+        cursor = Cursor.get_value(self.name, connection)
+        soql = f"SELECT Id, SystemModstamp FROM Opportunity WHERE ({_rule()}) AND KashFlow_Invoice_Number__c = null"
+        if cursor and not ctx.run.full:
+            since = _salesforce_moment(cursor) - OVERLAP
+            soql += f" AND SystemModstamp > {since.strftime('%Y-%m-%dT%H:%M:%SZ')}"
+        newest = ""
+        for opportunity in ctx.salesforce.query(soql + " ORDER BY SystemModstamp, Id"):
+            engine.record_change(
+                ctx,
+                direction=Direction.SALESFORCE_TO_KASHFLOW,
+                source_object=SOURCE,
+                source_id=opportunity["Id"],
+                payload={"Id": opportunity["Id"], "SystemModstamp": opportunity["SystemModstamp"]},
+                version="won",  # one invoice per won Opportunity, however often it is seen
+                target_object=TARGET,
+            )
+            newest = max(newest, opportunity["SystemModstamp"])
+        if newest and not ctx.dry_run:
+            Cursor.advance(self.name, connection, newest)
+
+    # Process ----------------------------------------------------------------------------------
+
+    def process(self, events: list[SyncEvent], ctx: engine.RunContext) -> None:
+        try:
+            rows = _Rows.load(ctx)
+            opportunities = _read_opportunities(ctx, [event.source_id for event in events])
+        except MappingMissing as exc:
+            return _fail_all(events, str(exc), permanent=True, code="MAPPING_MISSING")
+        except ApiError as exc:
+            return _fail_all(events, exc.message, exc.permanent, exc.code)
+        links = Links().prefetch("invoice", "salesforce", [e.source_id for e in events])
+        invoices = []
+        for event in events:
+            invoice = _check(event, opportunities.get(event.source_id), links)
+            if invoice is not None:
+                invoices.append(invoice)
+        if not invoices:
+            return
+        _prefetch_links(links, invoices)
+        try:
+            ensure_customers(
+                ctx, links, [i for i in invoices if not i.ref or not i.ref.kashflow_key]
+            )
+        except ApiError as exc:
+            return _fail_all([i.event for i in invoices], exc.message, exc.permanent, exc.code)
+        for invoice in invoices:
+            _map(invoice, rows, links)
+        ready = [i for i in invoices if not i.event.is_error]
+        if ctx.dry_run:
+            return _plan(ctx, ready)
+        for invoice in ready:
+            _create_once(ctx, invoice, links)
+        _write_back(ctx, [i for i in ready if i.created is not None], rows)
+
+
+@dataclass
+class _Invoice:
+    """One Opportunity on its way to becoming an invoice."""
+
+    event: SyncEvent
+    opportunity: dict
+    ref: CrossRef | None = None
+    payload: dict = field(default_factory=dict)
+    warnings: list[str] = field(default_factory=list)
+    created: dict | None = None  # the KashFlow invoice, once made or found
+
+    @property
+    def opportunity_id(self) -> str:
+        return self.event.source_id
+
+
+@dataclass
+class _Rows:
+    invoice: list[dict]
+    line: list[dict]
+    write_back: list[dict]
+    fields: dict
+
+    @classmethod
+    def load(cls, ctx) -> _Rows:
+        return cls(
+            invoice=active_rows(ctx, "invoices", SOURCE, TARGET),
+            line=active_rows(ctx, "invoices", LINE_SOURCE, LINE_TARGET),
+            write_back=active_rows(ctx, "invoices", TARGET, SOURCE),
+            fields=salesforce_fields(ctx, "Opportunity"),
+        )
+
+
+def _rule() -> str:
+    return settings.KASHFORCE["INVOICE_WHEN"]
+
+
+def _read_opportunities(ctx, ids: list[str]) -> dict[str, dict]:
+    """The batch's Opportunities that still match the rule, with their lines: one query."""
+    quoted = ", ".join(f"'{opportunity_id}'" for opportunity_id in ids if _is_id(opportunity_id))
+    if not quoted:
+        return {}
+    soql = (
+        f"SELECT {OPPORTUNITY_FIELDS}, (SELECT {LINE_FIELDS} FROM OpportunityLineItems "
+        f"ORDER BY SortOrder) FROM Opportunity WHERE Id IN ({quoted}) AND ({_rule()})"
+    )
+    return {record["Id"]: record for record in ctx.salesforce.query(soql)}
+
+
+def _is_id(value: str) -> bool:
+    return len(value) in (15, 18) and value.isalnum()
+
+
+def _check(event: SyncEvent, opportunity: dict | None, links: Links) -> _Invoice | None:
+    """The Opportunity if it should be invoiced now; otherwise the event is finished here."""
+    if opportunity is None:
+        event.mark_skipped(
+            f"Opportunity {event.source_id} is no longer Closed Won with an amount "
+            "(or was deleted), so no invoice was made."
+        )
+        return None
+    ref = links.get("invoice", "salesforce", event.source_id)
+    number = opportunity.get("KashFlow_Invoice_Number__c")
+    if number and not (ref and ref.kashflow_key):
+        event.mark_skipped(f"Already invoiced in KashFlow as {number}.", target_id=str(number))
+        return None
+    lines = (opportunity.get("OpportunityLineItems") or {}).get("records") or []
+    if not lines and not (ref and ref.kashflow_key):
+        event.mark_failed(
+            f"Opportunity {opportunity.get('Name') or event.source_id} has no products. Add its "
+            "products in Salesforce, then retry.",
+            permanent=True,
+            code="NO_LINE_ITEMS",
+        )
+        return None
+    if not opportunity.get("AccountId"):
+        event.mark_failed(
+            f"Opportunity {opportunity.get('Name') or event.source_id} has no Account, so there "
+            "is no one to invoice. Set its Account in Salesforce, then retry.",
+            permanent=True,
+            code="NO_ACCOUNT",
+        )
+        return None
+    return _Invoice(event=event, opportunity=opportunity, ref=ref)
+
+
+def _prefetch_links(links: Links, invoices: list[_Invoice]) -> None:
+    links.prefetch("customer", "salesforce", [i.opportunity["AccountId"] for i in invoices])
+    product_ids = {
+        line.get("Product2Id") for invoice in invoices for line in _lines(invoice.opportunity)
+    }
+    links.prefetch("product", "salesforce", product_ids)
+
+
+def _lines(opportunity: dict) -> list[dict]:
+    return (opportunity.get("OpportunityLineItems") or {}).get("records") or []
+
+
+# Mapping ---------------------------------------------------------------------------------------
+
+
+def _map(invoice: _Invoice, rows: _Rows, links: Links) -> None:
+    """Build the KashFlow invoice; a mapping problem fails the event with the rows' reasons."""
+    if invoice.ref and invoice.ref.kashflow_key:
+        return  # made already: only the write-back is left
+    opportunity = invoice.opportunity
+    mapping_context = context(links)
+    header = apply_mapping(rows.invoice, opportunity, mapping_context)
+    problems = [error.message for error in header.errors]
+    lines = []
+    for number, line in enumerate(_lines(opportunity), start=1):
+        mapped = apply_mapping(rows.line, _line_source(line, opportunity), mapping_context)
+        problems += [f"Line {number}: {error.message}" for error in mapped.errors]
+        invoice.warnings += mapped.warnings
+        lines.append(_finish_line(mapped.payload, number))
+    if problems:
+        invoice.event.mark_failed(
+            f"Opportunity {opportunity.get('Name') or invoice.opportunity_id} cannot be invoiced. "
+            + "; ".join(problems),
+            permanent=True,
+            code="MAPPING",
+        )
+        return
+    invoice.payload = {**header.payload, "LineItems": lines}
+    invoice.warnings += header.warnings
+
+
+def _line_source(line: dict, opportunity: dict) -> dict:
+    """The line as the mapping sees it: priced so that KashFlow's line net (Quantity x Rate)
+    equals Salesforce's TotalPrice to the penny, and with the Opportunity's Account for VAT.
+
+    KashFlow lines carry no discount. A discounted line is invoiced at its net unit price
+    (UnitPrice x (1 - Discount%), exact in Decimal) with the discount named in its description.
+    When no unit price of 4 decimal places gives exactly TotalPrice (Salesforce rounded it), the
+    line is invoiced as one unit at TotalPrice and its description says the quantity, so the
+    invoice's total is always the Opportunity's amount.
+    """
+    source = {**line, "Opportunity": {"Account": opportunity.get("Account") or {}}}
+    quantity = Decimal(str(line.get("Quantity") or 0))
+    unit = Decimal(str(line.get("UnitPrice") or 0))
+    total = Decimal(
+        str(line.get("TotalPrice") if line.get("TotalPrice") is not None else quantity * unit)
+    )
+    discount = Decimal(str(line.get("Discount") or 0))
+    name = line.get("Description") or (line.get("Product2") or {}).get("Name") or ""
+    net_unit = (unit * (100 - discount) / 100).quantize(Decimal("0.0001"))
+    if quantity and quantity * net_unit == total:
+        source["UnitPrice"] = net_unit
+    elif quantity and (total / quantity).quantize(Decimal("0.0001")) * quantity == total:
+        source["UnitPrice"] = (total / quantity).quantize(Decimal("0.0001"))
+    else:
+        source["Quantity"], source["UnitPrice"] = Decimal(1), total
+        name = f"{_plain(quantity)} x {name} at {unit:.2f}".strip()
+    if discount:
+        name = f"{name} less {_plain(discount)}% discount"
+    if name != (line.get("Description") or ""):
+        source["Description"] = name
+    return source
+
+
+def _plain(number: Decimal) -> str:
+    return format(number.normalize(), "f")
+
+
+def _finish_line(payload: dict, number: int) -> dict:
+    """Number the line and state its VAT the way KashFlow computes it (half-up per line)."""
+    payload = {"Number": number, **payload}
+    if {"Quantity", "Rate", "VATLevel"} <= payload.keys():
+        payload["VATAmount"] = line_vat_amount(
+            payload["Quantity"], payload["Rate"], payload["VATLevel"]
+        )
+    return payload
+
+
+# Creating, exactly once --------------------------------------------------------------------------
+
+
+def _create_once(ctx, invoice: _Invoice, links: Links) -> None:
+    kashflow = ctx.kashflow
+    try:
+        if invoice.ref and invoice.ref.kashflow_key:
+            invoice.created = kashflow.get_invoice(int(invoice.ref.kashflow_key))
+            return
+        if invoice.ref:  # an earlier attempt may have made it: look for the marker first
+            found = kashflow.find_invoices_by_reference(invoice.opportunity_id)
+            if found:
+                invoice.created = kashflow.get_invoice(found[0]["Number"])
+                _record_number(invoice, links)
+                invoice.warnings.append(
+                    f"Invoice {invoice.created['Number']} was already in KashFlow from an "
+                    "earlier attempt; it was used, not made again."
+                )
+                return
+        else:
+            invoice.ref = links.link(
+                "invoice", salesforce_id=invoice.opportunity_id, kashflow_key=None
+            )
+        invoice.created = kashflow.create_invoice(invoice.payload)
+        _record_number(invoice, links)
+    except ApiError as exc:
+        message = exc.message
+        if exc.ambiguous:
+            message = (
+                "KashFlow may have saved the invoice but its answer was lost; before trying "
+                f"again kashforce will look for it, so it is not made twice. ({exc.message})"
+            )
+        invoice.event.mark_failed(message, permanent=exc.permanent, code=exc.code)
+
+
+def _record_number(invoice: _Invoice, links: Links) -> None:
+    number = str(invoice.created["Number"])
+    invoice.ref = links.link("invoice", salesforce_id=invoice.opportunity_id, kashflow_key=number)
+    links.written(invoice.ref, "kashflow", payload_hash(invoice.payload))
+    net = invoice.created.get("NetAmount")
+    amount = invoice.opportunity.get("Amount")
+    if net is not None and amount is not None and Decimal(str(net)) != Decimal(str(amount)):
+        invoice.warnings.append(
+            f"KashFlow's net total {Decimal(str(net)):.2f} differs from the Opportunity amount "
+            f"{Decimal(str(amount)):.2f}."
+        )
+
+
+# Writing back ------------------------------------------------------------------------------------
+
+
+def _write_back(ctx, invoices: list[_Invoice], rows: _Rows) -> None:
+    """The invoice number, status and amount due onto each Opportunity: one call per batch."""
+    if not invoices:
+        return
+    records = []
+    for invoice in invoices:
+        mapped = apply_mapping(rows.write_back, invoice.created, context(Links(), rows.fields))
+        records.append({"Id": invoice.opportunity_id, **mapped.payload})
+    try:
+        results = ctx.salesforce.update("Opportunity", records)
+    except ApiError as exc:
+        return _fail_all(
+            [i.event for i in invoices], _write_back_failed(exc), exc.permanent, exc.code
+        )
+    for invoice, result in zip(invoices, results, strict=True):
+        if result.success:
+            number = str(invoice.created["Number"])
+            invoice.event.mark_succeeded(
+                target_id=number,
+                content_hash=payload_hash(invoice.payload),
+                message=" ".join([f"Invoice {number} made in KashFlow.", *invoice.warnings]),
+            )
+        else:
+            error = result.error
+            invoice.event.mark_failed(_write_back_failed(error), error.permanent, error.code)
+
+
+def _write_back_failed(error: ApiError) -> str:
+    return (
+        "The invoice is in KashFlow, but Salesforce did not take its number and status; "
+        f"the retry only writes them back. ({error.message})"
+    )
+
+
+# Dry run and helpers ------------------------------------------------------------------------------
+
+
+def _plan(ctx, invoices: list[_Invoice]) -> None:
+    for invoice in invoices:
+        if invoice.ref and invoice.ref.kashflow_key:
+            continue
+        ctx.plan(invoice.event, target_object=TARGET, action="create", payload=invoice.payload)
+
+
+def _fail_all(events, message: str, permanent: bool, code: str = "") -> None:
+    for event in events:
+        if event.status == SyncEvent.Status.RUNNING or event.pk is None:
+            event.mark_failed(message, permanent=permanent, code=code)
+
+
+def _salesforce_moment(stamp: str):
+    from datetime import datetime
+
+    return datetime.strptime(stamp[:19], "%Y-%m-%dT%H:%M:%S")
+
+
+engine.register(InvoicesFlow())

@@ -1,0 +1,443 @@
+"""Payments: the payment lines of KashFlow invoices → KashFlow_Payment__c records in Salesforce,
+with each invoice's status and amount due written back to its Opportunity.
+
+KashFlow has no payments list and no modified-since filter: payments live inside invoices, and
+only the invoice list's summaries (TotalPaidAmount, DueAmount, Status) say that they changed.
+Collect pages through the summaries of invoices issued within PAYMENTS_LOOKBACK_DAYS (every
+invoice on a full run), 200 a call, keeps the invoices linked to an Opportunity and records one
+only when its paid state differs from the one last seen in the ledger. A quiet day costs one
+KashFlow call per 200 invoices and nothing in Salesforce.
+
+Process takes 50 invoices:
+- each invoice with money paid is read in full, one GET each: list summaries leave PaymentLines
+  out and KashFlow offers no other read of sales-invoice payments (no payments list, no bulk
+  payment GET). An invoice whose summary says nothing is paid has no payment lines, so it is
+  not read;
+- one SOQL reads the batch's Opportunities with their payment records, so unchanged payments and
+  Opportunities are skipped by comparing with what Salesforce holds now, and a payment removed
+  in KashFlow (a reversal) is found;
+- one collections call upserts the new and changed payments (External ID `KF-PAY-{Id}`), one
+  deletes the records of payments no longer on their invoice, so Salesforce never shows money
+  that is not there, and one updates the Opportunities' status and amount due.
+Only records kashforce made (a `payment` cross-reference) are ever deleted.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Iterable, Iterator
+from datetime import timedelta
+from decimal import Decimal
+
+from django.conf import settings
+from django.utils import timezone
+
+from integration.clients.errors import ApiError
+from integration.mapping import payload_hash, preview
+from integration.models import CrossRef, Direction, SyncEvent
+from integration.sync import engine
+from integration.sync.links import Links
+from integration.sync.mappings import MappingMissing, active_rows, context, salesforce_fields
+
+SOURCE = "kashflow.Invoice"
+PAYMENT_LINE = "kashflow.PaymentLine"
+PAYMENT = "salesforce.KashFlow_Payment__c"
+OPPORTUNITY = "salesforce.Opportunity"
+PAGE = 200  # the KashFlow client's invoice page: one prefetch of cross-references per call
+# The write-back of an invoice's status lives with the invoices flow's mappings.
+WRITE_BACK_FLOW = "invoices"
+
+
+class PaymentsFlow:
+    name = "payments"
+    # 50 invoice GETs a batch keeps a batch well inside a task's time slice, and their payments
+    # (a few each) inside one collections call of 200.
+    batch_size = 50
+
+    # Collect ----------------------------------------------------------------------------------
+
+    def collect(self, ctx: engine.RunContext) -> None:
+        filters = {}
+        if not ctx.run.full:
+            days = settings.KASHFORCE["PAYMENTS_LOOKBACK_DAYS"]
+            filters["issuedatefrom"] = timezone.localdate() - timedelta(days=days)
+        for page in _chunks(ctx.kashflow.invoices(**filters), PAGE):
+            self._record_page(ctx, page)
+
+    def _record_page(self, ctx: engine.RunContext, page: list[dict]) -> None:
+        links = Links().prefetch("invoice", "kashflow", [str(s["Number"]) for s in page])
+        linked = [s for s in page if links.lookup("invoice", "kashflow", str(s["Number"]))]
+        numbers = [str(s["Number"]) for s in linked]
+        seen = (
+            {} if ctx.run.full else SyncEvent.objects.latest_by_source(self.name, SOURCE, numbers)
+        )
+        for summary in linked:
+            number, state = str(summary["Number"]), paid_state(summary)
+            before = seen.get(number)
+            if before is not None and paid_state(before.payload) == state:
+                if not ctx.dry_run:
+                    ctx.seen += 1  # read, and nothing new about it
+                continue
+            # The paid state alone would make Unpaid → Paid → Unpaid (a reversal) look like the
+            # first state again: chaining it to the last event keeps each change its own event.
+            version = (
+                f"full-{ctx.run.pk}"
+                if ctx.run.full
+                else f"{payload_hash(state)[:16]}:{before.pk if before else 0}"
+            )
+            engine.record_change(
+                ctx,
+                direction=Direction.KASHFLOW_TO_SALESFORCE,
+                source_object=SOURCE,
+                source_id=number,
+                payload=summary,
+                version=version,
+                target_object=PAYMENT,
+            )
+
+    # Process ----------------------------------------------------------------------------------
+
+    def process(self, events: list[SyncEvent], ctx: engine.RunContext) -> None:
+        try:
+            payment_rows = active_rows(ctx, self.name, PAYMENT_LINE, PAYMENT)
+            opportunity_rows = active_rows(ctx, WRITE_BACK_FLOW, SOURCE, OPPORTUNITY)
+        except MappingMissing as exc:
+            return _fail_all(events, str(exc), permanent=True, code="MAPPING_MISSING")
+        links = Links().prefetch("invoice", "kashflow", [event.source_id for event in events])
+        invoices = [_Invoice(event, links) for event in events]
+        invoices = [invoice for invoice in invoices if invoice.opportunity_id]
+        try:
+            _read_invoices(ctx, invoices)
+            invoices = [invoice for invoice in invoices if not invoice.failed]
+            if not invoices:
+                return
+            methods = _payment_method_names(ctx)
+            current = _current_opportunities(ctx, invoices, payment_rows, opportunity_rows)
+            payment_context = context(links, salesforce_fields(ctx, "KashFlow_Payment__c"))
+            opportunity_context = context(links, salesforce_fields(ctx, "Opportunity"))
+        except ApiError as exc:
+            events = [invoice.event for invoice in invoices if not invoice.failed]
+            return _fail_all(events, exc.message, permanent=not exc.transient, code=exc.code)
+        payment_ids = [line["Id"] for invoice in invoices for line in invoice.lines]
+        record_ids = [
+            r["Id"] for opportunity in current.values() for r in _payments_of(opportunity)
+        ]
+        links.prefetch("payment", "kashflow", [str(i) for i in payment_ids])
+        links.prefetch("payment", "salesforce", record_ids)
+        for invoice in invoices:
+            invoice.plan(
+                current.get(invoice.opportunity_id[:15]),
+                links,
+                methods,
+                (payment_rows, payment_context),
+                (opportunity_rows, opportunity_context),
+                full=ctx.run.full,
+            )
+        invoices = [invoice for invoice in invoices if not invoice.failed]
+        if ctx.dry_run:
+            return _plan(ctx, invoices)
+        _write(ctx, invoices, links)
+
+
+def paid_state(summary: dict) -> dict:
+    """What says an invoice's payments changed, as text (stored payloads hold money as text)."""
+    return {
+        "Number": str(summary.get("Number")),
+        "TotalPaidAmount": _money_text(summary.get("TotalPaidAmount")),
+        "DueAmount": _money_text(summary.get("DueAmount")),
+        "Status": str(summary.get("Status") or ""),
+    }
+
+
+def _money_text(value) -> str:
+    return "" if value is None else str(Decimal(str(value)).quantize(Decimal("0.0001")))
+
+
+class _Invoice:
+    """One invoice of a batch: what KashFlow holds, and what Salesforce needs to match it."""
+
+    def __init__(self, event: SyncEvent, links: Links):
+        self.event = event
+        self.number = event.source_id
+        self.opportunity_id = links.lookup("invoice", "kashflow", self.number)
+        self.invoice_ref = links.get("invoice", "kashflow", self.number)
+        self.invoice: dict = {}
+        self.failed = False
+        self.upserts: list[dict] = []  # {"payload", "line_id", "digest"}
+        self.deletes: list[str] = []  # KashFlow_Payment__c Ids
+        self.opportunity: dict | None = None  # the write-back, when it changes anything
+        self.warnings: list[str] = []
+        self.current: dict | None = None
+        if not self.opportunity_id:
+            event.mark_failed(
+                f"Invoice {self.number} is not linked to an Opportunity, so its payments have "
+                "nowhere to go.",
+                permanent=True,
+                code="NOT_LINKED",
+            )
+
+    @property
+    def lines(self) -> list[dict]:
+        return self.invoice.get("PaymentLines") or []
+
+    def fail(self, message: str, permanent: bool, code: str = "") -> None:
+        if not self.failed:
+            self.failed = True
+            self.event.mark_failed(message, permanent=permanent, code=code)
+
+    def plan(self, current, links, methods, payment_mapping, opportunity_mapping, full) -> None:
+        """Map the payments and the write-back; keep only what differs from Salesforce now."""
+        if current is None:
+            return self.fail(
+                f"Opportunity {self.opportunity_id}, linked to invoice {self.number}, is not in "
+                "Salesforce (deleted?). Link the invoice to an existing Opportunity, then retry.",
+                permanent=True,
+                code="OPPORTUNITY_MISSING",
+            )
+        self.current = current
+        records = {record["Id"][:15]: record for record in _payments_of(current)}
+        rows, payment_context = payment_mapping
+        problems = []
+        for line in self.lines:
+            source = {
+                **line,
+                # KashFlow sends InvoiceNumber 0 inside an invoice, and Method as an id.
+                "InvoiceNumber": self.invoice["Number"],
+                "MethodName": methods.get(str(line.get("Method")), ""),
+            }
+            ref = links.get("payment", "kashflow", str(line.get("Id")))
+            record = records.get(ref.salesforce_id[:15]) if ref and ref.salesforce_id else None
+            mapped = preview(rows, source, payment_context, record)
+            if mapped.errors:
+                problems += [f"payment {line.get('Id')}: {e.message}" for e in mapped.errors]
+                continue
+            self.warnings += mapped.warnings
+            if full or record is None or mapped.diff:
+                self.upserts.append(
+                    {
+                        "payload": mapped.payload,
+                        "line_id": str(line["Id"]),
+                        "digest": payload_hash(mapped.payload),
+                    }
+                )
+        if problems:
+            return self.fail(
+                f"Invoice {self.number}'s payments cannot be sent to Salesforce. "
+                + "; ".join(problems),
+                permanent=True,
+                code="MAPPING",
+            )
+        self._plan_write_back(current, opportunity_mapping, full)
+        self._plan_deletes(links)
+
+    def _plan_write_back(self, current, opportunity_mapping, full: bool) -> None:
+        rows, opportunity_context = opportunity_mapping
+        mapped = preview(rows, self.invoice, opportunity_context, current)
+        if mapped.errors:
+            problems = "; ".join(e.message for e in mapped.errors)
+            return self.fail(
+                f"Invoice {self.number}'s status cannot be written to its Opportunity. {problems}",
+                permanent=True,
+                code="MAPPING",
+            )
+        self.warnings += mapped.warnings
+        if full or mapped.diff:
+            self.opportunity = {"Id": self.opportunity_id, **mapped.payload}
+
+    def _plan_deletes(self, links: Links) -> None:
+        """Payment records kashforce made for this invoice whose payment is gone from it."""
+        present = {str(line["Id"]) for line in self.lines}
+        for record in _payments_of(self.current or {}):
+            ref = links.get("payment", "salesforce", record["Id"])
+            if ref is not None and ref.kashflow_key not in present:
+                self.deletes.append(record["Id"])
+
+    @property
+    def has_writes(self) -> bool:
+        return bool(self.upserts or self.deletes or self.opportunity)
+
+
+def _read_invoices(ctx: engine.RunContext, invoices: list[_Invoice]) -> None:
+    """Each invoice in full; one GET for each invoice with money paid, none for the others.
+
+    A transient failure (KashFlow down) ends the reading: the rest of the batch is retried later
+    rather than waiting out the same outage once per invoice.
+    """
+    for position, invoice in enumerate(invoices):
+        summary = invoice.event.payload
+        paid = summary.get("TotalPaidAmount")
+        if paid is not None and Decimal(str(paid)) == 0:
+            invoice.invoice = {**summary, "PaymentLines": []}
+            continue
+        try:
+            invoice.invoice = ctx.kashflow.get_invoice(int(invoice.number))
+        except ApiError as exc:
+            invoice.fail(exc.message, permanent=not exc.transient, code=exc.code)
+            if exc.transient:
+                for rest in invoices[position + 1 :]:
+                    rest.fail(exc.message, permanent=False, code=exc.code)
+                return
+
+
+def _payment_method_names(ctx: engine.RunContext) -> dict[str, str]:
+    """Payment method names by id, read once per task."""
+    if "payment_methods" not in ctx.cache:
+        methods = ctx.kashflow.payment_methods()
+        ctx.cache["payment_methods"] = {str(m["Id"]): m["Name"] for m in methods}
+    return ctx.cache["payment_methods"]
+
+
+def _current_opportunities(ctx, invoices, payment_rows, opportunity_rows) -> dict[str, dict]:
+    """The batch's Opportunities with their payment records, as Salesforce holds them: one SOQL."""
+    payment_fields = _fields(payment_rows) | {"Id", "ExternalID__c"}
+    opportunity_fields = _fields(opportunity_rows) | {"Id"}
+    ids = ", ".join(sorted({f"'{invoice.opportunity_id}'" for invoice in invoices}))
+    soql = (
+        f"SELECT {', '.join(sorted(opportunity_fields))}, "  # noqa: S608 (SOQL; ids are ours)
+        f"(SELECT {', '.join(sorted(payment_fields))} FROM KashFlow_Payments__r) "
+        f"FROM Opportunity WHERE Id IN ({ids})"
+    )
+    # By the 15-character form: a cross-reference may hold either form of an Id.
+    return {record["Id"][:15]: record for record in ctx.salesforce.query(soql)}
+
+
+def _fields(rows: list[dict]) -> set[str]:
+    return {row["target_path"].split(".")[0] for row in rows}
+
+
+def _payments_of(opportunity: dict) -> list[dict]:
+    return (opportunity.get("KashFlow_Payments__r") or {}).get("records") or []
+
+
+# Writing ------------------------------------------------------------------------------------
+
+
+def _write(ctx: engine.RunContext, invoices: list[_Invoice], links: Links) -> None:
+    _upsert_payments(ctx, invoices, links)
+    _delete_payments(ctx, [i for i in invoices if not i.failed])
+    _update_opportunities(ctx, [i for i in invoices if not i.failed], links)
+    for invoice in invoices:
+        if invoice.failed:
+            continue
+        if invoice.has_writes:
+            invoice.event.mark_succeeded(
+                target_id=invoice.opportunity_id,
+                content_hash=payload_hash(paid_state(invoice.invoice)),
+                message=" ".join(invoice.warnings),
+            )
+        else:
+            invoice.event.mark_skipped(target_id=invoice.opportunity_id)
+
+
+def _upsert_payments(ctx, invoices: list[_Invoice], links: Links) -> None:
+    writes = [(invoice, upsert) for invoice in invoices for upsert in invoice.upserts]
+    if not writes:
+        return
+    try:
+        results = ctx.salesforce.upsert(
+            "KashFlow_Payment__c", "ExternalID__c", [upsert["payload"] for _, upsert in writes]
+        )
+    except ApiError as exc:
+        for invoice, _ in writes:
+            invoice.fail(exc.message, permanent=not exc.transient, code=exc.code)
+        return
+    for (invoice, upsert), result in zip(writes, results, strict=True):
+        if not result.success:
+            invoice.fail(result.error.message, not result.error.transient, result.error.code)
+            continue
+        ref = links.link("payment", salesforce_id=result.id, kashflow_key=upsert["line_id"])
+        links.written(ref, "salesforce", upsert["digest"])
+
+
+def _delete_payments(ctx, invoices: list[_Invoice]) -> None:
+    doomed = [(invoice, record_id) for invoice in invoices for record_id in invoice.deletes]
+    if not doomed:
+        return
+    try:
+        results = ctx.salesforce.delete([record_id for _, record_id in doomed])
+    except ApiError as exc:
+        for invoice, _ in doomed:
+            invoice.fail(exc.message, permanent=not exc.transient, code=exc.code)
+        return
+    gone = []
+    for (invoice, record_id), result in zip(doomed, results, strict=True):
+        already_gone = result.error and result.error.code in (
+            "ENTITY_IS_DELETED",
+            "INVALID_CROSS_REFERENCE_KEY",
+        )
+        if result.success or already_gone:
+            gone.append(record_id)
+        else:
+            invoice.fail(
+                f"A payment reversed in KashFlow is still in Salesforce: {result.error.message}",
+                not result.error.transient,
+                result.error.code,
+            )
+    CrossRef.objects.filter(object_type="payment", salesforce_id__in=gone).delete()
+
+
+def _update_opportunities(ctx, invoices: list[_Invoice], links: Links) -> None:
+    # Only once every payment of the invoice is in: the status never runs ahead of the money.
+    updates = [invoice for invoice in invoices if invoice.opportunity]
+    if not updates:
+        return
+    try:
+        results = ctx.salesforce.update("Opportunity", [i.opportunity for i in updates])
+    except ApiError as exc:
+        for invoice in updates:
+            invoice.fail(exc.message, permanent=not exc.transient, code=exc.code)
+        return
+    for invoice, result in zip(updates, results, strict=True):
+        if not result.success:
+            invoice.fail(result.error.message, not result.error.transient, result.error.code)
+            continue
+        written = {k: v for k, v in invoice.opportunity.items() if k != "Id"}
+        links.written(invoice.invoice_ref, "salesforce", payload_hash(written))
+
+
+def _plan(ctx: engine.RunContext, invoices: list[_Invoice]) -> None:
+    for invoice in invoices:
+        records = {r["Id"]: r for r in _payments_of(invoice.current or {})}
+        by_key = {r.get("ExternalID__c"): r for r in records.values()}
+        for upsert in invoice.upserts:
+            current = by_key.get(upsert["payload"].get("ExternalID__c"))
+            ctx.plan(
+                invoice.event,
+                target_object=PAYMENT,
+                action="upsert",
+                payload=upsert["payload"],
+                target_id=current["Id"] if current else "",
+                current=current,
+            )
+        for record_id in invoice.deletes:
+            ctx.plan(
+                invoice.event,
+                target_object=PAYMENT,
+                action="delete",
+                payload={},
+                target_id=record_id,
+                current=records.get(record_id),
+            )
+        if invoice.opportunity:
+            ctx.plan(
+                invoice.event,
+                target_object=OPPORTUNITY,
+                action="update",
+                payload=invoice.opportunity,
+                target_id=invoice.opportunity_id,
+                current=invoice.current,
+            )
+
+
+def _fail_all(events: Iterable[SyncEvent], message: str, permanent: bool, code: str = "") -> None:
+    for event in events:
+        event.mark_failed(message, permanent=permanent, code=code)
+
+
+def _chunks(items: Iterable[dict], size: int) -> Iterator[list[dict]]:
+    iterator = iter(items)
+    while chunk := list(itertools.islice(iterator, size)):
+        yield chunk
+
+
+engine.register(PaymentsFlow())

@@ -1,0 +1,282 @@
+"""Payments flow end to end: payment lines of KashFlow invoices → KashFlow_Payment__c records and
+the Opportunity's status, over real sockets against the sandbox, with the real clients."""
+
+from datetime import date, timedelta
+from decimal import Decimal
+from types import SimpleNamespace
+
+import pytest
+
+from integration.clients.kashflow import KashFlowClient
+from integration.clients.salesforce import SalesforceClient
+from integration.models import CrossRef, SyncEvent, SyncRun, Trigger
+from integration.sync import engine
+from tests.fake_api import use_fast_retries
+from tests.fixtures_sandbox import control
+from tests.sandbox_connections import calls, clear_faults, connect_both, set_faults
+
+pytestmark = pytest.mark.django_db
+
+BACS, CARD = 1, 3  # the sandbox's payment method ids (GET /paymentmethods/invoice)
+CURRENT_ACCOUNT = 101  # a bank account Id, not its nominal code
+PAYMENT_FIELDS = "Id, ExternalID__c, Opportunity__c, Amount__c, Payment_Date__c, Method__c, "
+PAYMENT_FIELDS += "Invoice_Number__c"
+
+
+@pytest.fixture
+def org(sandbox):
+    sandbox.reset("customers=2,accounts=0")
+    salesforce, kashflow = connect_both(sandbox)
+    return SimpleNamespace(
+        sandbox=sandbox, salesforce=SalesforceClient(salesforce), kashflow=KashFlowClient(kashflow)
+    )
+
+
+def run_payments(**kwargs) -> SyncRun:
+    run = engine.start_run("payments", Trigger.MANUAL, **kwargs)
+    engine.execute_run(run.pk)
+    run.refresh_from_db()
+    return run
+
+
+def reset_stats(sandbox):
+    for system in ("salesforce", "kashflow"):
+        control(sandbox.info["control"][system], "stats/reset", {})
+
+
+def invoiced_opportunity(org, linked=True, issued=None) -> SimpleNamespace:
+    """A Closed Won Opportunity and its KashFlow invoice for 99.99 (3 x 33.33, no VAT), linked as
+    the invoices flow links them."""
+    [opportunity] = org.salesforce.create(
+        "Opportunity",
+        [{"Name": "Three chairs", "StageName": "Closed Won", "CloseDate": "2026-01-15"}],
+    )
+    customer = next(iter(org.kashflow.customers()))["Code"]
+    invoice = org.kashflow.create_invoice(
+        {
+            "CustomerCode": customer,
+            "CustomerReference": opportunity.id,
+            "IssuedDate": issued or date.today(),
+            "LineItems": [
+                {
+                    "Description": "Chair",
+                    "Quantity": Decimal("3"),
+                    "Rate": Decimal("33.33"),
+                    "NominalCode": 4000,
+                    "VATLevel": Decimal("0"),
+                }
+            ],
+        }
+    )
+    assert invoice["GrossAmount"] == Decimal("99.99")
+    if linked:
+        CrossRef.objects.create(
+            object_type="invoice", salesforce_id=opportunity.id, kashflow_key=str(invoice["Number"])
+        )
+    return SimpleNamespace(number=invoice["Number"], opportunity_id=opportunity.id)
+
+
+def pay(org, number, *payments, keep=()):
+    """Set the invoice's payments: `keep` (existing lines) plus new (amount, day, method)."""
+    lines = [*keep]
+    for amount, day, method in payments:
+        lines.append(
+            {"Amount": Decimal(amount), "Date": day, "Method": method, "AccountId": CURRENT_ACCOUNT}
+        )
+    return org.kashflow.update_invoice(number, {"PaymentLines": lines})["PaymentLines"]
+
+
+def payment_records(org, opportunity_id):
+    soql = f"SELECT {PAYMENT_FIELDS} FROM KashFlow_Payment__c WHERE Opportunity__c = "
+    records = org.salesforce.query(soql + f"'{opportunity_id}' ORDER BY ExternalID__c")
+    return list(records)
+
+
+def opportunity(org, opportunity_id):
+    soql = "SELECT KashFlow_Invoice_Number__c, KashFlow_Invoice_Status__c, KashFlow_Amount_Due__c "
+    return next(org.salesforce.query(soql + f"FROM Opportunity WHERE Id = '{opportunity_id}'"))
+
+
+def test_payments_reach_salesforce_to_the_penny_with_date_and_method(org):
+    deal = invoiced_opportunity(org)
+    lines = pay(
+        org,
+        deal.number,
+        ("33.33", date(2026, 2, 1), BACS),
+        ("33.33", date(2026, 2, 8), BACS),
+        ("33.33", date(2026, 2, 15), CARD),
+    )
+    reset_stats(org.sandbox)
+
+    run = run_payments()
+
+    # One invoice list page, one invoice GET, the payment methods once; in Salesforce one query,
+    # one upsert of the three payments and one Opportunity update (describes are cached).
+    assert calls(org.sandbox, "kashflow", "/invoices") == 2
+    assert calls(org.sandbox, "kashflow", "/paymentmethods") == 1
+    assert calls(org.sandbox, "salesforce", "/query") == 1
+    assert calls(org.sandbox, "salesforce", "composite/sobjects") == 2
+    assert run.status == SyncRun.Status.SUCCEEDED, run.summary
+    records = payment_records(org, deal.opportunity_id)
+    assert [r["ExternalID__c"] for r in records] == [f"KF-PAY-{line['Id']}" for line in lines]
+    assert [r["Amount__c"] for r in records] == [Decimal("33.33")] * 3
+    assert sum(r["Amount__c"] for r in records) == Decimal("99.99")
+    assert [r["Payment_Date__c"] for r in records] == ["2026-02-01", "2026-02-08", "2026-02-15"]
+    assert [r["Method__c"] for r in records] == ["BACS", "BACS", "Card"]
+    assert {r["Invoice_Number__c"] for r in records} == {str(deal.number)}
+    assert opportunity(org, deal.opportunity_id)["KashFlow_Invoice_Status__c"] == "Paid"
+    assert opportunity(org, deal.opportunity_id)["KashFlow_Amount_Due__c"] == Decimal("0")
+    for line, record in zip(lines, records, strict=True):
+        ref = CrossRef.objects.get(object_type="payment", kashflow_key=str(line["Id"]))
+        assert ref.salesforce_id == record["Id"]
+
+
+def test_a_second_run_writes_nothing_and_costs_one_kashflow_call(org):
+    deal = invoiced_opportunity(org)
+    pay(org, deal.number, ("10.00", date(2026, 2, 1), BACS))
+    assert run_payments().written_count == 1
+    reset_stats(org.sandbox)
+
+    again = run_payments()
+
+    assert again.status == SyncRun.Status.SUCCEEDED
+    assert again.written_count == 0
+    assert control(org.sandbox.info["control"]["salesforce"], "stats")["total"] == 0
+    assert control(org.sandbox.info["control"]["kashflow"], "stats")["total"] == 1  # the list
+    assert SyncEvent.objects.filter(flow="payments").count() == 1
+
+
+def test_a_part_payment_then_the_rest(org):
+    deal = invoiced_opportunity(org)
+    first = pay(org, deal.number, ("50.00", date(2026, 2, 1), BACS))
+    run_payments()
+    assert opportunity(org, deal.opportunity_id)["KashFlow_Invoice_Status__c"] == "Part Paid"
+    assert opportunity(org, deal.opportunity_id)["KashFlow_Amount_Due__c"] == Decimal("49.99")
+
+    pay(org, deal.number, ("49.99", date(2026, 3, 1), CARD), keep=first)
+    run = run_payments()
+
+    assert run.written_count == 1, run.summary
+    records = payment_records(org, deal.opportunity_id)
+    assert [r["Amount__c"] for r in records] == [Decimal("50.00"), Decimal("49.99")]
+    assert opportunity(org, deal.opportunity_id)["KashFlow_Invoice_Status__c"] == "Paid"
+    assert opportunity(org, deal.opportunity_id)["KashFlow_Amount_Due__c"] == Decimal("0")
+
+
+def test_a_reversed_payment_is_deleted_from_salesforce(org):
+    deal = invoiced_opportunity(org)
+    lines = pay(
+        org, deal.number, ("60.00", date(2026, 2, 1), BACS), ("39.99", date(2026, 2, 2), BACS)
+    )
+    run_payments()
+    assert len(payment_records(org, deal.opportunity_id)) == 2
+
+    pay(org, deal.number, keep=lines[:1])  # the 39.99 bounced
+    run = run_payments()
+
+    assert run.status == SyncRun.Status.SUCCEEDED, run.summary
+    records = payment_records(org, deal.opportunity_id)
+    assert [r["Amount__c"] for r in records] == [Decimal("60.00")]
+    assert opportunity(org, deal.opportunity_id)["KashFlow_Amount_Due__c"] == Decimal("39.99")
+    assert not CrossRef.objects.filter(object_type="payment", kashflow_key=str(lines[1]["Id"]))
+
+
+def test_paid_then_fully_reversed_goes_back_to_unpaid(org):
+    """Unpaid → Paid → Unpaid: the last state equals the first, and is still a change."""
+    deal = invoiced_opportunity(org)
+    run_payments()  # seen unpaid
+    assert opportunity(org, deal.opportunity_id)["KashFlow_Invoice_Status__c"] == "Unpaid"
+    pay(org, deal.number, ("99.99", date(2026, 2, 1), BACS))
+    run_payments()
+    assert len(payment_records(org, deal.opportunity_id)) == 1
+
+    pay(org, deal.number)  # every payment removed
+    reset_stats(org.sandbox)
+    run = run_payments()
+
+    assert run.written_count == 1, run.summary
+    assert payment_records(org, deal.opportunity_id) == []
+    now = opportunity(org, deal.opportunity_id)
+    assert (now["KashFlow_Invoice_Status__c"], now["KashFlow_Amount_Due__c"]) == (
+        "Unpaid",
+        Decimal("99.99"),
+    )
+    # Nothing is paid, so the invoice is not read: the list alone says there are no payments.
+    assert calls(org.sandbox, "kashflow", "/invoices/{number}") == 0
+
+
+def test_an_invoice_not_linked_to_an_opportunity_is_ignored(org):
+    deal = invoiced_opportunity(org, linked=False)
+    pay(org, deal.number, ("99.99", date(2026, 2, 1), BACS))
+
+    run = run_payments()
+
+    assert run.status == SyncRun.Status.SUCCEEDED
+    assert SyncEvent.objects.filter(flow="payments").count() == 0
+    assert payment_records(org, deal.opportunity_id) == []
+
+
+def test_invoices_issued_before_the_lookback_are_left_to_full_runs(org, settings):
+    settings.KASHFORCE = {**settings.KASHFORCE, "PAYMENTS_LOOKBACK_DAYS": 30}
+    deal = invoiced_opportunity(org, issued=date.today() - timedelta(days=90))
+    pay(org, deal.number, ("99.99", date(2026, 2, 1), BACS))
+
+    assert run_payments().read_count == 0
+    full = run_payments(full=True)
+
+    assert full.written_count == 1, full.summary
+    assert len(payment_records(org, deal.opportunity_id)) == 1
+
+
+def test_a_salesforce_503_storm_is_retried_and_makes_no_duplicates(org, settings, monkeypatch):
+    use_fast_retries(settings, monkeypatch)
+    deals = [invoiced_opportunity(org) for _ in range(2)]
+    for deal in deals:
+        pay(org, deal.number, ("33.33", date(2026, 2, 1), BACS), ("66.66", date(2026, 2, 2), CARD))
+    set_faults(org.sandbox, "salesforce", ("PATCH /services/data", "503", 1.0))
+
+    run = run_payments()
+
+    assert run.failed_count == 2
+    assert SyncEvent.objects.retrying().count() == 2
+    clear_faults(org.sandbox, "salesforce")
+    SyncEvent.objects.filter(status="failed_transient").update(status="pending")
+    retry = run_payments()
+    assert retry.written_count == 2, retry.summary
+    retry_again = run_payments(full=True)  # everything upserted once more: still one each
+    assert retry_again.failed_count == 0
+    for deal in deals:
+        records = payment_records(org, deal.opportunity_id)
+        assert sorted(r["Amount__c"] for r in records) == [Decimal("33.33"), Decimal("66.66")]
+
+
+def test_an_opportunity_deleted_in_salesforce_is_a_clear_error(org):
+    deal = invoiced_opportunity(org)
+    pay(org, deal.number, ("10.00", date(2026, 2, 1), BACS))
+    org.salesforce.delete([deal.opportunity_id])
+
+    run = run_payments()
+
+    assert (run.status, run.failed_count) == (SyncRun.Status.FAILED, 1)
+    error = SyncEvent.objects.unresolved().get()
+    assert error.error_code == "OPPORTUNITY_MISSING"
+    assert deal.opportunity_id in error.message
+
+
+def test_dry_run_shows_the_writes_and_makes_none(org):
+    deal = invoiced_opportunity(org)
+    pay(org, deal.number, ("33.33", date(2026, 2, 1), BACS), ("66.66", date(2026, 2, 2), CARD))
+    reset_stats(org.sandbox)
+
+    plans = engine.dry_run("payments")
+
+    assert [(p.target_object, p.action) for p in plans] == [
+        ("salesforce.KashFlow_Payment__c", "upsert"),
+        ("salesforce.KashFlow_Payment__c", "upsert"),
+        ("salesforce.Opportunity", "update"),
+    ]
+    assert plans[0].payload["Amount__c"] == Decimal("33.33")
+    assert plans[2].payload["KashFlow_Invoice_Status__c"] == "Paid"
+    assert calls(org.sandbox, "salesforce", "composite") == 0
+    assert SyncEvent.objects.count() == 0
+    assert payment_records(org, deal.opportunity_id) == []

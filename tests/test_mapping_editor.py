@@ -1,0 +1,178 @@
+import pytest
+from django.urls import reverse
+
+from integration.models import MappingSet, SyncEvent
+from tests import factories
+
+pytestmark = pytest.mark.django_db
+
+
+def versions_of(mapping_set):
+    """Every version of the factory's pair (the default mappings of migration 0004 are others)."""
+    return MappingSet.objects.history(
+        mapping_set.flow, mapping_set.source_object, mapping_set.target_object
+    )
+
+
+@pytest.fixture
+def customers_v1():
+    mapping_set = factories.MappingSetFactory()
+    factories.FieldMappingFactory(mapping_set=mapping_set, source_path="Name", target_path="Name")
+    factories.FieldMappingFactory(
+        mapping_set=mapping_set,
+        source_path="Email",
+        target_path="Email__c",
+        transform="lower",
+    )
+    return mapping_set
+
+
+def form_data(rows, note="", **extra):
+    data = {
+        "rows-TOTAL_FORMS": str(len(rows)),
+        "rows-INITIAL_FORMS": "0",
+        "rows-MIN_NUM_FORMS": "0",
+        "rows-MAX_NUM_FORMS": "1000",
+        "note": note,
+        **extra,
+    }
+    for n, row in enumerate(rows):
+        for key, value in row.items():
+            if key == "required":
+                if value:
+                    data[f"rows-{n}-required"] = "on"
+            else:
+                data[f"rows-{n}-{key}"] = value
+    return data
+
+
+ROW = {"source_path": "", "target_path": "", "transform": "copy", "params": "", "default": ""}
+
+
+@pytest.mark.parametrize(
+    "name", ["dashboard:mappings", "dashboard:mapping", "dashboard:mapping_history"]
+)
+def test_operations_cannot_reach_the_mapping_editor(ops_client, customers_v1, name):
+    args = [] if name == "dashboard:mappings" else [customers_v1.pk]
+    assert ops_client.get(reverse(name, args=args)).status_code == 403
+
+
+@pytest.mark.parametrize("name", ["dashboard:mapping", "dashboard:mapping_rollback"])
+def test_operations_cannot_change_a_mapping(ops_client, customers_v1, name):
+    data = form_data([ROW | {"source_path": "Name", "target_path": "Name"}])
+    assert ops_client.post(reverse(name, args=[customers_v1.pk]), data).status_code == 403
+    assert versions_of(customers_v1).count() == 1
+
+
+def test_the_editor_shows_the_rows_with_labelled_fields(admin_client_, customers_v1):
+    page = admin_client_.get(reverse("dashboard:mapping", args=[customers_v1.pk])).content.decode()
+    assert 'value="Email__c"' in page and "Row 2 target field" in page
+    assert '<label class="visually-hidden" for="id_rows-0-source_path">' in page
+
+
+def test_saving_makes_a_new_version_and_keeps_the_old(admin_client_, admin_user, customers_v1):
+    rows = [
+        ROW | {"source_path": "Name", "target_path": "Name"},
+        ROW | {"source_path": "Email", "target_path": "Email__c", "transform": "lower"},
+        ROW
+        | {
+            "source_path": "Phone",
+            "target_path": "Phone",
+            "params": '{"length": 40}',
+            "transform": "truncate",
+        },
+        ROW,  # the blank row at the end is ignored
+    ]
+    response = admin_client_.post(
+        reverse("dashboard:mapping", args=[customers_v1.pk]), form_data(rows, note="Add phone")
+    )
+
+    assert response.status_code == 302, response.context["formset"].errors
+    new = versions_of(customers_v1).get(is_active=True)
+    assert new.version == 2 and new.created_by == admin_user and new.note == "Add phone"
+    assert [r["target_path"] for r in new.as_rows()] == ["Name", "Email__c", "Phone"]
+    assert new.as_rows()[2]["params"] == {"length": 40}
+    customers_v1.refresh_from_db()
+    assert not customers_v1.is_active and customers_v1.fields.count() == 2
+
+
+def test_bad_rows_are_shown_inline_and_nothing_is_saved(admin_client_, customers_v1):
+    rows = [
+        ROW | {"source_path": "Name", "target_path": "Name", "params": "{not json"},
+        ROW | {"source_path": "Other", "target_path": "Name"},
+    ]
+    response = admin_client_.post(
+        reverse("dashboard:mapping", args=[customers_v1.pk]), form_data(rows)
+    )
+    assert response.status_code == 200
+    page = response.content.decode()
+    assert "Write the parameters as JSON" in page
+    assert versions_of(customers_v1).count() == 1
+
+
+def test_removing_a_row(admin_client_, customers_v1):
+    rows = [
+        ROW | {"source_path": "Name", "target_path": "Name"},
+        ROW | {"source_path": "Email", "target_path": "Email__c", "DELETE": "on"},
+    ]
+    admin_client_.post(reverse("dashboard:mapping", args=[customers_v1.pk]), form_data(rows))
+    assert [r["target_path"] for r in versions_of(customers_v1).get(is_active=True).as_rows()] == [
+        "Name"
+    ]
+
+
+def test_history_shows_what_changed_and_rollback_restores_old_rows(admin_client_, customers_v1):
+    v2 = customers_v1.save_new_version(
+        [{"source_path": "Name", "target_path": "Name", "transform": "upper"}], note="Shout"
+    )
+
+    page = admin_client_.get(reverse("dashboard:mapping_history", args=[v2.pk]))
+    entries = page.context["entries"]
+    assert [e["version"].version for e in entries] == [2, 1]
+    kinds = {(c.kind, c.target) for c in entries[0]["changes"]}
+    assert kinds == {("changed", "Name"), ("removed", "Email__c")}
+    assert "Roll back to version 1" in page.content.decode()
+
+    response = admin_client_.post(reverse("dashboard:mapping_rollback", args=[customers_v1.pk]))
+
+    v3 = versions_of(customers_v1).get(is_active=True)
+    assert response["Location"] == reverse("dashboard:mapping_history", args=[v3.pk])
+    assert v3.version == 3 and v3.as_rows() == customers_v1.as_rows()
+    assert v3.note == "Rolled back to v1"
+
+
+def test_history_query_count_is_fixed(admin_client_, customers_v1, django_assert_num_queries):
+    for n in range(5):
+        customers_v1.save_new_version([{"source_path": "Name", "target_path": f"F{n}"}])
+    # session, user, permissions (2), the mapping, its versions, their rows
+    with django_assert_num_queries(7):
+        admin_client_.get(reverse("dashboard:mapping_history", args=[customers_v1.pk]))
+
+
+def test_preview_maps_a_real_record_without_saving(admin_client_, customers_v1):
+    pytest.importorskip("integration.mapping")
+    factories.SyncEventFactory(
+        source_object=customers_v1.source_object,
+        source_id="ACME01",
+        payload={"Name": "Acme Ltd", "Email": "Accounts@Acme.co.uk"},
+    )
+    rows = [
+        ROW | {"source_path": "Name", "target_path": "Name"},
+        ROW | {"source_path": "Email", "target_path": "Email__c", "transform": "lower"},
+    ]
+    response = admin_client_.post(
+        reverse("dashboard:mapping_preview", args=[customers_v1.pk]),
+        form_data(rows, record_id="ACME01"),
+    )
+    page = response.content.decode()
+    assert "accounts@acme.co.uk" in page and "Acme Ltd" in page
+    assert versions_of(customers_v1).count() == 1 and SyncEvent.objects.count() == 1
+
+
+def test_preview_says_when_the_record_is_unknown(admin_client_, customers_v1):
+    response = admin_client_.post(
+        reverse("dashboard:mapping_preview", args=[customers_v1.pk]),
+        form_data([ROW | {"source_path": "Name", "target_path": "Name"}], record_id="NOPE"),
+    )
+    page = response.content.decode()
+    assert "NOPE" in page and ("has reached kashforce yet" in page or "mapping engine" in page)

@@ -39,7 +39,8 @@ def figure(
 def at_most(name, value, limit, unit="calls", target=None, **extra) -> dict:
     """A figure with an upper bound; a miss says by how much."""
     over = value - limit
-    miss = f"{over:,.0f} {unit} over, {value / limit:.1f}× the limit" if limit else f"{value}"
+    amount = f"{over:,.2f}" if isinstance(over, float) and over < 10 else f"{over:,.0f}"
+    miss = f"{amount} {unit} over, {value / limit:.1f}× the limit" if limit else f"{value}"
     return figure(name, value, unit, target or f"≤ {limit:g}", value <= limit, miss=miss, **extra)
 
 
@@ -236,4 +237,48 @@ def b6(lab: Lab, n: int) -> dict:
             figure("KashFlow calls", load.total_calls("kashflow"), "calls"),
         ],
         "steps": {"sync": step_summary(load)},
+    }
+
+
+# B4 ---------------------------------------------------------------------------------------------
+
+
+def b4(lab: Lab, won: int) -> dict:
+    """`won` Closed Won Opportunities without an invoice become KashFlow invoices, with the
+    invoice number, status and amount due written back. Customers are synced first (not
+    measured), as they would be in a running installation."""
+    # About 22% of seeded Opportunities are Closed Won (the seed's stage weights).
+    opportunities = won * 5
+    seed = f"customers=200,products=50,opportunities={opportunities},won_uninvoiced={won}"
+    seed_seconds = lab.seed(seed)
+    lab.fresh("b4")
+    lab.measure("sync", "customers")
+    step = lab.measure("sync", "invoices")
+    created = step.output["written"]
+    kf = step.total_calls("kashflow")
+    sf_calls = step.calls["salesforce"]["calls"]
+    write_backs = sum(n for route, n in sf_calls.items() if route.startswith("PATCH"))
+    per_invoice = kf / created if created else float(kf)
+    return {
+        "id": "B4",
+        "title": f"{won:,} Closed Won Opportunities → KashFlow invoices, with write-back",
+        "sizes": {"won": won, "seed": seed, "seed_seconds": seed_seconds},
+        "figures": [
+            figure("Invoices created", created, "invoices"),
+            at_most("KashFlow calls per invoice", per_invoice, 2, "calls"),
+            figure("KashFlow calls in all", kf, "calls"),
+            figure("Salesforce calls in all", step.total_calls("salesforce"), "calls"),
+            at_most(
+                "Salesforce write-back calls",
+                write_backs,
+                math.ceil(won / 200),
+                target=f"batched: ≤ ⌈{won}/200⌉ = {math.ceil(won / 200)}",
+            ),
+            figure("Wall time", step.seconds, "s"),
+            figure("Invoices/s", created / step.seconds if step.seconds else 0, "inv/s"),
+            figure("Worker peak RSS", step.peak_rss_mb, "MB"),
+        ],
+        "note": "The naive baseline for B4 (a KashFlow search and create per invoice and a PATCH "
+        "per Opportunity) is not written yet: no ratio.",
+        "steps": {"sync": step_summary(step)},
     }

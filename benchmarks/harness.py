@@ -14,6 +14,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import warnings
 from dataclasses import dataclass, field
@@ -40,6 +41,7 @@ class Step:
     process_seconds: float  # the whole child process, start-up included
     peak_rss_mb: float
     calls: dict[str, dict] = field(default_factory=dict)  # side -> sandbox stats snapshot
+    rss_timeline: list[tuple[float, int]] = field(default_factory=list)  # (s, MB) on each 20 MB
 
     def total_calls(self, side: str) -> int:
         return self.calls[side]["total"]
@@ -152,6 +154,9 @@ def run_child(argv: list[str], env: dict) -> Step:
     with tempfile.TemporaryFile() as log:
         started = time.perf_counter()
         child = subprocess.Popen(argv, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=log)
+        timeline: list[tuple[float, int]] = []
+        watcher = threading.Thread(target=_watch_rss, args=(child.pid, started, timeline))
+        watcher.start()
         out = child.stdout.read()
         # wait4, not wait: the rusage of this child alone (RUSAGE_CHILDREN is a maximum over all).
         _, status, usage = os.wait4(child.pid, 0)
@@ -165,4 +170,33 @@ def run_child(argv: list[str], env: dict) -> Step:
     lines = out.decode().strip().splitlines()
     output = json.loads(lines[-1]) if lines else {}
     # Linux reports ru_maxrss in kilobytes.
-    return Step(output, output.get("seconds", elapsed), elapsed, usage.ru_maxrss / 1024)
+    watcher.join()
+    step = Step(output, output.get("seconds", elapsed), elapsed, usage.ru_maxrss / 1024)
+    step.rss_timeline = timeline
+    return step
+
+
+def _watch_rss(pid: int, started: float, timeline: list) -> None:
+    """Note when the child's resident memory moves by 20 MB or more, to show when it peaks
+    (ru_maxrss says how high, not when)."""
+    last = 0
+    status = Path(f"/proc/{pid}/status")
+    while True:
+        try:
+            text = status.read_text()
+        except OSError:
+            return
+        if "zombie" in text:  # exited, not yet waited for
+            return
+        rss = next(
+            (
+                int(line.split()[1]) // 1024
+                for line in text.splitlines()
+                if line.startswith("VmRSS:")
+            ),
+            0,
+        )
+        if abs(rss - last) >= 20:
+            timeline.append((round(time.perf_counter() - started, 1), rss))
+            last = rss
+        time.sleep(0.2)

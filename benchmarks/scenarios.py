@@ -54,6 +54,7 @@ def step_summary(step: Step) -> dict:
         "seconds": step.seconds,
         "process_seconds": step.process_seconds,
         "peak_rss_mb": step.peak_rss_mb,
+        "rss_timeline": step.rss_timeline,
         "calls": calls_detail(step),
     }
 

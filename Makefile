@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 HOST ?= 127.0.0.1
 PORT ?= 8000
 
-.PHONY: run test check chaos venv serve clean
+.PHONY: run test check chaos venv serve clean bench bench-small
 
 $(VENV)/.installed: requirements.txt requirements-dev.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -41,6 +41,15 @@ check: venv
 CHAOS_DATABASE_URL ?= postgres://postgres@127.0.0.1:5432/postgres
 chaos: venv
 	$(PY) scripts/chaos.py faults --opportunities 1000 --kills 10 --database-url $(CHAOS_DATABASE_URL) $(CHAOS_ARGS)
+
+# Benchmarks against the sandbox (50 ms a call unless LATENCY_MS says otherwise), beside a naive
+# baseline; they write benchmarks/results.json and docs/benchmarks.md. bench-small takes minutes.
+LATENCY_MS ?= 50
+bench: venv
+	$(PY) -m benchmarks.run --latency-ms $(LATENCY_MS) $(BENCH_ARGS)
+
+bench-small: venv
+	$(PY) -m benchmarks.run --small --latency-ms $(LATENCY_MS) $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache

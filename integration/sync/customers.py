@@ -12,6 +12,8 @@ from __future__ import annotations
 
 from datetime import timedelta
 
+from django.db import transaction
+
 from integration.clients.errors import ApiError
 from integration.clients.kashflow import parse_kashflow_datetime
 from integration.clients.salesforce import soql_quote
@@ -165,7 +167,7 @@ def _write(ctx: engine.RunContext, writes: list[_Write], links: Links) -> None:
         return engine.fail_events(
             [w.event for w in writes], exc.message, not exc.transient, exc.code
         )
-    with_contact = []
+    with_contact, done = [], []
     for write, result in zip(writes, accounts, strict=True):
         if not result.success:
             write.event.mark_failed(
@@ -177,18 +179,21 @@ def _write(ctx: engine.RunContext, writes: list[_Write], links: Links) -> None:
             write.contact = {**write.contact, "AccountId": result.id}
             with_contact.append(write)
         else:
-            _succeeded(write, links, contact_id=None)
-    if not with_contact:
-        return
+            done.append((write, None))
     try:
-        contacts = salesforce.upsert("Contact", "ExternalID__c", [w.contact for w in with_contact])
-    except ApiError as exc:
-        return engine.fail_events(
-            ctx, [w.event for w in with_contact], exc.message, not exc.transient, exc.code
+        contacts = (
+            salesforce.upsert("Contact", "ExternalID__c", [w.contact for w in with_contact])
+            if with_contact
+            else []
         )
-    for write, result in zip(with_contact, contacts, strict=True):
+    except ApiError as exc:
+        engine.fail_events(
+            [w.event for w in with_contact], exc.message, not exc.transient, exc.code
+        )
+        contacts = []
+    for write, result in zip(with_contact, contacts, strict=False):
         if result.success:
-            _succeeded(write, links, contact_id=result.id)
+            done.append((write, result.id))
         else:
             # The Account is in; the hash is not stored, so the retry sends both again (upserts).
             write.event.mark_failed(
@@ -196,6 +201,7 @@ def _write(ctx: engine.RunContext, writes: list[_Write], links: Links) -> None:
                 not result.error.transient,
                 result.error.code,
             )
+    _succeeded(done, links)
 
 
 def _adopt_accounts_by_name(ctx, unlinked: list[_Write], links: Links) -> None:
@@ -236,15 +242,28 @@ def _org_has_accounts_without_key(ctx) -> bool:
     return ctx.cache["unkeyed_accounts"]
 
 
-def _succeeded(write: _Write, links: Links, contact_id: str | None) -> None:
-    code = write.event.source_id
-    ref = links.link("customer", salesforce_id=write.account_id, kashflow_key=code)
-    if contact_id:
-        links.link("contact", salesforce_id=contact_id, kashflow_key=code)
-    links.written(ref, "salesforce", write.digest)
-    write.event.mark_succeeded(
-        target_id=write.account_id, content_hash=write.digest, message=" ".join(write.warnings)
-    )
+def _succeeded(done: list[tuple[_Write, str | None]], links: Links) -> None:
+    """Record what Salesforce accepted: cross-references, hashes and events, a batch at a time
+    and in one transaction, so an event never says "written" without its cross-reference."""
+    if not done:
+        return
+    with transaction.atomic():
+        refs = links.link_many(
+            "customer", [(write.account_id, write.event.source_id) for write, _ in done]
+        )
+        links.link_many(
+            "contact",
+            [(contact_id, write.event.source_id) for write, contact_id in done if contact_id],
+        )
+        links.written_many(
+            "salesforce", [(ref, w.digest) for ref, (w, _) in zip(refs, done, strict=True)]
+        )
+        for write, _ in done:
+            write.event.mark_succeeded(
+                target_id=write.account_id,
+                content_hash=write.digest,
+                message=" ".join(write.warnings),
+            )
 
 
 def _current_records(ctx, codes, account_rows, contact_rows) -> dict[str, dict]:

@@ -78,6 +78,39 @@ class Links:
         self._remember(ref)
         return ref
 
+    def link_many(
+        self, object_type: str, pairs: list[tuple[str | None, str | None]]
+    ) -> list[CrossRef]:
+        """`link` for a batch of (salesforce_id, kashflow_key) pairs, in the pairs' order.
+
+        The cross-references not known yet are read in one query per side and the new ones
+        inserted in one statement, instead of two lookups and an insert per pair (the bulk of
+        an initial load's time). Should another worker have linked one of them meanwhile, the
+        insert fails as a whole and each pair goes the one-at-a-time way of `link`.
+        """
+        self.prefetch(object_type, "salesforce", [sf for sf, _ in pairs])
+        self.prefetch(object_type, "kashflow", [kf for _, kf in pairs])
+        new = {
+            (sf, str(kf) if kf else None): CrossRef(
+                object_type=object_type,
+                salesforce_id=sf or None,
+                kashflow_key=str(kf) if kf else None,
+            )
+            for sf, kf in pairs
+            if not self.get(object_type, "salesforce", sf)
+            and not self.get(object_type, "kashflow", kf)
+        }
+        if new:
+            try:
+                with transaction.atomic():
+                    created = CrossRef.objects.bulk_create(new.values())
+            except IntegrityError:
+                created = []
+            for ref in created:
+                if ref.pk is not None:
+                    self._remember(ref)
+        return [self.link(object_type, salesforce_id=sf, kashflow_key=kf) for sf, kf in pairs]
+
     def assume(self, object_type: str, *, salesforce_id: str, kashflow_key: str) -> None:
         """A dry run's link: looked up like a real one, never saved."""
         self._remember(
@@ -100,6 +133,17 @@ class Links:
             CrossRef.objects.filter(pk=ref.pk).update(
                 kashflow_hash=payload_hash, kashflow_synced_at=now
             )
+
+    def written_many(self, side: str, hashes: list[tuple[CrossRef, str]]) -> None:
+        """`written` for a batch of (ref, payload hash) pairs: one UPDATE statement."""
+        if not hashes:
+            return
+        now = timezone.now()
+        fields = [f"{side}_hash", f"{side}_synced_at"]
+        for ref, payload_hash in hashes:
+            setattr(ref, fields[0], payload_hash)
+            setattr(ref, fields[1], now)
+        CrossRef.objects.bulk_update([ref for ref, _ in hashes], fields)
 
 
 def _find_or_create(

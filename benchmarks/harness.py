@@ -1,0 +1,202 @@
+"""What every scenario stands on: a sandbox with injected latency, a throwaway kashforce, and a
+way to run one measured step in a child process.
+
+The sandbox runs in this (the driver's) process; kashforce runs in child processes with their own
+`KASHFORCE_VAR_DIR` (SQLite there), so the peak RSS we report is the peak of the process that did
+the sync (`os.wait4` gives each child's own rusage), and the driver's memory never counts.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import requests
+from urllib3.exceptions import InsecureRequestWarning
+
+from sandbox.runner import SandboxServer
+
+ROOT = Path(__file__).resolve().parent.parent
+SIDES = ("salesforce", "kashflow")
+# The naive baseline makes one Salesforce call per record: far beyond a Developer org's 15,000 a
+# day at N = 10,000. The simulator's allocation is raised so that the baseline is not cut short.
+DAILY_API_LIMIT = 100_000_000
+
+
+@dataclass
+class Step:
+    """One measured child process: what it printed, how long it took, its peak memory."""
+
+    output: dict
+    seconds: float  # the child's own measurement of the work (without Python/Django start-up)
+    process_seconds: float  # the whole child process, start-up included
+    peak_rss_mb: float
+    calls: dict[str, dict] = field(default_factory=dict)  # side -> sandbox stats snapshot
+    rss_timeline: list[tuple[float, int]] = field(default_factory=list)  # (s, MB) on each 20 MB
+
+    def total_calls(self, side: str) -> int:
+        return self.calls[side]["total"]
+
+
+class Lab:
+    """A sandbox plus a template kashforce database; `fresh()` gives a clean kashforce."""
+
+    def __init__(self, latency_ms: float, workdir: Path | None = None, keep: bool = False):
+        self.latency_ms = latency_ms
+        self.keep = keep
+        self.workdir = Path(workdir or tempfile.mkdtemp(prefix="kashforce-bench-"))
+        self.sandbox_dir = self.workdir / "sandbox"
+        self.template_dir = self.workdir / "template-var"
+        self.var_dir: Path | None = None
+        self.server: SandboxServer | None = None
+        self._http = requests.Session()
+        self._http.trust_env = False
+
+    # Lifecycle ---------------------------------------------------------------------------------
+
+    def start(self) -> Lab:
+        self.server = SandboxServer(
+            self.sandbox_dir, seed="empty", reset=True, daily_api_limit=DAILY_API_LIMIT
+        ).start()
+        self.template_dir.mkdir(parents=True, exist_ok=True)
+        self.manage("migrate", "--noinput", var_dir=self.template_dir)
+        return self
+
+    def stop(self) -> None:
+        if self.server:
+            self.server.stop()
+        if not self.keep:
+            shutil.rmtree(self.workdir, ignore_errors=True)
+
+    def seed(self, seed: str) -> float:
+        """Reseed both simulators, then set latency again (a reset clears faults); seconds taken."""
+        started = time.perf_counter()
+        self.server.reset(seed)
+        self.control("salesforce", "limits", {"daily_api_limit": DAILY_API_LIMIT})
+        self.set_latency(self.latency_ms)
+        return time.perf_counter() - started
+
+    def fresh(self, name: str) -> Path:
+        """A new kashforce (copied from the migrated template) connected to the sandbox."""
+        self.var_dir = self.workdir / f"var-{name}"
+        shutil.rmtree(self.var_dir, ignore_errors=True)
+        shutil.copytree(self.template_dir, self.var_dir)
+        self.manage("sandbox_connect", "--state-dir", str(self.sandbox_dir))
+        return self.var_dir
+
+    # The sandbox's control API -------------------------------------------------------------------
+
+    def control(self, side: str, path: str, payload: dict | None = None) -> dict:
+        url = self.server.info["control"][side].rstrip("/") + "/" + path
+        with warnings.catch_warnings():
+            # The control API is on the simulator's own port (self-signed CA for Salesforce).
+            warnings.simplefilter("ignore", InsecureRequestWarning)
+            if payload is None:
+                response = self._http.get(url, timeout=30, verify=False)
+            else:
+                response = self._http.post(url, json=payload, timeout=30, verify=False)
+        response.raise_for_status()
+        return response.json()
+
+    def set_latency(self, latency_ms: float) -> None:
+        for side in SIDES:
+            self.control(side, "faults", {"latency_ms": latency_ms, "jitter_ms": 0, "rules": []})
+
+    def reset_stats(self) -> None:
+        for side in SIDES:
+            self.control(side, "stats/reset", {})
+
+    def stats(self) -> dict[str, dict]:
+        return {side: self.control(side, "stats") for side in SIDES}
+
+    # Children ------------------------------------------------------------------------------------
+
+    def env(self, var_dir: Path | None = None) -> dict:
+        return {
+            **os.environ,
+            "DJANGO_SETTINGS_MODULE": "kashforce.settings",
+            "KASHFORCE_VAR_DIR": str(var_dir or self.var_dir),
+            "KASHFORCE_SANDBOX_DIR": str(self.sandbox_dir),
+            "LOG_LEVEL": "WARNING",
+            "PYTHONUNBUFFERED": "1",
+        }
+
+    def manage(self, *args: str, var_dir: Path | None = None) -> None:
+        subprocess.run(
+            [sys.executable, "manage.py", *args],
+            cwd=ROOT,
+            env=self.env(var_dir),
+            check=True,
+            stdout=subprocess.DEVNULL,
+        )
+
+    def measure(self, *args: str, env: dict | None = None) -> Step:
+        """Run `python -m benchmarks.worker ARGS` with fresh sandbox stats; measure it."""
+        self.reset_stats()
+        step = run_child(
+            [sys.executable, "-m", "benchmarks.worker", *args], {**self.env(), **(env or {})}
+        )
+        step.calls = self.stats()
+        return step
+
+
+def run_child(argv: list[str], env: dict) -> Step:
+    """Run a worker child; its last stdout line is JSON with at least {"seconds": ...}."""
+    with tempfile.TemporaryFile() as log:
+        started = time.perf_counter()
+        child = subprocess.Popen(argv, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=log)
+        timeline: list[tuple[float, int]] = []
+        watcher = threading.Thread(target=_watch_rss, args=(child.pid, started, timeline))
+        watcher.start()
+        out = child.stdout.read()
+        # wait4, not wait: the rusage of this child alone (RUSAGE_CHILDREN is a maximum over all).
+        _, status, usage = os.wait4(child.pid, 0)
+        elapsed = time.perf_counter() - started
+        child.returncode = os.waitstatus_to_exitcode(status)
+        if child.returncode != 0:
+            log.seek(0)
+            raise RuntimeError(
+                f"{' '.join(argv[2:])} exited {child.returncode}:\n{log.read().decode()[-4000:]}"
+            )
+    lines = out.decode().strip().splitlines()
+    output = json.loads(lines[-1]) if lines else {}
+    # Linux reports ru_maxrss in kilobytes.
+    watcher.join()
+    step = Step(output, output.get("seconds", elapsed), elapsed, usage.ru_maxrss / 1024)
+    step.rss_timeline = timeline
+    return step
+
+
+def _watch_rss(pid: int, started: float, timeline: list) -> None:
+    """Note when the child's resident memory moves by 20 MB or more, to show when it peaks
+    (ru_maxrss says how high, not when)."""
+    last = 0
+    status = Path(f"/proc/{pid}/status")
+    while True:
+        try:
+            text = status.read_text()
+        except OSError:
+            return
+        if "zombie" in text:  # exited, not yet waited for
+            return
+        rss = next(
+            (
+                int(line.split()[1]) // 1024
+                for line in text.splitlines()
+                if line.startswith("VmRSS:")
+            ),
+            0,
+        )
+        if abs(rss - last) >= 20:
+            timeline.append((round(time.perf_counter() - started, 1), rss))
+            last = rss
+        time.sleep(0.2)

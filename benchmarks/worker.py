@@ -1,0 +1,90 @@
+"""The child process of a benchmark step: `python -m benchmarks.worker COMMAND ...`.
+
+Run with DJANGO_SETTINGS_MODULE and KASHFORCE_VAR_DIR set (the harness does). Prints one JSON line
+last: what the step did and `seconds`, its own wall time without Python and Django start-up.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import time
+
+
+def sync(flow: str, full: bool = False) -> dict:
+    """What `manage.py sync FLOW` does, timed: one run in the foreground until it finishes."""
+    from integration.models import SyncRun, Trigger
+    from integration.sync import engine
+
+    started = time.perf_counter()
+    run = engine.start_run(flow, Trigger.MANUAL, full=full)
+    while True:
+        engine.execute_run(run.pk, hand_over=False)
+        run.refresh_from_db()
+        if run.status not in (SyncRun.Status.RUNNING, SyncRun.Status.QUEUED):
+            break
+    seconds = time.perf_counter() - started
+    return {
+        "seconds": seconds,
+        "status": run.status,
+        "read": run.read_count,
+        "written": run.written_count,
+        "skipped": run.skipped_count,
+        "failed": run.failed_count,
+        "summary": run.summary,
+    }
+
+
+def touch_customers(count: int, seed: str) -> dict:
+    """Rename `count` customers in KashFlow, like a user would (the name is a mapped field).
+
+    Not the phone number: the customer list's summaries, which the flow reads, carry no
+    TelephoneNumber, so a phone change alone is not seen (reported with the results).
+    """
+    from integration.clients.kashflow import KashFlowClient
+    from integration.models import Connection
+
+    kashflow = KashFlowClient(Connection.active(Connection.Kind.KASHFLOW))
+    codes = sorted(summary["Code"] for summary in kashflow.customers())
+    chosen = random.Random(seed).sample(codes, count)
+    started = time.perf_counter()
+    for code in chosen:
+        name = kashflow.get_customer(code)["Name"]
+        kashflow.update_customer(code, {"Name": f"{name} (renamed)"})
+    return {"seconds": time.perf_counter() - started, "changed": len(chosen)}
+
+
+def naive_customers(limit: int | None) -> dict:
+    from benchmarks import naive
+
+    return naive.sync_customers(limit)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(prog="benchmarks.worker")
+    commands = parser.add_subparsers(dest="command", required=True)
+    sync_parser = commands.add_parser("sync")
+    sync_parser.add_argument("flow")
+    sync_parser.add_argument("--full", action="store_true")
+    touch = commands.add_parser("touch-customers")
+    touch.add_argument("--count", type=int, required=True)
+    touch.add_argument("--seed", default="bench")
+    naive = commands.add_parser("naive-customers")
+    naive.add_argument("--limit", type=int, default=None)
+    args = parser.parse_args()
+
+    import django
+
+    django.setup()
+    if args.command == "sync":
+        result = sync(args.flow, args.full)
+    elif args.command == "touch-customers":
+        result = touch_customers(args.count, args.seed)
+    else:
+        result = naive_customers(args.limit)
+    print(json.dumps(result, default=str))
+
+
+if __name__ == "__main__":
+    main()

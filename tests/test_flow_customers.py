@@ -146,3 +146,25 @@ def test_a_salesforce_outage_is_retried_later_not_lost(org):
     retry = run_customers()
     assert retry.written_count == 5
     assert len(list(org.salesforce.query("SELECT Id FROM Account"))) == 5
+
+
+def test_contacts_refused_by_an_outage_are_retried_while_their_accounts_stay(org):
+    org.sandbox.reset("customers=4,accounts=0")
+    control(
+        org.sandbox.info["control"]["salesforce"],
+        "faults",
+        {
+            "rules": [
+                {
+                    "match": "PATCH /services/data/v59.0/composite/sobjects/Contact",
+                    "kind": "503",
+                    "rate": 1.0,
+                }
+            ]
+        },
+    )
+    run = run_customers()
+    assert run.failed_count == 4
+    assert SyncEvent.objects.retrying().count() == 4
+    assert len(list(org.salesforce.query("SELECT Id FROM Account"))) == 4
+    assert list(org.salesforce.query("SELECT Id FROM Contact")) == []

@@ -256,7 +256,9 @@ class Killer(threading.Thread):
             if self.done.wait(self.rng.uniform(*self.gap)) or not self.active.is_set():
                 continue
             cluster = self.rng.choice(self.clusters)
-            if self.rng.random() < 0.25:
+            # A whole cluster now and then, and whenever no worker is busy at that moment: every
+            # armed kill lands, however fast the machine gets through the work.
+            if self.rng.random() < 0.25 or not cluster.busy_workers():
                 cluster.crash()
                 self.kills["cluster"] += 1
                 _say(f"SIGKILL cluster {cluster.name} (every process), restarting it")

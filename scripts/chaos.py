@@ -835,6 +835,7 @@ def scale_out(args) -> dict:
             }
             figures["attempts"] = attempts()
             figures["workers_that_processed"] = _workers_that_processed(clusters)
+            figures["worker_processes"] = _worker_processes(clusters)
             figures["invoices"] = check_invoices(salesforce, kashflow, deals)
             figures["ledger"] = check_ledger()
         finally:
@@ -860,6 +861,17 @@ def _kill_mid_task(clusters: list[Cluster], timeout: float) -> int | None:
                     return busy[0]
         time.sleep(0.05)
     return None
+
+
+def _worker_processes(clusters: list[Cluster]) -> int:
+    """How many distinct worker processes (of either cluster) took a task."""
+    return len(
+        {
+            (cluster.name, match[0])
+            for cluster in clusters
+            for match in cluster.PROCESSING.findall(cluster._log())
+        }
+    )
 
 
 def _workers_that_processed(clusters: list[Cluster]) -> dict:

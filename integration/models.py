@@ -443,14 +443,6 @@ class CrossRef(models.Model):
     def __str__(self) -> str:
         return f"{self.object_type}: {self.salesforce_id or '—'} ↔ {self.kashflow_key or '—'}"
 
-    def record_written(self, side: str, payload_hash: str) -> None:
-        now = timezone.now()
-        if side == "salesforce":
-            self.salesforce_hash, self.salesforce_synced_at = payload_hash, now
-        else:
-            self.kashflow_hash, self.kashflow_synced_at = payload_hash, now
-        self.save()
-
 
 # --------------------------------------------------------------------------------------------
 # The ledger

@@ -3,7 +3,7 @@ way to run one measured step in a child process.
 
 The sandbox runs in this (the driver's) process; kashforce runs in child processes with their own
 `KASHFORCE_VAR_DIR` (SQLite there), so the peak RSS we report is the peak of the process that did
-the sync (`os.wait4` gives each child's own rusage), and the driver's memory never counts.
+the sync: the child reads its own VmHWM, and the driver's memory never counts.
 """
 
 from __future__ import annotations
@@ -39,7 +39,7 @@ class Step:
     output: dict
     seconds: float  # the child's own measurement of the work (without Python/Django start-up)
     process_seconds: float  # the whole child process, start-up included
-    peak_rss_mb: float
+    peak_rss_mb: float  # the child's own VmHWM, reported by the child (see worker.peak_rss_mb)
     calls: dict[str, dict] = field(default_factory=dict)  # side -> sandbox stats snapshot
     rss_timeline: list[tuple[float, int]] = field(default_factory=list)  # (s, MB) on each 20 MB
 
@@ -158,7 +158,6 @@ def run_child(argv: list[str], env: dict) -> Step:
         watcher = threading.Thread(target=_watch_rss, args=(child.pid, started, timeline))
         watcher.start()
         out = child.stdout.read()
-        # wait4, not wait: the rusage of this child alone (RUSAGE_CHILDREN is a maximum over all).
         _, status, usage = os.wait4(child.pid, 0)
         elapsed = time.perf_counter() - started
         child.returncode = os.waitstatus_to_exitcode(status)
@@ -169,16 +168,18 @@ def run_child(argv: list[str], env: dict) -> Step:
             )
     lines = out.decode().strip().splitlines()
     output = json.loads(lines[-1]) if lines else {}
-    # Linux reports ru_maxrss in kilobytes.
     watcher.join()
-    step = Step(output, output.get("seconds", elapsed), elapsed, usage.ru_maxrss / 1024)
+    # The child's own VmHWM. ru_maxrss (kilobytes on Linux) would include this driver's resident
+    # size at the fork, and the driver holds the sandbox's records; kept for comparison only.
+    output["ru_maxrss_mb"] = usage.ru_maxrss / 1024
+    step = Step(output, output.get("seconds", elapsed), elapsed, output["peak_rss_mb"])
     step.rss_timeline = timeline
     return step
 
 
 def _watch_rss(pid: int, started: float, timeline: list) -> None:
     """Note when the child's resident memory moves by 20 MB or more, to show when it peaks
-    (ru_maxrss says how high, not when)."""
+    (VmHWM says how high, not when)."""
     last = 0
     status = Path(f"/proc/{pid}/status")
     while True:

@@ -93,7 +93,7 @@ def markdown(results: dict) -> str:
         f"- **Sandbox latency:** {head['options']['latency_ms']:g} ms added to every API call "
         "(no jitter); kashforce on SQLite (WAL) in a fresh directory per scenario.",
         "- **Wall time** is the worker's own time for the work (not Python and Django start-up);",
-        "  **worker peak RSS** is the peak resident memory of the child process that ran the sync.",
+        "  **worker peak RSS** is the peak resident memory (VmHWM) of the child process that ran the sync, read by the child itself.",
         "",
     ]
     for scenario in results["scenarios"]:

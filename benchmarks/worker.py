@@ -61,6 +61,21 @@ def naive_customers(limit: int | None) -> dict:
     return naive.sync_customers(limit)
 
 
+def peak_rss_mb() -> float:
+    """This process's own peak resident memory since it started (VmHWM, Linux).
+
+    Not `ru_maxrss` from the parent's wait4: Linux carries the forking parent's resident size over
+    fork and exec into the child's ru_maxrss, so a child of a driver holding a 100,000-record
+    sandbox "peaked" at the driver's size before it ran a line. VmHWM belongs to the address space
+    exec made, so it counts this process alone.
+    """
+    with open("/proc/self/status") as status:
+        for line in status:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    raise RuntimeError("no VmHWM in /proc/self/status (Linux only)")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(prog="benchmarks.worker")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -83,6 +98,7 @@ def main() -> None:
         result = touch_customers(args.count, args.seed)
     else:
         result = naive_customers(args.limit)
+    result["peak_rss_mb"] = peak_rss_mb()
     print(json.dumps(result, default=str))
 
 

@@ -9,6 +9,7 @@ Every figure in docs/benchmarks.md has its ratio to this.
 from __future__ import annotations
 
 import time
+from decimal import Decimal
 
 import requests
 from simple_salesforce import Salesforce
@@ -84,6 +85,66 @@ def sync_customers(limit: int | None = None) -> dict:
     done = time.perf_counter()
     return {
         "customers": len(codes),
+        "synced": len(chosen),
+        "list_seconds": listed - started,
+        "loop_seconds": done - listed,
+        "seconds": done - started,
+    }
+
+
+def invoice_fields(opportunity: dict, lines: list[dict]) -> dict:
+    """The invoice a hand-written integration sends: the Opportunity's lines at their net unit
+    price, standard-rated, on the default sales nominal."""
+    return {
+        "CustomerCode": opportunity["Account"]["ExternalID__c"],
+        "CustomerReference": opportunity["Id"],
+        "IssuedDate": opportunity["CloseDate"],
+        "LineItems": [
+            {
+                "Number": number,
+                "Description": line.get("Description") or line["Product2"]["Name"],
+                "Quantity": str(line["Quantity"]),
+                "Rate": str(Decimal(str(line["TotalPrice"])) / Decimal(str(line["Quantity"]))),
+                "NominalCode": 4000,
+                "VATLevel": "20",
+            }
+            for number, line in enumerate(lines, start=1)
+        ],
+    }
+
+
+def sync_invoices(limit: int | None = None) -> dict:
+    """Find the Closed Won Opportunities without an invoice number, then for each: read its
+    lines, create the KashFlow invoice and write its number back (the first `limit` of them).
+
+    Generous to the baseline: the customer code comes with the Opportunity (a parent field), and
+    nothing checks whether an invoice was already made, so a retry would make a second one.
+    """
+    kashflow, salesforce = clients()
+    started = time.perf_counter()
+    won = salesforce.query_all(
+        "SELECT Id, CloseDate, Account.ExternalID__c FROM Opportunity "
+        "WHERE IsWon = true AND Amount > 0 AND KashFlow_Invoice_Number__c = null"
+    )["records"]
+    listed = time.perf_counter()
+    chosen = won if limit is None else won[:limit]
+    for opportunity in chosen:
+        lines = salesforce.query(
+            "SELECT Description, Quantity, TotalPrice, Product2.Name FROM OpportunityLineItem "
+            f"WHERE OpportunityId = '{opportunity['Id']}' ORDER BY SortOrder"
+        )["records"]
+        invoice = kashflow.create_invoice(invoice_fields(opportunity, lines))
+        salesforce.Opportunity.update(
+            opportunity["Id"],
+            {
+                "KashFlow_Invoice_Number__c": str(invoice["Number"]),
+                "KashFlow_Invoice_Status__c": invoice.get("Status"),
+                "KashFlow_Amount_Due__c": float(invoice["DueAmount"]),
+            },
+        )
+    done = time.perf_counter()
+    return {
+        "opportunities": len(won),
         "synced": len(chosen),
         "list_seconds": listed - started,
         "loop_seconds": done - listed,

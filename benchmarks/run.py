@@ -19,8 +19,20 @@ from benchmarks.harness import Lab
 ROOT = Path(__file__).resolve().parent.parent
 SIZES = {
     # N customers for B1/B2, the naive baseline's sample (None = every record), B6's N.
-    "full": {"customers": 10_000, "naive_sample": 1_000, "b6_customers": 100_000, "won": 1_000},
-    "small": {"customers": 1_000, "naive_sample": 200, "b6_customers": 10_000, "won": 200},
+    "full": {
+        "customers": 10_000,
+        "naive_sample": 1_000,
+        "b6_customers": 100_000,
+        "won": 1_000,
+        "naive_invoices": 200,
+    },
+    "small": {
+        "customers": 1_000,
+        "naive_sample": 200,
+        "b6_customers": 10_000,
+        "won": 200,
+        "naive_invoices": 50,
+    },
 }
 ALL = ["B1", "B2", "B3", "B4", "B5", "B6"]
 NOT_YET = {
@@ -42,6 +54,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--b6-customers", type=int, help="N for B6")
     parser.add_argument("--won", type=int, help="Closed Won Opportunities for B4")
+    parser.add_argument(
+        "--naive-invoices", type=int, help="deals B4's naive baseline runs on (0: all)"
+    )
     parser.add_argument("--output", type=Path, help="default benchmarks/results[-small].json")
     parser.add_argument("--markdown", type=Path, help="default docs/benchmarks[-small].md")
     parser.add_argument("--keep", action="store_true", help="keep the work directory")
@@ -51,7 +66,7 @@ def main(argv: list[str] | None = None) -> int:
     suffix = "-small" if args.small else ""
     args.output = args.output or ROOT / f"benchmarks/results{suffix}.json"
     args.markdown = args.markdown or ROOT / f"docs/benchmarks{suffix}.md"
-    for name in ("customers", "naive_sample", "b6_customers", "won"):
+    for name in ("customers", "naive_sample", "b6_customers", "won", "naive_invoices"):
         if getattr(args, name) is not None:
             sizes[name] = getattr(args, name)
     naive_sample = sizes["naive_sample"] or None
@@ -75,7 +90,9 @@ def main(argv: list[str] | None = None) -> int:
                     results["scenarios"].append(scenario)
         if "B4" in wanted:
             _log(f"B4: {sizes['won']:,} Closed Won Opportunities")
-            results["scenarios"].append(scenarios.b4(lab, sizes["won"]))
+            results["scenarios"].append(
+                scenarios.b4(lab, sizes["won"], sizes["naive_invoices"] or None)
+            )
         if "B6" in wanted:
             _log(f"B6: {sizes['b6_customers']:,} customers")
             results["scenarios"].append(scenarios.b6(lab, sizes["b6_customers"]))

@@ -61,6 +61,12 @@ def naive_customers(limit: int | None) -> dict:
     return naive.sync_customers(limit)
 
 
+def naive_invoices(limit: int | None) -> dict:
+    from benchmarks import naive
+
+    return naive.sync_invoices(limit)
+
+
 def peak_rss_mb() -> float:
     """This process's own peak resident memory since it started (VmHWM, Linux).
 
@@ -87,6 +93,8 @@ def main() -> None:
     touch.add_argument("--seed", default="bench")
     naive = commands.add_parser("naive-customers")
     naive.add_argument("--limit", type=int, default=None)
+    naive_invoices_parser = commands.add_parser("naive-invoices")
+    naive_invoices_parser.add_argument("--limit", type=int, default=None)
     args = parser.parse_args()
 
     import django
@@ -96,6 +104,8 @@ def main() -> None:
         result = sync(args.flow, args.full)
     elif args.command == "touch-customers":
         result = touch_customers(args.count, args.seed)
+    elif args.command == "naive-invoices":
+        result = naive_invoices(args.limit)
     else:
         result = naive_customers(args.limit)
     result["peak_rss_mb"] = peak_rss_mb()

@@ -32,7 +32,7 @@ check: venv
 	$(PY) manage.py makemigrations --check --dry-run
 	DEBUG=false SECRET_KEY=check-deploy-$$(date +%s)-0123456789abcdefghijklmnopqrstuvwxyz-ABCDEFGH \
 	  KASHFORCE_ENCRYPTION_KEYS=$$($(PY) -c 'from cryptography.fernet import Fernet; print(Fernet.generate_key().decode())') \
-	  ALLOWED_HOSTS=kashforce.example.co.uk KASHFORCE_VAR_DIR=$$(mktemp -d) \
+	  ALLOWED_HOSTS=kashforce.example.co.uk KASHFORCE_VAR_DIR=$$(mktemp -d) CACHE_URL=dbcache://kashforce_cache \
 	  $(PY) manage.py check --deploy --fail-level WARNING
 
 # The fault campaign at full size: 1,000 won deals, customers and payments under ~20% API faults

@@ -35,14 +35,15 @@ viewer_required = permission_required(VIEW, raise_exception=True)
 
 # --------------------------------------------------------------------------------------------
 # Signing in: failed attempts are counted per username and address, and after too many the
-# sign-in is refused (even with the right password) until the lockout has passed. The counter
-# lives in Django's cache: per process with the default local-memory cache, shared when CACHES
-# points at Redis or the database.
+# sign-in is refused (even with the right password) until the lockout has passed. The counters
+# live in Django's cache, which CACHE_URL (or REDIS_URL) makes shared by every web process; the
+# count is an atomic increment on Redis, so parallel guesses are all counted.
 
 
-def _attempts_key(username: str, address: str) -> str:
+def _attempts_keys(username: str, address: str) -> tuple[str, str]:
+    """The failure count's key and the lockout's key (a digest: no username in the cache)."""
     digest = hashlib.sha256(f"{username.strip().lower()}|{address}".encode()).hexdigest()
-    return f"kashforce:login-attempts:{digest}"
+    return f"kashforce:login-failures:{digest}", f"kashforce:login-locked-until:{digest}"
 
 
 class ThrottledAuthenticationForm(AuthenticationForm):
@@ -55,31 +56,39 @@ class ThrottledAuthenticationForm(AuthenticationForm):
         limit = settings.KASHFORCE["LOGIN_ATTEMPTS"]
         lockout = settings.KASHFORCE["LOGIN_LOCKOUT_MINUTES"] * 60
         address = self.request.META.get("REMOTE_ADDR", "") if self.request else ""
-        key = _attempts_key(self.data.get("username", ""), address)
-        record = cache.get(key) or {"count": 0, "until": 0.0}
+        failures_key, until_key = _attempts_keys(self.data.get("username", ""), address)
         now = time.time()
-        if record["until"] > now:
-            raise self._throttled(record["until"] - now)
+        until = cache.get(until_key, 0.0)
+        if until > now:
+            raise self._throttled(until - now)
         try:
             return super().clean()
         except ValidationError:
-            record["count"] += 1
-            if record["count"] >= limit:
-                record["until"] = now + lockout
-                log.warning(
-                    "sign-in locked for %d minutes after %d failures: username=%r address=%s",
-                    lockout // 60,
-                    record["count"],
-                    self.data.get("username", "")[:150],
-                    address,
-                )
-            cache.set(key, record, timeout=lockout)
-            if record["until"] > now:
-                raise self._throttled(lockout) from None
-            raise
+            if self._count_failure(failures_key, lockout) < limit:
+                raise
+            cache.set(until_key, now + lockout, timeout=lockout)
+            cache.delete(failures_key)  # after the lockout, a fresh allowance
+            log.warning(
+                "sign-in locked for %d minutes after %d failures: username=%r address=%s",
+                lockout // 60,
+                limit,
+                self.data.get("username", "")[:150],
+                address,
+            )
+            raise self._throttled(lockout) from None
         finally:
             if self.user_cache is not None:
-                cache.delete(key)
+                cache.delete_many([failures_key, until_key])
+
+    @staticmethod
+    def _count_failure(key: str, window: int) -> int:
+        """One more failure; the count lapses `window` seconds after the first one."""
+        cache.add(key, 0, timeout=window)
+        try:
+            return cache.incr(key)
+        except ValueError:  # lapsed between add and incr
+            cache.set(key, 1, timeout=window)
+            return 1
 
     def _throttled(self, seconds: float) -> ValidationError:
         return ValidationError(

@@ -27,6 +27,22 @@ def check_production_secrets(app_configs, **kwargs):
     return problems
 
 
+@register(Tags.security, deploy=True)
+def check_shared_cache(app_configs, **kwargs):
+    backend = settings.CACHES["default"]["BACKEND"]
+    if backend.endswith(("LocMemCache", "DummyCache")):
+        return [
+            Warning(
+                "The cache is per process, so each web process counts failed sign-ins on its "
+                "own and several processes allow several times the attempts.",
+                hint="Set CACHE_URL to redis://... or dbcache://kashforce_cache (or set "
+                "REDIS_URL).",
+                id="kashforce.W003",
+            )
+        ]
+    return []
+
+
 @register()
 def check_queue_timeouts(app_configs, **kwargs):
     q = settings.Q_CLUSTER

@@ -153,6 +153,18 @@ if REDIS_URL:
     Q_CLUSTER["redis"] = REDIS_URL
 else:
     Q_CLUSTER["orm"] = "default"
+
+# The cache holds sign-in failure counters (and cached Salesforce describes). Counters must be
+# shared by every web process, or each gunicorn worker allows its own 5 attempts: CACHE_URL
+# chooses (redis://..., or dbcache://kashforce_cache for a table `migrate` makes); with REDIS_URL
+# set the cache is Redis; otherwise it is per process, which suits one process and tests.
+# check --deploy warns about a per-process cache in production.
+CACHE_URL = _read("CACHE_URL", env.str, "") or REDIS_URL or "locmemcache://kashforce"
+try:
+    CACHES = {"default": environ.Env.cache_url_config(CACHE_URL)}
+except (ImproperlyConfigured, ValueError) as exc:
+    raise ImproperlyConfigured(f"Environment variable CACHE_URL is not valid: {exc}") from None
+
 if Q_CLUSTER["timeout"] >= Q_CLUSTER["retry"]:
     raise ImproperlyConfigured(
         "Q_TIMEOUT must be smaller than Q_RETRY (a slow task would run twice)."

@@ -28,8 +28,42 @@ def test_check_deploy_passes_with_production_variables(tmp_path):
         KASHFORCE_ENCRYPTION_KEYS=Fernet.generate_key().decode(),
         ALLOWED_HOSTS="kashforce.example.co.uk",
         KASHFORCE_VAR_DIR=str(tmp_path),
+        CACHE_URL="dbcache://kashforce_cache",
     )
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_check_deploy_warns_about_a_per_process_cache(tmp_path):
+    result = _run(
+        ["check", "--deploy", "--fail-level", "WARNING"],
+        DEBUG="false",
+        SECRET_KEY="x" * 60 + "production-secret-key-material",
+        KASHFORCE_ENCRYPTION_KEYS=Fernet.generate_key().decode(),
+        ALLOWED_HOSTS="kashforce.example.co.uk",
+        KASHFORCE_VAR_DIR=str(tmp_path),
+        CACHE_URL="",
+        REDIS_URL="",
+    )
+    assert result.returncode != 0
+    assert "kashforce.W003" in result.stderr + result.stdout
+    assert "failed sign-ins" in result.stderr + result.stdout
+
+
+def test_the_cache_follows_cache_url_else_redis_url(tmp_path):
+    show = "from django.conf import settings; print(settings.CACHES['default']['BACKEND'])"
+    by_redis = _run(
+        ["shell", "-c", show], REDIS_URL="redis://127.0.0.1:6379/3", CACHE_URL="",
+        KASHFORCE_VAR_DIR=str(tmp_path),
+    )  # fmt: skip
+    assert "django.core.cache.backends.redis.RedisCache" in by_redis.stdout, by_redis.stderr
+    by_url = _run(
+        ["shell", "-c", show], REDIS_URL="redis://127.0.0.1:6379/3",
+        CACHE_URL="dbcache://kashforce_cache", KASHFORCE_VAR_DIR=str(tmp_path),
+    )  # fmt: skip
+    assert "django.core.cache.backends.db.DatabaseCache" in by_url.stdout, by_url.stderr
+    default = _run(["shell", "-c", show], REDIS_URL="", CACHE_URL="",
+                   KASHFORCE_VAR_DIR=str(tmp_path))  # fmt: skip
+    assert "LocMemCache" in default.stdout, default.stderr
 
 
 def test_check_deploy_warns_without_an_encryption_key(tmp_path):

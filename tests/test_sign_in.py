@@ -1,11 +1,21 @@
 """Signing in (throttled) and how long a session lasts."""
 
+import os
+import subprocess
+import sys
+import threading
 from datetime import timedelta
+from pathlib import Path
 
 import pytest
 from django.contrib.sessions.models import Session
+from django.core.cache import cache
+from django.db import connection
 from django.test import Client
 from django.utils import timezone
+
+from integration.access import ThrottledAuthenticationForm, _attempts_keys
+from tests.chaos_runner import redis_url
 
 pytestmark = pytest.mark.django_db
 
@@ -79,6 +89,81 @@ def test_a_lockout_is_logged_without_the_password(ops_user, caplog):
         sign_in("Hunter2-guess")
     assert "sign-in locked for 15 minutes after 5 failures: username='olivia'" in caplog.text
     assert "Hunter2-guess" not in caplog.text
+
+
+# A shared cache: every web process counts the same failures ------------------------------------
+
+
+@pytest.fixture
+def redis_cache(settings):
+    url = redis_url(14)
+    if url is None:
+        pytest.skip("Redis is not running on 127.0.0.1:6379")
+    settings.CACHES = {
+        "default": {"BACKEND": "django.core.cache.backends.redis.RedisCache", "LOCATION": url}
+    }
+    cache.clear()
+    yield url
+    cache.clear()
+
+
+def test_failures_in_another_process_count_towards_the_lock(ops_user, redis_cache, tmp_path):
+    """Four failures counted by another process (another gunicorn worker), then one here."""
+    failures_key, _ = _attempts_keys("olivia", "203.0.113.7")
+    code = (
+        "import django; django.setup()\n"
+        "from integration.access import ThrottledAuthenticationForm as Form\n"
+        f"for _ in range(4): Form._count_failure({failures_key!r}, 900)\n"
+    )
+    env = {
+        **os.environ,
+        "DJANGO_SETTINGS_MODULE": "kashforce.settings",
+        "CACHE_URL": redis_cache,
+        "KASHFORCE_VAR_DIR": str(tmp_path),
+    }
+    root = Path(__file__).resolve().parent.parent
+    subprocess.run([sys.executable, "-c", code], cwd=root, env=env, check=True, timeout=60)
+
+    _, response = sign_in(WRONG)
+    assert response.status_code == 429
+    assert sign_in(RIGHT)[1].status_code == 429
+
+
+def test_failures_at_the_same_moment_are_all_counted(redis_cache):
+    failures_key, _ = _attempts_keys("olivia", "203.0.113.7")
+    start = threading.Barrier(12)
+
+    def fail_once():
+        start.wait()
+        ThrottledAuthenticationForm._count_failure(failures_key, 900)
+
+    threads = [threading.Thread(target=fail_once) for _ in range(12)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert cache.get(failures_key) == 12
+
+
+def test_a_database_cache_made_by_migrate_holds_the_lock(ops_user, settings):
+    from integration.apps import _create_cache_table
+
+    settings.CACHES = {
+        "default": {
+            "BACKEND": "django.core.cache.backends.db.DatabaseCache",
+            "LOCATION": "kashforce_cache",
+        }
+    }
+    _create_cache_table(sender=None, using="default", verbosity=0)  # what migrate runs
+    for _ in range(4):
+        assert sign_in(WRONG)[1].status_code == 200
+    assert sign_in(WRONG)[1].status_code == 429
+    assert sign_in(RIGHT)[1].status_code == 429
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT cache_key FROM kashforce_cache")
+        keys = [row[0] for row in cursor.fetchall()]
+    assert any("login-locked-until" in key for key in keys)
+    assert not any("olivia" in key for key in keys)  # a digest, not the username
 
 
 # Sessions -----------------------------------------------------------------------------------

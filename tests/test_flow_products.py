@@ -276,3 +276,89 @@ def test_dry_run_shows_the_writes_and_makes_none(catalogue):
     assert SyncEvent.objects.count() == 0
     assert CrossRef.objects.count() == 0
     assert len(list(org.salesforce.query("SELECT Id FROM Product2"))) == 1
+
+
+# Lost answers: a write that was made but whose answer never came is not made twice -------------
+
+
+def set_faults(org, system, *rules):
+    control(
+        org.sandbox.info["control"][system],
+        "faults",
+        {"rules": [{"match": m, "kind": k, "rate": 1.0} for m, k in rules]},
+    )
+
+
+def retry_what_failed():
+    """The Retry button on every failed event, then a run."""
+    assert SyncEvent.objects.retrying().exists()
+    SyncEvent.objects.exclude(status=SyncEvent.Status.SUCCEEDED).update(
+        status=SyncEvent.Status.PENDING, next_attempt_at=None
+    )
+    return run_products()
+
+
+@pytest.mark.parametrize(
+    "lost",
+    [
+        pytest.param(["PATCH /services/data"], id="product2-upserts"),
+        pytest.param(["POST /services/data"], id="price-book-entry-creates"),
+        pytest.param(["PATCH /services/data", "POST /services/data"], id="every-write"),
+    ],
+)
+def test_lost_answers_from_salesforce_make_no_second_product2_or_price(catalogue, lost):
+    # The writes are made in Salesforce, and their answers lost.
+    set_faults(catalogue, "salesforce", *[(match, "ambiguous") for match in lost])
+    first = run_products()
+    assert first.written_count == 0, first.summary
+    set_faults(catalogue, "salesforce")
+
+    retry = retry_what_failed()
+
+    assert retry.status == SyncRun.Status.SUCCEEDED, retry.summary
+    records = list(
+        catalogue.salesforce.query(f"SELECT {PRODUCT_FIELDS}, {STANDARD_ENTRY} FROM Product2")
+    )
+    assert sorted(r["ExternalID__c"] for r in records) == [
+        "4000-CHAIR",
+        "4000-DESK",
+        "4000-NAIL",
+    ]
+    assert {r["ExternalID__c"]: price_of(r) for r in records} == {
+        "4000-CHAIR": Decimal("499.50"),
+        "4000-DESK": Decimal("12345.67"),
+        "4000-NAIL": Decimal("0.07"),
+    }
+    reset_stats(catalogue.sandbox)
+    assert run_products().written_count == 0
+    assert writes(catalogue.sandbox) == 0
+
+
+def test_a_lost_answer_from_kashflow_makes_no_second_product(org):
+    [standard] = list(org.salesforce.query("SELECT Id FROM Pricebook2 WHERE IsStandard = true"))
+    [created] = org.salesforce.create("Product2", [{"Name": "Standing desk", "ProductCode": "S-1"}])
+    org.salesforce.create(
+        "PricebookEntry",
+        [
+            {
+                "Pricebook2Id": standard["Id"],
+                "Product2Id": created.id,
+                "UnitPrice": Decimal("899.99"),
+            }
+        ],
+    )
+    set_faults(org, "kashflow", ("POST /v2/products", "ambiguous"))
+    first = run_products()
+    assert first.written_count == 0, first.summary
+    assert [p["Code"] for p in org.kashflow.products()] == ["S-1"]  # made; the answer was lost
+    set_faults(org, "kashflow")
+
+    retry = retry_what_failed()
+
+    assert retry.status == SyncRun.Status.SUCCEEDED, retry.summary
+    assert [(p["Code"], p["Price"]) for p in org.kashflow.products()] == [
+        ("S-1", Decimal("899.99"))
+    ]
+    ref = CrossRef.objects.get(object_type="product", salesforce_id=created.id)
+    assert ref.kashflow_key == "4000-S-1"
+    assert product2(org, "4000-S-1")["Id"] == created.id

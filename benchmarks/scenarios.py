@@ -203,10 +203,9 @@ def _b2(lab: Lab, n: int, naive: dict) -> dict:
         notes.append(
             f"The unchanged sync still read {reread:,} customer summaries "
             f"({unchanged.total_calls('kashflow')} list pages): every customer stamped within "
-            "the cursor's 2-minute overlap before the newest stamp is read again each run. The "
-            "sandbox seed gives about a fifth of its customers one and the same newest stamp "
-            "(the moment of the reset), and all of them fall in the overlap. They "
-            "are recognised as already recorded and nothing is written, but the pages cost calls."
+            "the cursor's 2-minute overlap before the newest stamp it saw is read again each run "
+            "(many customers share a stamp after a bulk import). They are recognised as already "
+            "recorded and nothing is written, but the pages cost calls."
         )
     return {
         "id": "B2",

@@ -87,6 +87,12 @@ def main() -> None:
     touch.add_argument("--seed", default="bench")
     naive = commands.add_parser("naive-customers")
     naive.add_argument("--limit", type=int, default=None)
+    fill = commands.add_parser("fill-ledger")
+    fill.add_argument("--events", type=int, required=True)
+    fill.add_argument("--seed", default="b5")
+    pages = commands.add_parser("dashboard-pages")
+    pages.add_argument("--requests", type=int, default=50)
+    pages.add_argument("--warmup", type=int, default=2)
     args = parser.parse_args()
 
     import django
@@ -96,6 +102,14 @@ def main() -> None:
         result = sync(args.flow, args.full)
     elif args.command == "touch-customers":
         result = touch_customers(args.count, args.seed)
+    elif args.command == "fill-ledger":
+        from benchmarks import dashboard
+
+        result = dashboard.fill(args.events, args.seed)
+    elif args.command == "dashboard-pages":
+        from benchmarks import dashboard
+
+        result = dashboard.measure(args.requests, args.warmup)
     else:
         result = naive_customers(args.limit)
     result["peak_rss_mb"] = peak_rss_mb()

@@ -200,9 +200,12 @@ def _runs(n: int, rng: random.Random) -> list:
                 finished_at=created + timedelta(seconds=rng.uniform(5, 120)),
             )
         )
-    # The newest run is still going: its page polls and its progress fragment is measured.
+    # The newest run is still going (its page polls and its progress fragment is measured),
+    # started a moment ago, as on a dashboard whose workers run every minute.
     latest = runs[-1]
     latest.status, latest.finished_at = SyncRun.Status.RUNNING, None
+    latest.created_at = latest.started_at = now - timedelta(seconds=40)
+    latest.heartbeat_at = now - timedelta(seconds=5)
     return runs
 
 

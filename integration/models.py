@@ -507,7 +507,14 @@ class SyncRun(models.Model):
 
     class Meta:
         ordering = ["-created_at", "-pk"]
-        indexes = [models.Index(fields=["flow", "-created_at"], name="run_flow_recent")]
+        indexes = [
+            models.Index(fields=["flow", "-created_at"], name="run_flow_recent"),
+            # The runs list, newest first, paged by keyset: one page of this index at any
+            # depth. Runs are never pruned and a minute schedule adds thousands a day.
+            # Ascending: read backwards it gives (created_at DESC, pk DESC) on SQLite, whose
+            # index entries end with the rowid, so no sort at all.
+            models.Index(fields=["created_at"], name="run_recent"),
+        ]
 
     def __str__(self) -> str:
         return f"{self.get_flow_display()} run {self.pk} ({self.get_status_display()})"

@@ -8,6 +8,7 @@ from django.test.utils import CaptureQueriesContext
 from django.urls import reverse
 from django.utils import timezone
 
+from integration import paging
 from integration.models import Connection, SyncEvent, SyncRun
 from tests import factories
 
@@ -181,6 +182,21 @@ def test_run_page_query_count_is_fixed(ops_client, django_assert_num_queries, ro
     # session, user, permissions (2), the run, its events page, links
     with django_assert_num_queries(7):
         ops_client.get(reverse("dashboard:run", args=[run.pk]))
+
+
+@pytest.mark.skipif(connection.vendor != "sqlite", reason="reads SQLite's query plan")
+@pytest.mark.parametrize("older", [False, True])
+def test_runs_list_reads_one_page_of_an_index(ops_client, older):
+    runs = [factories.SyncRunFactory() for _ in range(3)]
+    url = reverse("dashboard:runs")
+    if older:
+        url += f"?older={paging.encode(runs[-1])}"
+    with CaptureQueriesContext(connection) as queries:
+        ops_client.get(url)
+    [page] = [q["sql"] for q in queries if 'FROM "integration_syncrun"' in q["sql"]]
+    # Newest first from the index, at any depth: not a scan and sort of every run.
+    plan = _plan(page)
+    assert "INDEX run_recent" in plan and "TEMP B-TREE" not in plan
 
 
 def test_runs_filter_and_csv(ops_client):

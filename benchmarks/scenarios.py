@@ -327,14 +327,33 @@ def _b5_steps(lab: Lab, env: dict, n: int, requests: int) -> dict:
     return {"fill": fill.output, "pages": pages.output["pages"], "peak_rss_mb": pages.peak_rss_mb}
 
 
+def _b5_download_note(page: dict, small_n: int, small: dict) -> str:
+    """A CSV download holds every row that matches: its time grows with them, by design."""
+    if not page["page"].endswith("CSV"):
+        return ""
+    return (
+        f"{page['page']}: the whole download, {page['bytes'] / 1e6:.1f} MB (at N = "
+        f"{small_n:,}: {small['bytes'] / 1e3:.0f} kB); its time grows with the rows it holds, "
+        "its query count does not."
+    )
+
+
 def _b5(label: str, n: int, small_n: int, large: dict, small: dict, requests: int) -> dict:
-    small_queries = {page["page"]: page["queries"] for page in small["pages"]}
+    small_pages = {page["page"]: page for page in small["pages"]}
+    small_queries = {name: page["queries"] for name, page in small_pages.items()}
     figures = []
     for page in large["pages"]:
         name, at_small = page["page"], small_queries[page["page"]]
         figures += [
             figure(f"{name}: p50", page["p50_ms"], "ms"),
-            at_most(f"{name}: p95", page["p95_ms"], PAGE_TARGET_MS, "ms"),
+            at_most(
+                f"{name}: p95",
+                page["p95_ms"],
+                PAGE_TARGET_MS,
+                "ms",
+                f"≤ {PAGE_TARGET_MS} ms",
+                note=_b5_download_note(page, small_n, small_pages[name]),
+            ),
             figure(f"{name}: max", page["max_ms"], "ms"),
             figure(
                 f"{name}: queries",

@@ -17,6 +17,7 @@ import tempfile
 import threading
 import time
 import warnings
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -85,12 +86,15 @@ class Lab:
         self.set_latency(self.latency_ms)
         return time.perf_counter() - started
 
-    def fresh(self, name: str) -> Path:
-        """A new kashforce (copied from the migrated template) connected to the sandbox."""
+    def fresh(self, name: str, env: dict | None = None) -> Path:
+        """A new kashforce (copied from the migrated template) connected to the sandbox. With a
+        DATABASE_URL in `env`, that (empty) database is migrated and used instead of SQLite."""
         self.var_dir = self.workdir / f"var-{name}"
         shutil.rmtree(self.var_dir, ignore_errors=True)
         shutil.copytree(self.template_dir, self.var_dir)
-        self.manage("sandbox_connect", "--state-dir", str(self.sandbox_dir))
+        if (env or {}).get("DATABASE_URL"):
+            self.manage("migrate", "--noinput", env=env)
+        self.manage("sandbox_connect", "--state-dir", str(self.sandbox_dir), env=env)
         return self.var_dir
 
     # The sandbox's control API -------------------------------------------------------------------
@@ -130,11 +134,11 @@ class Lab:
             "PYTHONUNBUFFERED": "1",
         }
 
-    def manage(self, *args: str, var_dir: Path | None = None) -> None:
+    def manage(self, *args: str, var_dir: Path | None = None, env: dict | None = None) -> None:
         subprocess.run(
             [sys.executable, "manage.py", *args],
             cwd=ROOT,
-            env=self.env(var_dir),
+            env={**self.env(var_dir), **(env or {})},
             check=True,
             stdout=subprocess.DEVNULL,
         )
@@ -147,6 +151,37 @@ class Lab:
         )
         step.calls = self.stats()
         return step
+
+
+@contextmanager
+def postgres_database(server_url: str, name: str):
+    """A throwaway PostgreSQL database on the server of `server_url`; yields its URL and drops
+    it afterwards, whatever happened."""
+    import psycopg
+
+    base = server_url.rsplit("/", 1)[0]
+    with psycopg.connect(f"{base}/postgres", autocommit=True) as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        conn.execute(f'CREATE DATABASE "{name}"')
+    try:
+        yield f"{base}/{name}"
+    finally:
+        with psycopg.connect(f"{base}/postgres", autocommit=True) as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+def postgres_server(url: str | None) -> str | None:
+    """`url` (or DATABASE_URL) when it is a PostgreSQL server that answers, else None."""
+    url = url or os.environ.get("DATABASE_URL", "")
+    if not url.startswith("postgres"):
+        return None
+    try:
+        import psycopg
+
+        psycopg.connect(url.rsplit("/", 1)[0] + "/postgres", connect_timeout=3).close()
+    except Exception:
+        return None
+    return url
 
 
 def run_child(argv: list[str], env: dict) -> Step:

@@ -14,17 +14,19 @@ import time
 from pathlib import Path
 
 from benchmarks import report, scenarios
-from benchmarks.harness import Lab
+from benchmarks.harness import Lab, postgres_server
 
 ROOT = Path(__file__).resolve().parent.parent
 SIZES = {
-    # N customers for B1/B2, the naive baseline's sample (None = every record), B6's N.
+    # N customers for B1/B2, the naive baseline's sample (None = every record), B6's N, B5's
+    # events in the ledger (its query counts are compared with the same pages at 1,000 events).
     "full": {
         "customers": 10_000,
         "naive_sample": 1_000,
         "b6_customers": 100_000,
         "won": 1_000,
         "naive_invoices": 200,
+        "events": 100_000,
     },
     "small": {
         "customers": 1_000,
@@ -32,14 +34,16 @@ SIZES = {
         "b6_customers": 10_000,
         "won": 200,
         "naive_invoices": 50,
+        "events": 10_000,
     },
 }
+# B5 compares each page's query count at N with the count at this many events.
+B5_SMALL_N = 1_000
 ALL = ["B1", "B2", "B3", "B4", "B5", "B6"]
 NOT_YET = {
     "B3": "not written yet: push latency needs a web server and a qcluster worker beside the "
     "sandbox's Outbound Messages, polling latency a poll loop; the invoices flow landed on main "
     "late in this session.",
-    "B5": "not written yet: the dashboard landed on main late in this session.",
 }
 
 
@@ -57,6 +61,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--naive-invoices", type=int, help="deals B4's naive baseline runs on (0: all)"
     )
+    parser.add_argument("--events", type=int, help="events in the ledger for B5")
+    parser.add_argument("--requests", type=int, default=50, help="B5: requests per page")
+    parser.add_argument(
+        "--postgres",
+        help="B5 on PostgreSQL too, in throwaway databases on this server "
+        "(default: DATABASE_URL when it is PostgreSQL)",
+    )
     parser.add_argument("--output", type=Path, help="default benchmarks/results[-small].json")
     parser.add_argument("--markdown", type=Path, help="default docs/benchmarks[-small].md")
     parser.add_argument("--keep", action="store_true", help="keep the work directory")
@@ -66,16 +77,25 @@ def main(argv: list[str] | None = None) -> int:
     suffix = "-small" if args.small else ""
     args.output = args.output or ROOT / f"benchmarks/results{suffix}.json"
     args.markdown = args.markdown or ROOT / f"docs/benchmarks{suffix}.md"
-    for name in ("customers", "naive_sample", "b6_customers", "won", "naive_invoices"):
+    for name in ("customers", "naive_sample", "b6_customers", "won", "naive_invoices", "events"):
         if getattr(args, name) is not None:
             sizes[name] = getattr(args, name)
     naive_sample = sizes["naive_sample"] or None
     wanted = [item.strip().upper() for item in args.only.split(",") if item.strip()]
     command = "python -m benchmarks.run " + shlex.join(sys.argv[1:] if argv is None else argv)
 
+    postgres = postgres_server(args.postgres)
+    if args.postgres and not postgres:
+        parser.error(f"no PostgreSQL server answers at {args.postgres}")
     results = {
         "header": report.header(
-            command.strip(), {"latency_ms": args.latency_ms, "sizes": sizes, "only": wanted}
+            command.strip(),
+            {
+                "latency_ms": args.latency_ms,
+                "sizes": sizes,
+                "only": wanted,
+                "b5_postgres": bool(postgres),
+            },
         ),
         "scenarios": [],
         "not_measured": [{"id": key, "why": NOT_YET[key]} for key in wanted if key in NOT_YET],
@@ -92,6 +112,13 @@ def main(argv: list[str] | None = None) -> int:
             _log(f"B4: {sizes['won']:,} Closed Won Opportunities")
             results["scenarios"].append(
                 scenarios.b4(lab, sizes["won"], sizes["naive_invoices"] or None)
+            )
+        if "B5" in wanted:
+            where = "SQLite and PostgreSQL" if postgres else "SQLite"
+            _log(f"B5: dashboard pages on {sizes['events']:,} events ({where})")
+            small_n = min(B5_SMALL_N, sizes["events"])
+            results["scenarios"] += scenarios.b5(
+                lab, sizes["events"], small_n, args.requests, postgres
             )
         if "B6" in wanted:
             _log(f"B6: {sizes['b6_customers']:,} customers")

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import math
 
-from benchmarks.harness import Lab, Step
+from benchmarks.harness import Lab, Step, postgres_database
 
 LOGIN_CALLS = {
     "salesforce": {"POST /services/oauth2/token", "POST /services/Soap/u/{version}"},
@@ -339,4 +339,99 @@ def b4(lab: Lab, won: int, naive_sample: int | None) -> dict:
         "an invoice it may have made already, so a retry after a lost answer makes a second one.",
         "naive": naive,
         "steps": {"sync": step_summary(step)},
+    }
+
+
+# B5 ---------------------------------------------------------------------------------------------
+
+PAGE_TARGET_MS = 150
+
+
+def b5(lab: Lab, n: int, small_n: int, requests: int, postgres: str | None) -> list[dict]:
+    """Every dashboard page on a ledger of `n` events: server time over `requests` requests and
+    the queries per page, the same pages on `small_n` events to show that the query count does
+    not grow with the ledger. SQLite always; PostgreSQL too when a server is given."""
+    databases = [("SQLite", None)] + ([("PostgreSQL", postgres)] if postgres else [])
+    scenarios = []
+    for label, server in databases:
+        large = _b5_ledger(lab, label, server, n, requests)
+        small = _b5_ledger(lab, label, server, small_n, requests)
+        scenarios.append(_b5(label, n, small_n, large, small, requests))
+    return scenarios
+
+
+def _b5_ledger(lab: Lab, label: str, server: str | None, n: int, requests: int) -> dict:
+    """Fill a fresh kashforce with `n` events and measure its pages (two child processes)."""
+    name = f"b5-{label.lower()}-{n}"
+    if server is None:
+        env = {"DATABASE_URL": ""}  # the embedded default, whatever this shell points at
+        lab.fresh(name, env)
+        return _b5_steps(lab, env, n, requests)
+    with postgres_database(server, f"kashforce_bench_{name.replace('-', '_')}") as url:
+        env = {"DATABASE_URL": url}
+        lab.fresh(name, env)
+        return _b5_steps(lab, env, n, requests)
+
+
+def _b5_steps(lab: Lab, env: dict, n: int, requests: int) -> dict:
+    fill = lab.measure("fill-ledger", "--events", str(n), env=env)
+    pages = lab.measure("dashboard-pages", "--requests", str(requests), env=env)
+    return {"fill": fill.output, "pages": pages.output["pages"], "peak_rss_mb": pages.peak_rss_mb}
+
+
+def _b5_download_note(page: dict, small_n: int, small: dict) -> str:
+    """A CSV download holds every row that matches: its time grows with them, by design."""
+    if not page["page"].endswith("CSV"):
+        return ""
+    return (
+        f"{page['page']}: the whole download, {page['bytes'] / 1e6:.1f} MB (at N = "
+        f"{small_n:,}: {small['bytes'] / 1e3:.0f} kB); its time grows with the rows it holds, "
+        "its query count does not."
+    )
+
+
+def _b5(label: str, n: int, small_n: int, large: dict, small: dict, requests: int) -> dict:
+    small_pages = {page["page"]: page for page in small["pages"]}
+    small_queries = {name: page["queries"] for name, page in small_pages.items()}
+    figures = []
+    for page in large["pages"]:
+        name, at_small = page["page"], small_queries[page["page"]]
+        figures += [
+            figure(f"{name}: p50", page["p50_ms"], "ms"),
+            at_most(
+                f"{name}: p95",
+                page["p95_ms"],
+                PAGE_TARGET_MS,
+                "ms",
+                f"≤ {PAGE_TARGET_MS} ms",
+                note=_b5_download_note(page, small_n, small_pages[name]),
+            ),
+            figure(f"{name}: max", page["max_ms"], "ms"),
+            figure(
+                f"{name}: queries",
+                page["queries"],
+                "queries",
+                f"same as at N = {small_n:,} ({at_small})",
+                page["queries"] == at_small,
+                miss=f"{page['queries'] - at_small:+d} queries against N = {small_n:,}",
+            ),
+        ]
+    fill = large["fill"]
+    return {
+        "id": "B5",
+        "title": f"Dashboard pages on {n:,} events in the ledger ({label})",
+        "sizes": {"N": n, "small_N": small_n, "requests_per_page": requests, "database": label},
+        "figures": figures,
+        "note": (
+            f"In-process server time without network: Django's test Client in a kashforce child "
+            f"process, through the real URLconf and middleware, signed in as an Integration "
+            f"admin, DEBUG off; {requests} requests per page after 2 warm-up requests, one more "
+            f"to count the queries (session and user included). Downloads are timed to their "
+            f"last byte. The ledger: {fill['events']:,} events in {fill['runs']:,} runs over "
+            f"90 days, {fill['crossrefs']:,} cross-references, filled in {fill['seconds']:.1f} s."
+        ),
+        "at_small_n": small["pages"],
+        "pages": large["pages"],
+        "fill": fill,
+        "fill_small": small["fill"],
     }

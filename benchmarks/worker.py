@@ -95,6 +95,12 @@ def main() -> None:
     naive.add_argument("--limit", type=int, default=None)
     naive_invoices_parser = commands.add_parser("naive-invoices")
     naive_invoices_parser.add_argument("--limit", type=int, default=None)
+    fill = commands.add_parser("fill-ledger")
+    fill.add_argument("--events", type=int, required=True)
+    fill.add_argument("--seed", default="b5")
+    pages = commands.add_parser("dashboard-pages")
+    pages.add_argument("--requests", type=int, default=50)
+    pages.add_argument("--warmup", type=int, default=2)
     args = parser.parse_args()
 
     import django
@@ -106,6 +112,14 @@ def main() -> None:
         result = touch_customers(args.count, args.seed)
     elif args.command == "naive-invoices":
         result = naive_invoices(args.limit)
+    elif args.command == "fill-ledger":
+        from benchmarks import dashboard
+
+        result = dashboard.fill(args.events, args.seed)
+    elif args.command == "dashboard-pages":
+        from benchmarks import dashboard
+
+        result = dashboard.measure(args.requests, args.warmup)
     else:
         result = naive_customers(args.limit)
     result["peak_rss_mb"] = peak_rss_mb()

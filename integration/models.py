@@ -13,8 +13,7 @@ from datetime import date, datetime, time, timedelta
 from django.conf import settings
 from django.core.serializers.json import DjangoJSONEncoder
 from django.db import models, transaction
-from django.db.models import Count, F, Max, Min, Q
-from django.db.models.functions import TruncDate
+from django.db.models import Case, Count, F, Max, Min, Q, Value, When
 from django.utils import timezone
 
 from integration import changes, secrets
@@ -508,7 +507,14 @@ class SyncRun(models.Model):
 
     class Meta:
         ordering = ["-created_at", "-pk"]
-        indexes = [models.Index(fields=["flow", "-created_at"], name="run_flow_recent")]
+        indexes = [
+            models.Index(fields=["flow", "-created_at"], name="run_flow_recent"),
+            # The runs list, newest first, paged by keyset: one page of this index at any
+            # depth. Runs are never pruned and a minute schedule adds thousands a day.
+            # Ascending: read backwards it gives (created_at DESC, pk DESC) on SQLite, whose
+            # index entries end with the rowid, so no sort at all.
+            models.Index(fields=["created_at"], name="run_recent"),
+        ]
 
     def __str__(self) -> str:
         return f"{self.get_flow_display()} run {self.pk} ({self.get_status_display()})"
@@ -652,15 +658,33 @@ class SyncEventQuerySet(models.QuerySet):
             .order_by("-count", "flow", "error_code")
         )
 
-    def synced_per_day(self, since: datetime) -> SyncEventQuerySet:
-        """Records synced per day (site time zone) and flow since a moment: one grouped query."""
-        return (
-            self.filter(status=SyncEvent.Status.SUCCEEDED, finished_at__gte=since)
-            .annotate(day=TruncDate("finished_at"))
-            .values("day", "flow")
-            .annotate(count=Count("pk"))
-            .order_by("day", "flow")
+    def synced_per_day(self, days: list[date]) -> dict[tuple[date, str], int]:
+        """Records synced on each of `days` (consecutive, oldest first, in the site's time
+        zone) per flow, as {(day, flow): count}: one grouped query.
+
+        A row's day is found by comparing `finished_at` with the local midnights that start
+        the days (a CASE the database evaluates), not by converting each row to a local date:
+        on SQLite that conversion is a Python function called once per row, about 0.4 s for
+        the synced events of two weeks at 100,000 events. The window is bounded on both
+        sides, so the (status, finished_at) index reads the rows of those days and no others.
+        """
+        starts = [_start_of(day) for day in [*days, days[-1] + timedelta(days=1)]]
+        day_number = Case(
+            *(When(finished_at__lt=start, then=Value(n)) for n, start in enumerate(starts[1:])),
+            output_field=models.IntegerField(),
         )
+        rows = (
+            self.filter(
+                status=SyncEvent.Status.SUCCEEDED,
+                finished_at__gte=starts[0],
+                finished_at__lt=starts[-1],
+            )
+            .annotate(day_number=day_number)
+            .values("day_number", "flow")
+            .annotate(count=Count("pk"))
+            .order_by()
+        )
+        return {(days[row["day_number"]], row["flow"]): row["count"] for row in rows}
 
 
 def _as_date(value) -> date | None:
@@ -738,6 +762,13 @@ class SyncEvent(models.Model):
             models.Index(fields=["source_id", "-created_at"], name="event_source_recent"),
             models.Index(fields=["target_id", "-created_at"], name="event_target_recent"),
             models.Index(fields=["run", "status"], name="event_run_status"),
+            # The overview's records synced per day: a range of finished_at among the
+            # synced, with the flow in the index so the rows themselves are not read.
+            models.Index(fields=["status", "finished_at", "flow"], name="event_status_finished"),
+            # The mapping editor's recent records of an object (and a record's newest event).
+            models.Index(
+                fields=["flow", "source_object", "-created_at"], name="event_object_recent"
+            ),
         ]
         permissions = [
             ("operate_sync", "Can start syncs and retry or ignore errors"),

@@ -156,10 +156,7 @@ def overview(request):
     today = timezone.localdate()
     days = [today - timedelta(days=n) for n in range(CHART_DAYS - 1, -1, -1)]
     week_start = today - timedelta(days=today.weekday())
-    synced = {
-        (row["day"], row["flow"]): row["count"]
-        for row in SyncEvent.objects.synced_per_day(_start_of(days[0]))
-    }
+    synced = SyncEvent.objects.synced_per_day(days)
     causes = _cause_rows(SyncEvent.objects.unresolved().error_groups())
     connections = list(Connection.objects.filter(is_active=True))
     engine = _sync_engine()

@@ -1,5 +1,10 @@
+from datetime import timedelta
+
 import pytest
+from django.db import connection
+from django.test.utils import CaptureQueriesContext
 from django.urls import reverse
+from django.utils import timezone
 
 from integration.models import MappingSet, SyncEvent
 from tests import factories
@@ -147,6 +152,30 @@ def test_history_query_count_is_fixed(admin_client_, customers_v1, django_assert
     # session, user, permissions (2), the mapping, its versions, their rows
     with django_assert_num_queries(7):
         admin_client_.get(reverse("dashboard:mapping_history", args=[customers_v1.pk]))
+
+
+@pytest.mark.skipif(connection.vendor != "sqlite", reason="reads SQLite's query plan")
+def test_recent_records_come_newest_first_from_an_index(admin_client_, customers_v1):
+    now = timezone.now()
+    for code, minutes_ago in [("OLD01", 30), ("NEW01", 20), ("MID01", 10), ("NEW01", 5)]:
+        factories.SyncEventFactory(
+            source_object=customers_v1.source_object,
+            source_id=code,
+            created_at=now - timedelta(minutes=minutes_ago),
+        )
+    factories.SyncEventFactory(source_object="kashflow.Customer", source_id="OTHER")
+
+    with CaptureQueriesContext(connection) as queries:
+        response = admin_client_.get(reverse("dashboard:mapping", args=[customers_v1.pk]))
+
+    assert response.context["recent_records"] == ["NEW01", "MID01", "OLD01"]
+    [recent] = [q["sql"] for q in queries if "LIMIT 200" in q["sql"]]
+    with connection.cursor() as cursor:
+        cursor.execute(f"EXPLAIN QUERY PLAN {recent}")
+        plan = " ".join(str(row[-1]) for row in cursor.fetchall())
+    # The newest 200 events of the object straight from the index, not a scan and sort of
+    # the whole ledger.
+    assert "USING INDEX event_object_recent" in plan and "TEMP B-TREE" not in plan
 
 
 def test_preview_maps_a_real_record_without_saving(admin_client_, customers_v1):

@@ -1,11 +1,14 @@
 import csv
 import io
-from datetime import timedelta
+from datetime import UTC, date, datetime, timedelta
 
 import pytest
+from django.db import connection
+from django.test.utils import CaptureQueriesContext
 from django.urls import reverse
 from django.utils import timezone
 
+from integration import paging
 from integration.models import Connection, SyncEvent, SyncRun
 from tests import factories
 
@@ -48,6 +51,56 @@ def test_overview_query_count_is_fixed(ops_client, engine, django_assert_num_que
     # session, user, permissions (2), per-day counts, causes, connections, last run of 4 flows
     with django_assert_num_queries(11):
         ops_client.get("/")
+
+
+def test_synced_per_day_counts_local_days_across_the_end_of_summer_time(settings):
+    settings.TIME_ZONE = "Europe/London"  # BST ends at 02:00 on Sunday 26 October 2025
+    days = [date(2025, 10, 25), date(2025, 10, 26), date(2025, 10, 27)]
+    for hour, minute, day in [
+        (22, 59, 24),  # 23:59 BST on the 24th: before the window
+        (23, 0, 24),  # 00:00 BST on the 25th
+        (22, 59, 25),  # 23:59 BST on the 25th
+        (23, 30, 25),  # 00:30 BST on the 26th
+        (23, 30, 26),  # 23:30 GMT on the 26th
+        (0, 0, 27),  # 00:00 GMT on the 27th
+        (23, 59, 27),  # 23:59 GMT on the 27th
+        (0, 0, 28),  # after the window
+    ]:
+        synced(when=datetime(2025, 10, day, hour, minute, tzinfo=UTC))
+    synced(flow="payments", when=datetime(2025, 10, 26, 12, tzinfo=UTC))
+    factories.SyncEventFactory(
+        status=SyncEvent.Status.FAILED_PERMANENT, finished_at=datetime(2025, 10, 26, tzinfo=UTC)
+    )
+
+    with timezone.override("Europe/London"):
+        counts = SyncEvent.objects.synced_per_day(days)
+
+    assert counts == {
+        (date(2025, 10, 25), "customers"): 2,
+        (date(2025, 10, 26), "customers"): 2,
+        (date(2025, 10, 26), "payments"): 1,
+        (date(2025, 10, 27), "customers"): 2,
+    }
+
+
+def _plan(sql: str) -> str:
+    with connection.cursor() as cursor:
+        cursor.execute(f"EXPLAIN QUERY PLAN {sql}")
+        return " ".join(str(row[-1]) for row in cursor.fetchall())
+
+
+@pytest.mark.skipif(connection.vendor != "sqlite", reason="reads SQLite's query plan")
+def test_the_chart_reads_only_its_days_through_an_index(ops_client, engine):
+    synced(when=timezone.now() - timedelta(days=40))
+    with CaptureQueriesContext(connection) as queries:
+        ops_client.get("/")
+    [chart] = [q["sql"] for q in queries if "CASE WHEN" in q["sql"]]
+    # The synced rows of the chart's days only, from the index alone: not every synced row
+    # of the ledger (event_status_recent), and not the table.
+    assert (
+        "COVERING INDEX event_status_finished (status=? AND finished_at>? AND finished_at<?)"
+        in _plan(chart)
+    )
 
 
 def test_banner_when_a_connection_fails(ops_client, engine):
@@ -129,6 +182,21 @@ def test_run_page_query_count_is_fixed(ops_client, django_assert_num_queries, ro
     # session, user, permissions (2), the run, its events page, links
     with django_assert_num_queries(7):
         ops_client.get(reverse("dashboard:run", args=[run.pk]))
+
+
+@pytest.mark.skipif(connection.vendor != "sqlite", reason="reads SQLite's query plan")
+@pytest.mark.parametrize("older", [False, True])
+def test_runs_list_reads_one_page_of_an_index(ops_client, older):
+    runs = [factories.SyncRunFactory() for _ in range(3)]
+    url = reverse("dashboard:runs")
+    if older:
+        url += f"?older={paging.encode(runs[-1])}"
+    with CaptureQueriesContext(connection) as queries:
+        ops_client.get(url)
+    [page] = [q["sql"] for q in queries if 'FROM "integration_syncrun"' in q["sql"]]
+    # Newest first from the index, at any depth: not a scan and sort of every run.
+    plan = _plan(page)
+    assert "INDEX run_recent" in plan and "TEMP B-TREE" not in plan
 
 
 def test_runs_filter_and_csv(ops_client):

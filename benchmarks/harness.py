@@ -130,6 +130,11 @@ class Lab:
             "DJANGO_SETTINGS_MODULE": "kashforce.settings",
             "KASHFORCE_VAR_DIR": str(var_dir or self.var_dir),
             "KASHFORCE_SANDBOX_DIR": str(self.sandbox_dir),
+            # The embedded default (SQLite in the var dir), whatever this shell points at; a
+            # scenario that measures PostgreSQL passes its own DATABASE_URL.
+            "DATABASE_URL": "",
+            "REDIS_URL": "",
+            "CACHE_URL": "",
             "LOG_LEVEL": "WARNING",
             "PYTHONUNBUFFERED": "1",
         }

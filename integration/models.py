@@ -13,7 +13,7 @@ from datetime import date, datetime, time, timedelta
 from django.conf import settings
 from django.core.serializers.json import DjangoJSONEncoder
 from django.db import models, transaction
-from django.db.models import Case, Count, F, Max, Min, Q, Value, When
+from django.db.models import Case, Count, Exists, F, Max, Min, OuterRef, Q, Value, When
 from django.utils import timezone
 
 from integration import changes, secrets
@@ -462,6 +462,17 @@ class SyncRunQuerySet(models.QuerySet):
     def unfinished(self) -> SyncRunQuerySet:
         return self.filter(status__in=[SyncRun.Status.QUEUED, SyncRun.Status.RUNNING])
 
+    def empty_and_finished_before(self, moment: datetime) -> SyncRunQuerySet:
+        """Runs made before `moment` that are over and hold no ledger rows any more (cleanup
+        removed them): nothing on their page but the counts."""
+        return (
+            self.filter(created_at__lt=moment)
+            .exclude(
+                status__in=[SyncRun.Status.QUEUED, SyncRun.Status.RUNNING, SyncRun.Status.WAITING]
+            )
+            .exclude(Exists(SyncEvent.objects.filter(run=OuterRef("pk"))))
+        )
+
     def stale(self, older_than: timedelta) -> SyncRunQuerySet:
         """Running runs whose worker has not reported for a while: it probably died."""
         return self.filter(
@@ -510,7 +521,7 @@ class SyncRun(models.Model):
         indexes = [
             models.Index(fields=["flow", "-created_at"], name="run_flow_recent"),
             # The runs list, newest first, paged by keyset: one page of this index at any
-            # depth. Runs are never pruned and a minute schedule adds thousands a day.
+            # depth. A minute schedule adds thousands a day, kept for the ledger retention.
             # Ascending: read backwards it gives (created_at DESC, pk DESC) on SQLite, whose
             # index entries end with the rowid, so no sort at all.
             models.Index(fields=["created_at"], name="run_recent"),

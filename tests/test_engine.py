@@ -9,7 +9,12 @@ from django_q.models import OrmQ, Schedule
 
 from integration.models import Connection, SyncEvent, SyncRun, Trigger
 from integration.sync import engine
-from tests.factories import SalesforceConnectionFactory, SyncEventFactory, UserFactory
+from tests.factories import (
+    SalesforceConnectionFactory,
+    SyncEventFactory,
+    SyncRunFactory,
+    UserFactory,
+)
 
 pytestmark = pytest.mark.django_db
 
@@ -422,3 +427,19 @@ def test_nul_characters_never_reach_the_database(flow):
     event.refresh_from_db()
     assert event.message == "Salesforce said: bad value 'Odd name'"
     assert run.status == SyncRun.Status.SUCCEEDED
+
+
+def test_cleanup_drops_old_runs_left_empty_and_keeps_those_holding_errors_or_working():
+    old = timezone.now() - timedelta(days=400)
+    emptied = SyncRunFactory(created_at=old, status=SyncRun.Status.SUCCEEDED)
+    SyncEventFactory(run=emptied, status=SyncEvent.Status.SUCCEEDED, created_at=old)
+    with_error = SyncRunFactory(created_at=old, status=SyncRun.Status.PARTIAL)
+    SyncEventFactory(run=with_error, status=SyncEvent.Status.FAILED_PERMANENT, created_at=old)
+    waiting = SyncRunFactory(created_at=old, status=SyncRun.Status.WAITING)
+    recent = SyncRunFactory(status=SyncRun.Status.SUCCEEDED)
+
+    outcome = engine.cleanup()
+
+    assert (outcome["events"], outcome["runs"]) == (1, 1)
+    assert set(SyncRun.objects.all()) == {with_error, waiting, recent}
+    assert SyncEvent.objects.get().run == with_error

@@ -665,12 +665,14 @@ def sweep() -> dict:
 
 
 def cleanup() -> dict:
-    """Nightly: drop old successful ledger rows (errors and ignored rows are kept)."""
+    """Nightly: drop old successful ledger rows (errors and ignored rows are kept), then the old
+    finished runs left with no rows (a run that still holds an error keeps its page)."""
     from django_q.models import Failure
 
     keep = timezone.now() - timedelta(days=_setting("LEDGER_RETENTION_DAYS"))
     events, _ = SyncEvent.objects.filter(
         status__in=[SyncEvent.Status.SUCCEEDED, SyncEvent.Status.SKIPPED], created_at__lt=keep
     ).delete()
+    runs, _ = SyncRun.objects.empty_and_finished_before(keep).delete()
     failures, _ = Failure.objects.filter(stopped__lt=keep).delete()
-    return {"events": events, "queue_failures": failures}
+    return {"events": events, "runs": runs, "queue_failures": failures}

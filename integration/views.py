@@ -279,16 +279,7 @@ def runs_csv(request):
         "Started by",
         "Summary",
     ]
-    return export.csv_response("kashforce-runs.csv", header, (_csv_row(row) for row in rows))
-
-
-def _csv_row(values) -> list:
-    return [
-        timezone.localtime(value).isoformat(timespec="seconds")
-        if isinstance(value, datetime)
-        else value
-        for value in values
-    ]
+    return export.csv_response("kashforce-runs.csv", header, rows)
 
 
 @viewer_required
@@ -421,7 +412,7 @@ def errors_csv(request):
         "Reason ignored",
         "Run",
     ]
-    return export.csv_response("kashforce-errors.csv", header, (_csv_row(row) for row in rows))
+    return export.csv_response("kashforce-errors.csv", header, rows)
 
 
 def _selected_cause(causes: list[dict], filters: dict) -> dict | None:

@@ -3,7 +3,7 @@
 import pytest
 
 from integration.changes import flatten, mapping_changes, payload_changes
-from integration.export import safe_cell
+from integration.export import CHUNK_ROWS, csv_response, safe_cell
 from integration.links import RecordLinks
 from integration.models import SyncEvent
 from integration.paging import decode
@@ -69,6 +69,29 @@ def test_a_bad_cursor_is_the_first_page(cursor):
 )
 def test_safe_cell(value, cell):
     assert safe_cell(value) == cell
+
+
+@pytest.mark.parametrize(
+    "count", [0, 1, CHUNK_ROWS - 1, CHUNK_ROWS, CHUNK_ROWS + 1, 3 * CHUNK_ROWS]
+)
+def test_a_csv_download_holds_every_row_once_across_its_chunks(count, settings):
+    import csv
+    from datetime import UTC, datetime
+
+    settings.TIME_ZONE = "Europe/London"
+    summer = datetime(2026, 7, 1, 11, 30, 5, 900, tzinfo=UTC)
+    rows = ([n, f"=name {n}", summer, None] for n in range(count))
+
+    response = csv_response("x.csv", ["N", "Name", "When", "Empty"], rows)
+
+    chunks = list(response.streaming_content)
+    text = b"".join(chunks).decode("utf-8")
+    assert text.startswith("\ufeffN,Name,When,Empty\r\n")
+    parsed = list(csv.reader(text.removeprefix("\ufeff").splitlines()))
+    assert parsed[1:] == [
+        [str(n), f"'=name {n}", "2026-07-01T12:30:05+01:00", ""] for n in range(count)
+    ]
+    assert len(chunks) <= count // CHUNK_ROWS + 1  # a chunk per CHUNK_ROWS rows, not per row
 
 
 def test_links_for_both_directions():

@@ -151,7 +151,8 @@ class Flow(Protocol):
     batch_size: int
 
     def collect(self, ctx: RunContext) -> None:
-        """Read changes from the source since the cursor and `record_change` each one."""
+        """Read changes from the source since the cursor and `record_changes` them, a page at a
+        time."""
 
     def process(self, events: list[SyncEvent], ctx: RunContext) -> None:
         """Map and write a batch of claimed events, marking each succeeded, skipped or failed."""
@@ -272,7 +273,7 @@ def _jsonable(filters: dict) -> dict:
 # Recording changes
 
 PAGE = 200  # changes recorded per transaction: one page of a KashFlow list or a SOQL batch
-RECORD_ATTEMPTS = 5
+RECORD_ATTEMPTS = 5  # a page that loses this many races in a row is not racing: raise
 
 
 @dataclass(frozen=True)
@@ -340,12 +341,15 @@ def _record_page(run: SyncRun, changes: list[Change]) -> list[SyncEvent | None]:
             # write. Its row is committed now, so reading again sees it and skips that change.
             continue
     with transaction.atomic():
-        return _write_page(run, changes)  # so many races in a row are no race: let it raise
+        return _write_page(run, changes)
 
 
 def _write_page(run: SyncRun, changes: list[Change]) -> list[SyncEvent | None]:
     keyed = [(change, *_dedupe_key(run.flow, change)) for change in changes]
     known = _known({key for _, _, key in keyed})
+    # Only records with a new key are locked: a push, which holds its run's row, then never
+    # waits on an event's lock for a change the ledger has (the poll may hold that lock while
+    # it waits on the run's row to insert).
     waiting = _waiting_events(
         run.flow, {(c.source_object, c.source_id) for c, _, key in keyed if key not in known}
     )

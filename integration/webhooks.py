@@ -144,21 +144,25 @@ def salesforce_outbound(request, secret: str):
     with transaction.atomic():
         run = engine.start_run(Flow.INVOICES, Trigger.PUSH)
         ctx = engine.RunContext(run=run, deadline=0)
-        for notification in opportunities:
-            engine.record_change(
-                ctx,
-                direction=Direction.SALESFORCE_TO_KASHFLOW,
-                source_object="salesforce.Opportunity",
-                source_id=notification["fields"]["Id"],
-                payload={
-                    **notification["fields"],
-                    "_notification_id": notification["notification_id"],
-                },
-                # One invoice per won Opportunity: the poll and every repeat of this push for the
-                # same Opportunity are the same event.
-                version="won",
-                target_object="kashflow.Invoice",
-            )
+        engine.record_changes(
+            ctx,
+            [
+                engine.Change(
+                    direction=Direction.SALESFORCE_TO_KASHFLOW,
+                    source_object="salesforce.Opportunity",
+                    source_id=notification["fields"]["Id"],
+                    payload={
+                        **notification["fields"],
+                        "_notification_id": notification["notification_id"],
+                    },
+                    # One invoice per won Opportunity: the poll and every repeat of this push for
+                    # the same Opportunity are the same event.
+                    version="won",
+                    target_object="kashflow.Invoice",
+                )
+                for notification in opportunities
+            ],
+        )
         ctx.flush_counts()
         if not ctx.recorded:
             # A repeat (Salesforce delivers at least once, and may replay): every notification

@@ -1,9 +1,12 @@
 """The engine, driven by a small in-memory flow: claims, dedupe, sweeper, continuation."""
 
+import threading
+import time
 from dataclasses import dataclass, field
 from datetime import timedelta
 
 import pytest
+from django.db import connection, transaction
 from django.utils import timezone
 from django_q.models import OrmQ, Schedule
 
@@ -443,3 +446,204 @@ def test_cleanup_drops_old_runs_left_empty_and_keeps_those_holding_errors_or_wor
     assert (outcome["events"], outcome["runs"]) == (1, 1)
     assert set(SyncRun.objects.all()) == {with_error, waiting, recent}
     assert SyncEvent.objects.get().run == with_error
+
+
+# Recording a page of changes ------------------------------------------------------------------
+
+
+def change(code: str, version: str = "", **fields) -> engine.Change:
+    return engine.Change(
+        direction="kf_to_sf",
+        source_object="kashflow.Product",
+        source_id=code,
+        payload={"Code": code, "Name": "Widget", **fields},
+        version=version,
+        target_object="salesforce.Product2",
+    )
+
+
+def recording_context(run=None) -> engine.RunContext:
+    return engine.RunContext(run=run or SyncRunFactory(flow="products"), deadline=float("inf"))
+
+
+def test_recording_a_page_of_200_changes_takes_a_few_queries(django_assert_num_queries):
+    # A savepoint, the known keys, the waiting events, one write, the release. SQLite makes the
+    # write several statements: Django keeps each under 999 parameters (45 rows an INSERT, 71
+    # an UPDATE of the 12 replaced fields).
+    sqlite = connection.vendor == "sqlite"
+    ctx = recording_context()
+    with django_assert_num_queries(4 + (5 if sqlite else 1)):
+        events = engine.record_changes(ctx, [change(f"P{i:03}") for i in range(200)])
+    assert SyncEvent.objects.filter(run=ctx.run).count() == 200 == len(events) == ctx.recorded
+    # The next page replaces all 200 waiting events in place.
+    renamed = [change(f"P{i:03}", Name="Renamed") for i in range(200)]
+    with django_assert_num_queries(4 + (3 if sqlite else 1)):
+        engine.record_changes(ctx, renamed)
+    assert SyncEvent.objects.filter(payload__Name="Renamed").count() == 200
+    assert SyncEvent.objects.count() == 200
+    # A page the ledger knows already is one read (and, 500 records read, the run's counts).
+    with django_assert_num_queries(3 + 2):
+        assert engine.record_changes(ctx, renamed) == [None] * 200
+    assert ctx.recorded == 400
+    ctx.run.refresh_from_db()
+    assert (ctx.run.read_count, ctx.seen) == (600, 0)
+
+
+def test_a_page_skips_the_changes_already_recorded_and_records_the_rest():
+    ctx = recording_context()
+    first = engine.record_changes(ctx, [change("P1"), change("P2")])
+    SyncEvent.objects.update(status=SyncEvent.Status.SUCCEEDED)
+    events = engine.record_changes(ctx, [change("P2"), change("P3"), change("P1")])
+    assert events[0] is None and events[2] is None
+    assert events[1].pk and events[1].source_id == "P3"
+    assert ctx.recorded == 3
+    assert SyncEvent.objects.count() == 3
+    assert set(SyncEvent.objects.filter(source_id__in=["P1", "P2"])) == set(first)
+
+
+def test_the_same_change_twice_in_a_page_is_one_event():
+    ctx = recording_context()
+    events = engine.record_changes(ctx, [change("P1", "v1"), change("P1", "v1")])
+    assert events[0].pk and events[1] is None
+    assert SyncEvent.objects.get().dedupe_key == "products:kashflow.Product:P1:v1"
+    assert ctx.recorded == 1
+
+
+def test_a_record_changed_twice_in_a_page_is_one_event_with_the_later_data():
+    ctx = recording_context()
+    events = engine.record_changes(ctx, [change("P1", Name="A"), change("P1", Name="B")])
+    event = SyncEvent.objects.get()
+    assert event.payload["Name"] == "B" and events == [event, event]
+    # A → B → A within one page: the event ends with A, and is still one event.
+    engine.record_changes(
+        ctx, [change("P2", Name="A"), change("P2", Name="B"), change("P2", Name="A")]
+    )
+    assert SyncEvent.objects.get(source_id="P2").payload["Name"] == "A"
+
+
+def test_unchanged_content_is_skipped_and_changed_content_is_a_new_event():
+    ctx = recording_context()
+    engine.record_changes(ctx, [change("P1", Name="A")])
+    SyncEvent.objects.update(status=SyncEvent.Status.SUCCEEDED)
+    events = engine.record_changes(ctx, [change("P1", Name="A"), change("P2", Name="A")])
+    assert events[0] is None and events[1].source_id == "P2"
+    events = engine.record_changes(ctx, [change("P1", Name="B")])
+    assert events[0].pk and events[0].payload["Name"] == "B"
+    assert SyncEvent.objects.filter(source_id="P1").count() == 2
+
+
+def test_a_page_replaces_waiting_and_failed_events_but_leaves_running_and_finished_ones():
+    run = SyncRunFactory(flow="products")
+    statuses = {
+        "WAITING": SyncEvent.Status.PENDING,
+        "FAILED": SyncEvent.Status.FAILED_PERMANENT,
+        "RUNNING": SyncEvent.Status.RUNNING,
+        "DONE": SyncEvent.Status.SUCCEEDED,
+    }
+    before = {
+        code: SyncEventFactory(
+            flow="products",
+            source_object="kashflow.Product",
+            source_id=code,
+            status=status,
+            attempts=3,
+            error_code="X" if status == SyncEvent.Status.FAILED_PERMANENT else "",
+            message="old",
+        )
+        for code, status in statuses.items()
+    }
+    ctx = recording_context(run)
+    events = engine.record_changes(ctx, [change(code, "v2", Name="New") for code in statuses])
+    assert all(events) and ctx.recorded == 4
+    for code in ("WAITING", "FAILED"):
+        replaced = SyncEvent.objects.get(source_id=code)
+        assert replaced.pk == before[code].pk
+        assert replaced.payload["Name"] == "New" and replaced.run == run
+        assert (replaced.status, replaced.attempts, replaced.error_code, replaced.message) == (
+            SyncEvent.Status.PENDING,
+            0,
+            "",
+            "",
+        )
+    for code in ("RUNNING", "DONE"):
+        kept, new = SyncEvent.objects.filter(source_id=code).order_by("pk")
+        assert (kept.pk, kept.status, kept.message) == (before[code].pk, statuses[code], "old")
+        assert new.status == SyncEvent.Status.PENDING and new.payload["Name"] == "New"
+
+
+def test_of_two_waiting_events_of_one_record_the_newest_is_replaced():
+    """A record can have two open events (the first was running when the second arrived, then
+    failed): a new change replaces the newer one instead of being lost."""
+    older, newer = (
+        SyncEventFactory(
+            flow="products",
+            source_object="kashflow.Product",
+            source_id="P1",
+            status=SyncEvent.Status.FAILED_TRANSIENT,
+        )
+        for _ in range(2)
+    )
+    ctx = recording_context()
+    (event,) = engine.record_changes(ctx, [change("P1", "v3", Name="Newest")])
+    assert event.pk == newer.pk
+    assert SyncEvent.objects.get(pk=newer.pk).payload["Name"] == "Newest"
+    assert SyncEvent.objects.get(pk=older.pk).payload == older.payload
+
+
+def test_a_change_another_worker_records_between_our_read_and_write_is_one_event(monkeypatch):
+    ctx = recording_context()
+    (theirs,) = engine.record_changes(ctx, [change("P2")])
+    SyncEvent.objects.filter(pk=theirs.pk).update(status=SyncEvent.Status.RUNNING)  # claimed
+    read_known = engine._known
+    reads = []
+
+    def read_before_they_committed(keys):
+        reads.append(keys)
+        return set() if len(reads) == 1 else read_known(keys)
+
+    monkeypatch.setattr(engine, "_known", read_before_they_committed)
+    events = engine.record_changes(ctx, [change("P1"), change("P2"), change("P3")])
+    assert len(reads) == 2  # the insert met their key, and the page was read again
+    assert events[1] is None and events[0].pk and events[2].pk
+    assert SyncEvent.objects.count() == 3
+    assert SyncEvent.objects.get(source_id="P2").status == SyncEvent.Status.RUNNING
+
+
+@pytest.mark.django_db(transaction=True)
+def test_two_workers_recording_the_same_change_at_once_make_one_event():
+    if connection.vendor != "postgresql":
+        pytest.skip("two connections writing at once: PostgreSQL (SQLite serialises writers)")
+    run = SyncRunFactory(flow="products")
+    first_wrote, outcome = threading.Event(), {}
+
+    def first():
+        try:
+            with transaction.atomic():
+                outcome["first"] = engine.record_changes(
+                    recording_context(run), [change("P1"), change("P2")]
+                )
+                first_wrote.set()
+                time.sleep(0.5)  # the second reads now, misses P2, then waits on P2's key
+        finally:
+            connection.close()
+
+    def second():
+        first_wrote.wait(10)
+        try:
+            started = time.monotonic()
+            outcome["second"] = engine.record_changes(
+                recording_context(run), [change("P2"), change("P3")]
+            )
+            outcome["waited"] = time.monotonic() - started
+        finally:
+            connection.close()
+
+    threads = [threading.Thread(target=first), threading.Thread(target=second)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(30)
+    assert all(outcome["first"])
+    assert outcome["second"][0] is None and outcome["second"][1].source_id == "P3"
+    assert outcome["waited"] > 0.2  # it did meet the first's uncommitted key
+    assert sorted(SyncEvent.objects.values_list("source_id", flat=True)) == ["P1", "P2", "P3"]

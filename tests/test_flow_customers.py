@@ -4,6 +4,8 @@ sockets against the sandbox, with the real clients."""
 from types import SimpleNamespace
 
 import pytest
+from django.db import connection
+from django.test.utils import CaptureQueriesContext
 
 from integration.clients.kashflow import KashFlowClient
 from integration.clients.salesforce import SalesforceClient
@@ -55,6 +57,19 @@ def test_initial_load_upserts_accounts_and_contacts_in_batches_of_200(org):
     assert upserts == 6  # 3 batches x (Accounts + Contacts)
     kashflow_calls = stats(org.sandbox, "kashflow")["total"]
     assert kashflow_calls <= 2 + 3  # sign-in (2) + 3 pages of 200
+
+
+def test_collect_records_the_customers_a_page_at_a_time(org):
+    org.sandbox.reset("customers=450,accounts=0")
+    run = engine.start_run("customers", Trigger.MANUAL)
+    ctx = engine.RunContext(run=run, deadline=float("inf"))
+    with CaptureQueriesContext(connection) as queries:
+        engine.get_flow("customers").collect(ctx)
+    assert SyncEvent.objects.count() == 450 == ctx.recorded
+    ledger = [q["sql"] for q in queries if '"integration_syncevent"' in q["sql"]]
+    # Per page of 200: read the known keys and the waiting events, insert (SQLite: in statements
+    # of 45 rows). One customer at a time, it was three queries each.
+    assert len(ledger) == 3 * 2 + (5 + 5 + 2 if connection.vendor == "sqlite" else 3)
 
 
 def test_nothing_changed_costs_a_handful_of_calls_and_writes_nothing(org):

@@ -40,22 +40,10 @@ class CustomersFlow:
         connection = ctx.kashflow.connection
         watermark = None if ctx.run.full else _watermark(Cursor.get_value(self.name, connection))
         newest = ""
-        for customer in ctx.kashflow.customers_changed_since(watermark, full_records=False):
-            stamp = customer.get("LastUpdatedDate") or ""
-            engine.record_change(
-                ctx,
-                direction=Direction.KASHFLOW_TO_SALESFORCE,
-                source_object=SOURCE,
-                source_id=customer["Code"],
-                payload=customer,
-                # KashFlow stamps to the second, so two saves in one second share a stamp: the
-                # content tells them apart. A full run looks at every customer again.
-                version=f"full-{ctx.run.pk}"
-                if ctx.run.full
-                else f"{stamp}:{payload_hash(customer)[:16]}",
-                target_object=ACCOUNT,
-            )
-            newest = max(newest, _sortable(stamp))
+        customers = ctx.kashflow.customers_changed_since(watermark, full_records=False)
+        for page in engine.pages(customers):
+            engine.record_changes(ctx, [_change(ctx, customer) for customer in page])
+            newest = max(newest, *(_sortable(c.get("LastUpdatedDate") or "") for c in page))
         if newest and not ctx.dry_run:
             Cursor.advance(self.name, connection, newest)
 
@@ -94,6 +82,20 @@ class CustomersFlow:
         if ctx.dry_run:
             return _plan(ctx, writes, links, current)
         _write(ctx, writes, links)
+
+
+def _change(ctx: engine.RunContext, customer: dict) -> engine.Change:
+    stamp = customer.get("LastUpdatedDate") or ""
+    return engine.Change(
+        direction=Direction.KASHFLOW_TO_SALESFORCE,
+        source_object=SOURCE,
+        source_id=customer["Code"],
+        payload=customer,
+        # KashFlow stamps to the second, so two saves in one second share a stamp: the
+        # content tells them apart. A full run looks at every customer again.
+        version=f"full-{ctx.run.pk}" if ctx.run.full else f"{stamp}:{payload_hash(customer)[:16]}",
+        target_object=ACCOUNT,
+    )
 
 
 class _Write:

@@ -14,10 +14,11 @@ sweeper finds stale work from the ledger and sets it going again.
 from __future__ import annotations
 
 import importlib
+import itertools
 import logging
 import time
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from typing import Protocol
 
@@ -150,7 +151,8 @@ class Flow(Protocol):
     batch_size: int
 
     def collect(self, ctx: RunContext) -> None:
-        """Read changes from the source since the cursor and `record_change` each one."""
+        """Read changes from the source since the cursor and `record_changes` them, a page at a
+        time."""
 
     def process(self, events: list[SyncEvent], ctx: RunContext) -> None:
         """Map and write a batch of claimed events, marking each succeeded, skipped or failed."""
@@ -270,51 +272,128 @@ def _jsonable(filters: dict) -> dict:
 # --------------------------------------------------------------------------------------------
 # Recording changes
 
+PAGE = 200  # changes recorded per transaction: one page of a KashFlow list or a SOQL batch
+RECORD_ATTEMPTS = 5  # a page that loses this many races in a row is not racing: raise
 
-def record_change(
-    ctx: RunContext,
-    *,
-    direction: str,
-    source_object: str,
-    source_id: str,
-    payload: dict,
-    version: str = "",
-    target_object: str = "",
-) -> SyncEvent | None:
-    """Record one source record as a SyncEvent; returns None if this change is already known.
+
+@dataclass(frozen=True)
+class Change:
+    """One source record as a flow read it, on its way to the ledger (`record_changes`)."""
+
+    direction: str
+    source_object: str
+    source_id: str
+    payload: dict
+    version: str = ""
+    target_object: str = ""
+
+
+def pages(items: Iterable, size: int = PAGE) -> Iterator[list]:
+    """`items` in lists of `size`, read lazily (a paged API is read one page at a time)."""
+    iterator = iter(items)
+    while page := list(itertools.islice(iterator, size)):
+        yield page
+
+
+def record_change(ctx: RunContext, **change) -> SyncEvent | None:
+    """Record one source record (keywords as `Change`); see `record_changes`."""
+    return record_changes(ctx, [Change(**change)])[0]
+
+
+def record_changes(ctx: RunContext, changes: Iterable[Change]) -> list[SyncEvent | None]:
+    """Record source records as SyncEvents, a page of PAGE at a time, each page in one
+    transaction of a few queries whatever its size; returns each change's event, or None where
+    the change is already known.
 
     The dedupe key is the record plus `version`, which the flow chooses to identify one change
     (a modification stamp, with the content hash where stamps are coarse), or the content hash
     when it gives none: the same change seen twice (poll and push, or the cursor's overlap) is
     one event, while A → B → A is three. A newer version of a record whose
     event is still waiting replaces that event's payload, so stale data is never written.
+    Changes count in their order, as if recorded one by one: the same change twice in a
+    page is one event, and a record's later change replaces its earlier one.
     """
-    flow = ctx.run.flow
-    payload, source_id, version = without_nul(payload), without_nul(source_id), without_nul(version)
+    changes = [_without_nul(change) for change in changes]
+    if not changes:
+        return []
     if ctx.dry_run:
-        event = SyncEvent(
-            flow=flow,
-            direction=direction,
-            source_object=source_object,
-            source_id=source_id,
-            target_object=target_object,
-            payload=payload,
-            content_hash=content_hash(payload),
-        )
-        ctx.cache.setdefault("dry_events", []).append(event)
-        return event
-    ctx.seen += 1
-    if ctx.seen >= 500:
-        ctx.flush_counts()
-    digest = content_hash(payload)
-    key = f"{flow}:{source_object}:{source_id}:{version or digest[:24]}"
-    if SyncEvent.objects.filter(dedupe_key=key).exists():
-        return None
-    values = {
-        "run": ctx.run,
-        "direction": direction,
-        "target_object": target_object,
-        "payload": payload,
+        events = [_dry_event(ctx.run.flow, change) for change in changes]
+        ctx.cache.setdefault("dry_events", []).extend(events)
+        return events
+    events = []
+    for page in pages(changes):
+        ctx.seen += len(page)
+        if ctx.seen >= 500:
+            ctx.flush_counts()  # outside the page's transaction: never hold the run row meanwhile
+        recorded = _record_page(ctx.run, page)
+        ctx.recorded += sum(event is not None for event in recorded)
+        events += recorded
+    return events
+
+
+def _record_page(run: SyncRun, changes: list[Change]) -> list[SyncEvent | None]:
+    for _ in range(RECORD_ATTEMPTS - 1):
+        try:
+            with transaction.atomic():
+                return _write_page(run, changes)
+        except IntegrityError:
+            # Another worker (or a push) recorded one of these changes between our read and our
+            # write. Its row is committed now, so reading again sees it and skips that change.
+            continue
+    with transaction.atomic():
+        return _write_page(run, changes)
+
+
+def _write_page(run: SyncRun, changes: list[Change]) -> list[SyncEvent | None]:
+    keyed = [(change, *_dedupe_key(run.flow, change)) for change in changes]
+    known = _known({key for _, _, key in keyed})
+    # Only records with a new key are locked: a push, which holds its run's row, then never
+    # waits on an event's lock for a change the ledger has (the poll may hold that lock while
+    # it waits on the run's row to insert).
+    waiting = _waiting_events(
+        run.flow, {(c.source_object, c.source_id) for c, _, key in keyed if key not in known}
+    )
+    created, replaced, events = [], {}, []
+    for change, digest, key in keyed:
+        if key in known:
+            events.append(None)
+            continue
+        record = (change.source_object, change.source_id)
+        event = waiting.get(record)
+        if event is None:
+            event = waiting[record] = SyncEvent(
+                flow=run.flow, source_object=change.source_object, source_id=change.source_id
+            )
+            created.append(event)
+        else:
+            known.discard(event.dedupe_key)  # replaced: A → B → A within a page is A again
+            if event.pk is not None:
+                replaced[event.pk] = event
+        values = _pending(run, change, digest, key)
+        for name, value in values.items():
+            setattr(event, name, value)
+        known.add(key)
+        events.append(event)
+    # Inserted in key order, so two recorders of overlapping pages never wait on each other's
+    # unique-key entries crosswise (a deadlock on PostgreSQL).
+    SyncEvent.objects.bulk_create(sorted(created, key=lambda event: event.dedupe_key))
+    if replaced:
+        SyncEvent.objects.bulk_update(replaced.values(), fields=list(values))
+    return events
+
+
+def _known(keys: set[str]) -> set[str]:
+    """Which of these dedupe keys the ledger holds already."""
+    return set(SyncEvent.objects.filter(dedupe_key__in=keys).values_list("dedupe_key", flat=True))
+
+
+def _pending(run: SyncRun, change: Change, digest: str, key: str) -> dict:
+    """An event's fields for a change waiting to be synced, new or replacing a waiting one."""
+    return {
+        "run": run,
+        "direction": change.direction,
+        "target_object": change.target_object,
+        "payload": change.payload,
         "content_hash": digest,
         "dedupe_key": key,
         "status": SyncEvent.Status.PENDING,
@@ -324,21 +403,60 @@ def record_change(
         "error_code": "",
         "message": "",
     }
-    waiting = SyncEvent.objects.filter(
-        flow=flow, source_object=source_object, source_id=source_id, status__in=OPEN_STATUSES
+
+
+def _waiting_events(flow: str, records: set[tuple[str, str]]) -> dict[tuple[str, str], SyncEvent]:
+    """The newest waiting (or failed) event of each record, locked until the page commits.
+
+    The lock keeps a worker from claiming an event while its payload is replaced (claims skip
+    locked rows; a single claim waits, then sees the new payload). Where a record has no
+    such event, the page's change becomes a new one.
+    """
+    if not records:
+        return {}
+    ids_by_object: dict[str, list[str]] = {}
+    for source_object, source_id in records:
+        ids_by_object.setdefault(source_object, []).append(source_id)
+    which = Q()
+    for source_object, source_ids in ids_by_object.items():
+        which |= Q(source_object=source_object, source_id__in=source_ids)
+    open_events = (
+        SyncEvent.objects.select_for_update()
+        .filter(which, flow=flow, status__in=OPEN_STATUSES)
+        .order_by("pk")  # one locking order for every recorder
     )
-    try:
-        with transaction.atomic():
-            if waiting.update(**values):
-                event = SyncEvent.objects.get(dedupe_key=key)
-            else:
-                event = SyncEvent.objects.create(
-                    flow=flow, source_object=source_object, source_id=source_id, **values
-                )
-        ctx.recorded += 1
-        return event
-    except IntegrityError:
-        return None  # another worker recorded the same change a moment ago
+    return {(event.source_object, event.source_id): event for event in open_events}
+
+
+def _dedupe_key(flow: str, change: Change) -> tuple[str, str]:
+    """The change's content hash and its dedupe key."""
+    digest = content_hash(change.payload)
+    return (
+        digest,
+        f"{flow}:{change.source_object}:{change.source_id}:{change.version or digest[:24]}",
+    )
+
+
+def _dry_event(flow: str, change: Change) -> SyncEvent:
+    """A dry run's event: never saved, so never deduped."""
+    return SyncEvent(
+        flow=flow,
+        direction=change.direction,
+        source_object=change.source_object,
+        source_id=change.source_id,
+        target_object=change.target_object,
+        payload=change.payload,
+        content_hash=content_hash(change.payload),
+    )
+
+
+def _without_nul(change: Change) -> Change:
+    return replace(
+        change,
+        payload=without_nul(change.payload),
+        source_id=without_nul(change.source_id),
+        version=without_nul(change.version),
+    )
 
 
 def without_nul(value):

@@ -63,17 +63,9 @@ class InvoicesFlow:
             since = _salesforce_moment(cursor) - OVERLAP
             soql += f" AND SystemModstamp > {since.strftime('%Y-%m-%dT%H:%M:%SZ')}"
         newest = ""
-        for opportunity in ctx.salesforce.query(soql + " ORDER BY SystemModstamp, Id"):
-            engine.record_change(
-                ctx,
-                direction=Direction.SALESFORCE_TO_KASHFLOW,
-                source_object=SOURCE,
-                source_id=opportunity["Id"],
-                payload={"Id": opportunity["Id"], "SystemModstamp": opportunity["SystemModstamp"]},
-                version="won",  # one invoice per won Opportunity, however often it is seen
-                target_object=TARGET,
-            )
-            newest = max(newest, opportunity["SystemModstamp"])
+        for page in engine.pages(ctx.salesforce.query(soql + " ORDER BY SystemModstamp, Id")):
+            engine.record_changes(ctx, [_change(opportunity) for opportunity in page])
+            newest = max(newest, *(opportunity["SystemModstamp"] for opportunity in page))
         if newest and not ctx.dry_run:
             Cursor.advance(self.name, connection, newest)
 
@@ -113,6 +105,17 @@ class InvoicesFlow:
         for invoice in ready:
             _create_once(ctx, invoice, links)
         _write_back(ctx, [i for i in ready if i.created is not None], rows)
+
+
+def _change(opportunity: dict) -> engine.Change:
+    return engine.Change(
+        direction=Direction.SALESFORCE_TO_KASHFLOW,
+        source_object=SOURCE,
+        source_id=opportunity["Id"],
+        payload={"Id": opportunity["Id"], "SystemModstamp": opportunity["SystemModstamp"]},
+        version="won",  # one invoice per won Opportunity, however often it is seen
+        target_object=TARGET,
+    )
 
 
 @dataclass

@@ -24,8 +24,6 @@ Only records kashforce made (a `payment` cross-reference) are ever deleted.
 
 from __future__ import annotations
 
-import itertools
-from collections.abc import Iterable, Iterator
 from datetime import timedelta
 from decimal import Decimal
 
@@ -61,7 +59,7 @@ class PaymentsFlow:
         if not ctx.run.full:
             days = settings.KASHFORCE["PAYMENTS_LOOKBACK_DAYS"]
             filters["issuedatefrom"] = timezone.localdate() - timedelta(days=days)
-        for page in _chunks(ctx.kashflow.invoices(**filters), PAGE):
+        for page in engine.pages(ctx.kashflow.invoices(**filters), PAGE):
             self._record_page(ctx, page)
 
     def _record_page(self, ctx: engine.RunContext, page: list[dict]) -> None:
@@ -71,6 +69,7 @@ class PaymentsFlow:
         seen = (
             {} if ctx.run.full else SyncEvent.objects.latest_by_source(self.name, SOURCE, numbers)
         )
+        changes = []
         for summary in linked:
             number, state = str(summary["Number"]), paid_state(summary)
             before = seen.get(number)
@@ -85,16 +84,18 @@ class PaymentsFlow:
                 if ctx.run.full
                 else f"{payload_hash(state)[:16]}:{before.pk if before else 0}"
             )
-            engine.record_change(
-                ctx,
-                direction=Direction.KASHFLOW_TO_SALESFORCE,
-                source_object=SOURCE,
-                source_id=number,
-                payload=summary,
-                version=version,
-                # The invoice's payments land on its Opportunity (records and paid status).
-                target_object=OPPORTUNITY,
+            changes.append(
+                engine.Change(
+                    direction=Direction.KASHFLOW_TO_SALESFORCE,
+                    source_object=SOURCE,
+                    source_id=number,
+                    payload=summary,
+                    version=version,
+                    # The invoice's payments land on its Opportunity (records and paid status).
+                    target_object=OPPORTUNITY,
+                )
             )
+        engine.record_changes(ctx, changes)
 
     # Process ----------------------------------------------------------------------------------
 
@@ -430,12 +431,6 @@ def _plan(ctx: engine.RunContext, invoices: list[_Invoice]) -> None:
                 target_id=invoice.opportunity_id,
                 current=invoice.current,
             )
-
-
-def _chunks(items: Iterable[dict], size: int) -> Iterator[list[dict]]:
-    iterator = iter(items)
-    while chunk := list(itertools.islice(iterator, size)):
-        yield chunk
 
 
 engine.register(PaymentsFlow())

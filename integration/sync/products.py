@@ -78,7 +78,7 @@ class ProductsFlow:
             if ctx.run.full
             else SyncEvent.objects.latest_by_source(self.name, KASHFLOW_PRODUCT, products)
         )
-        recorded = set()
+        changes = []
         for key, product in products.items():
             before = seen.get(key)
             if before is not None and payload_hash(before.payload) == payload_hash(product):
@@ -92,9 +92,11 @@ class ProductsFlow:
                 if ctx.run.full
                 else f"{payload_hash(product)[:16]}:{before.pk if before else 0}"
             )
-            _record(ctx, TO_SALESFORCE, KASHFLOW_PRODUCT, key, product, version, PRODUCT2)
-            recorded.add(key)
-        return recorded
+            changes.append(
+                engine.Change(TO_SALESFORCE, KASHFLOW_PRODUCT, key, product, version, PRODUCT2)
+            )
+        _record(ctx, changes)
+        return {change.source_id for change in changes}
 
     def _record_salesforce(self, ctx, products: dict[str, dict], recorded: set[str]) -> None:
         connection = ctx.salesforce.connection
@@ -102,17 +104,25 @@ class ProductsFlow:
         records = list(ctx.salesforce.query(_changed_products_soql(ctx, since)))
         links = Links().prefetch("product", "salesforce", [r["Id"] for r in records])
         checks = _OwnershipCheck(ctx, links)
+        changes = []
         for record in records:
             key = links.lookup("product", "salesforce", record["Id"])
             product = products.get(key) if key else None
             stamp = record["SystemModstamp"]
             if product is None or checks.salesforce_fields_differ(record, product):
-                _record(ctx, TO_KASHFLOW, PRODUCT2, record["Id"], record, stamp, KASHFLOW_PRODUCT)
+                changes.append(
+                    engine.Change(
+                        TO_KASHFLOW, PRODUCT2, record["Id"], record, stamp, KASHFLOW_PRODUCT
+                    )
+                )
             typed_over = product is not None and key not in recorded
             if typed_over and checks.kashflow_fields_differ(product, record):
                 # Changed by hand in Salesforce: KashFlow's values go back (KashFlow owns them).
                 version = f"repair:{stamp}"
-                _record(ctx, TO_SALESFORCE, KASHFLOW_PRODUCT, key, product, version, PRODUCT2)
+                changes.append(
+                    engine.Change(TO_SALESFORCE, KASHFLOW_PRODUCT, key, product, version, PRODUCT2)
+                )
+        _record(ctx, changes)
         newest = max((r["SystemModstamp"] for r in records), default="")
         if newest and not ctx.dry_run:
             Cursor.advance(self.name, connection, newest, SALESFORCE_CURSOR)
@@ -128,16 +138,9 @@ class ProductsFlow:
             _to_kashflow(ctx, to_kashflow)
 
 
-def _record(ctx, direction, source_object, source_id, payload, version, target_object) -> None:
-    engine.record_change(
-        ctx,
-        direction=direction,
-        source_object=source_object,
-        source_id=source_id,
-        payload=payload,
-        version=version,
-        target_object=target_object,
-    )
+def _record(ctx, changes: list[engine.Change]) -> None:
+    for page in engine.pages(changes):
+        engine.record_changes(ctx, page)
 
 
 def _changed_products_soql(ctx, since: str) -> str:

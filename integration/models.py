@@ -589,6 +589,15 @@ class SyncRun(models.Model):
         self.save(update_fields=["status", "summary", "finished_at"])
 
 
+def _same_record() -> models.QuerySet:
+    """The other events of an outer event's record (for Exists subqueries)."""
+    return SyncEvent.objects.filter(
+        flow=OuterRef("flow"),
+        source_object=OuterRef("source_object"),
+        source_id=OuterRef("source_id"),
+    )
+
+
 class SyncEventQuerySet(models.QuerySet):
     def failed(self) -> SyncEventQuerySet:
         return self.filter(
@@ -601,6 +610,28 @@ class SyncEventQuerySet(models.QuerySet):
 
     def retrying(self) -> SyncEventQuerySet:
         return self.filter(status=SyncEvent.Status.FAILED_TRANSIENT)
+
+    def not_behind_running(self) -> SyncEventQuerySet:
+        """Without the events of a record another of whose events is in a worker's hands: a
+        record is synced by one worker at a time, its changes in order."""
+        return self.exclude(Exists(_same_record().filter(status=SyncEvent.Status.RUNNING)))
+
+    def with_superseded(self) -> SyncEventQuerySet:
+        """Each event with `superseded`: a newer event of its record exists, whose data is
+        newer, so writing this one would put stale data over it."""
+        return self.annotate(superseded=Exists(_same_record().filter(pk__gt=OuterRef("pk"))))
+
+    def supersede(self, now=None) -> int:
+        """Set aside events a newer change of their record replaced (never written)."""
+        return self.update(
+            status=SyncEvent.Status.SKIPPED,
+            finished_at=now or timezone.now(),
+            claimed_at=None,
+            next_attempt_at=None,
+            error_class="",
+            error_code="",
+            message="A newer change of this record replaced this one; that one is synced instead.",
+        )
 
     def due(self, now=None) -> SyncEventQuerySet:
         """Work a worker may claim now: pending, or a transient failure whose backoff has passed."""

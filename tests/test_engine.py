@@ -647,3 +647,66 @@ def test_two_workers_recording_the_same_change_at_once_make_one_event():
     assert outcome["second"][0] is None and outcome["second"][1].source_id == "P3"
     assert outcome["waited"] > 0.2  # it did meet the first's uncommitted key
     assert sorted(SyncEvent.objects.values_list("source_id", flat=True)) == ["P1", "P2", "P3"]
+
+
+# A record's changes in order: an old retry never writes over newer data ---------------------------
+
+
+def test_an_old_change_failing_while_a_newer_one_arrived_is_set_aside_not_retried(flow):
+    """P1's first change is in a worker's hands when P1 changes again; the first then fails
+    for a while. The newer change is synced, and the old one is never written over it."""
+    flow.source = [{"Code": "P1", "Name": "Old name", "Updated": "1"}]
+    run = engine.start_run("products", Trigger.MANUAL)
+    ctx = engine.RunContext(run=run, deadline=float("inf"))
+    flow.collect(ctx)
+    [old] = engine.claim_batch(run, 10)  # a worker has it
+    flow.source = [{"Code": "P1", "Name": "New name", "Updated": "2"}]
+    flow.collect(ctx)  # the newer change arrives meanwhile: a second event
+    assert engine.claim_batch(run, 10) == []  # it waits for the one in hand
+    old.mark_failed("Salesforce is unavailable.", permanent=False)
+    SyncEvent.objects.filter(pk=old.pk).update(next_attempt_at=timezone.now())  # its retry is due
+
+    batch = engine.claim_batch(run, 10)
+
+    assert [event.payload["Name"] for event in batch] == ["New name"]
+    flow.process(batch, ctx)
+    assert engine.claim_batch(run, 10) == []
+    old.refresh_from_db()
+    assert old.status == SyncEvent.Status.SKIPPED
+    assert "newer change of this record replaced this one" in old.message
+    assert flow.target["P1"]["Name"] == "New name"
+    assert flow.writes == 1
+
+
+def test_a_failed_change_a_newer_one_has_since_synced_leaves_the_error_queue_on_retry(flow):
+    old = SyncEventFactory(
+        flow="products", source_id="P1", status=SyncEvent.Status.FAILED_PERMANENT, message="x"
+    )
+    SyncEventFactory(flow="products", source_id="P1", status=SyncEvent.Status.SUCCEEDED)
+    assert old.retry()  # the Retry button
+    run = engine.start_run("products", Trigger.RETRY)
+
+    assert engine.claim_batch(run, 10) == []
+
+    old.refresh_from_db()
+    assert old.status == SyncEvent.Status.SKIPPED
+    assert not SyncEvent.objects.unresolved().exists()
+
+
+def test_set_aside_changes_do_not_stop_a_claim_short(flow):
+    """A page of candidates all superseded: the claim goes on to the work behind them."""
+    stale = [
+        SyncEventFactory(flow="products", source_id=f"P{i}", status=SyncEvent.Status.FAILED_TRANSIENT,
+                         next_attempt_at=timezone.now() - timedelta(minutes=1))
+        for i in range(3)
+    ]  # fmt: skip
+    newer = [SyncEventFactory(flow="products", source_id=f"P{i}") for i in range(3)]
+    run = engine.start_run("products", Trigger.MANUAL)
+
+    batch = engine.claim_batch(run, 2)
+
+    assert [event.pk for event in batch] == [newer[0].pk, newer[1].pk]
+    assert SyncEvent.objects.filter(status=SyncEvent.Status.SKIPPED).count() == 3
+    assert {e.pk for e in stale} == set(
+        SyncEvent.objects.filter(status=SyncEvent.Status.SKIPPED).values_list("pk", flat=True)
+    )

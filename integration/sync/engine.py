@@ -629,22 +629,40 @@ def fail_events(events, message: str, permanent: bool, code: str = "") -> None:
 
 
 def claim_batch(run: SyncRun, size: int) -> list[SyncEvent]:
-    """Claim up to `size` due events of the run's flow for this worker."""
+    """Claim up to `size` due events of the run's flow for this worker.
+
+    An event whose record has another event in a worker's hands waits for it, and one whose
+    record has a newer event is set aside (superseded), so a record's changes reach the target
+    in order and an old retry never writes stale data over newer.
+    """
     now = timezone.now()
-    with transaction.atomic():
-        ids = list(
-            SyncEvent.objects.due(now)
-            .filter(flow=run.flow)
-            .order_by("created_at", "pk")
-            .select_for_update(skip_locked=True)
-            .values_list("pk", flat=True)[:size]
-        )
-        if not ids:
-            return []
-        SyncEvent.objects.filter(pk__in=ids).update(
-            status=SyncEvent.Status.RUNNING, claimed_at=now, attempts=F("attempts") + 1, run=run
-        )
-    return list(SyncEvent.objects.filter(pk__in=ids).order_by("created_at", "pk"))
+    claimed: list[int] = []
+    while len(claimed) < size:
+        with transaction.atomic():
+            candidates = list(
+                SyncEvent.objects.due(now)
+                .filter(flow=run.flow)
+                .not_behind_running()
+                .with_superseded()
+                .order_by("created_at", "pk")
+                .select_for_update(skip_locked=True)
+                .values_list("pk", "superseded")[: size - len(claimed)]
+            )
+            stale = [pk for pk, superseded in candidates if superseded]
+            ids = [pk for pk, superseded in candidates if not superseded]
+            if stale:
+                SyncEvent.objects.filter(pk__in=stale).supersede(now)
+            if ids:
+                SyncEvent.objects.filter(pk__in=ids).update(
+                    status=SyncEvent.Status.RUNNING,
+                    claimed_at=now,
+                    attempts=F("attempts") + 1,
+                    run=run,
+                )
+        claimed += ids
+        if not stale:
+            break  # nothing set aside: what was there is claimed
+    return list(SyncEvent.objects.filter(pk__in=claimed).order_by("created_at", "pk"))
 
 
 # Raised by flow code meeting data of a shape it does not expect (a list where a record should

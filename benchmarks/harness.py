@@ -8,9 +8,12 @@ the sync: the child reads its own VmHWM, and the driver's memory never counts.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
+import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -59,6 +62,7 @@ class Lab:
         self.template_dir = self.workdir / "template-var"
         self.var_dir: Path | None = None
         self.server: SandboxServer | None = None
+        self.services: list[Service] = []
         self._http = requests.Session()
         self._http.trust_env = False
 
@@ -73,6 +77,8 @@ class Lab:
         return self
 
     def stop(self) -> None:
+        for service in self.services:
+            service.stop()
         if self.server:
             self.server.stop()
         if not self.keep:
@@ -86,15 +92,22 @@ class Lab:
         self.set_latency(self.latency_ms)
         return time.perf_counter() - started
 
-    def fresh(self, name: str, env: dict | None = None) -> Path:
+    def fresh(self, name: str, env: dict | None = None, webhook_base: str | None = None) -> Path:
         """A new kashforce (copied from the migrated template) connected to the sandbox. With a
-        DATABASE_URL in `env`, that (empty) database is migrated and used instead of SQLite."""
+        DATABASE_URL in `env`, that (empty) database is migrated and used instead of SQLite.
+
+        Outbound Messages go to `webhook_base` when given; otherwise they are switched off, since
+        no web server of ours listens (sandbox_connect's default address may be someone else's).
+        """
         self.var_dir = self.workdir / f"var-{name}"
         shutil.rmtree(self.var_dir, ignore_errors=True)
         shutil.copytree(self.template_dir, self.var_dir)
         if (env or {}).get("DATABASE_URL"):
             self.manage("migrate", "--noinput", env=env)
-        self.manage("sandbox_connect", "--state-dir", str(self.sandbox_dir), env=env)
+        hook = ["--webhook-base", webhook_base] if webhook_base else []
+        self.manage("sandbox_connect", "--state-dir", str(self.sandbox_dir), *hook, env=env)
+        if not webhook_base:
+            self.control("salesforce", "outbound", {"url": "", "enabled": False})
         return self.var_dir
 
     # The sandbox's control API -------------------------------------------------------------------
@@ -148,6 +161,18 @@ class Lab:
             stdout=subprocess.DEVNULL,
         )
 
+    def serve(self, name: str, *argv: str, env: dict | None = None) -> Service:
+        """Start a long-running kashforce process (`-m gunicorn ...`, `manage.py qcluster`) on
+        the current kashforce; its output goes to NAME.log in the work directory."""
+        service = Service(
+            name,
+            [sys.executable, *argv],
+            {**self.env(), "LOG_LEVEL": "INFO", **(env or {})},
+            self.workdir / f"{name}.log",
+        )
+        self.services.append(service)
+        return service.start()
+
     def measure(self, *args: str, env: dict | None = None) -> Step:
         """Run `python -m benchmarks.worker ARGS` with fresh sandbox stats; measure it."""
         self.reset_stats()
@@ -187,6 +212,73 @@ def postgres_server(url: str | None) -> str | None:
     except Exception:
         return None
     return url
+
+
+class Service:
+    """A process that runs until stopped, in its own process group, so that stopping it also
+    ends what it forked (gunicorn's workers, qcluster's sentinel, pusher, monitor and workers)."""
+
+    def __init__(self, name: str, argv: list[str], env: dict, log_path: Path):
+        self.name, self.argv, self.env, self.log_path = name, argv, env, log_path
+        self.process: subprocess.Popen | None = None
+
+    def start(self) -> Service:
+        with self.log_path.open("ab") as log:
+            self.process = subprocess.Popen(
+                self.argv,
+                cwd=ROOT,
+                env=self.env,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        return self
+
+    def alive(self) -> bool:
+        return self.process is not None and self.process.poll() is None
+
+    def check(self) -> None:
+        if self.process is not None and not self.alive():
+            raise RuntimeError(
+                f"{self.name} exited {self.process.returncode}; its log ends:\n{self.tail()}"
+            )
+
+    def tail(self, chars: int = 3000) -> str:
+        try:
+            return self.log_path.read_text(errors="replace")[-chars:]
+        except OSError:
+            return "(no log)"
+
+    def wait_for_log(self, text: str, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        while text not in self.tail(200_000):
+            self.check()
+            if time.monotonic() > deadline:
+                raise RuntimeError(
+                    f"{self.name} did not say {text!r}; its log ends:\n{self.tail()}"
+                )
+            time.sleep(0.2)
+
+    def stop(self, grace: float = 10) -> None:
+        """SIGTERM to the main process only (gunicorn and qcluster both stop gracefully on it;
+        SIGTERM to a qcluster's whole group can hang it), then SIGKILL whatever is left in the
+        group. Safe to call twice."""
+        if self.process is None:
+            return
+        if self.alive():
+            self.process.send_signal(signal.SIGTERM)
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                self.process.wait(timeout=grace)
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(self.process.pid, signal.SIGKILL)  # the group is ours: start_new_session
+        self.process.wait(timeout=10)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
 
 
 def run_child(argv: list[str], env: dict) -> Step:

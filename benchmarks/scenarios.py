@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 
+from benchmarks import deals
 from benchmarks.harness import Lab, Step, postgres_database
 
 LOGIN_CALLS = {
@@ -435,3 +436,87 @@ def _b5(label: str, n: int, small_n: int, large: dict, small: dict, requests: in
         "fill": fill,
         "fill_small": small["fill"],
     }
+
+
+# B3 ---------------------------------------------------------------------------------------------
+
+
+def b3(lab: Lab, closed: int, window_seconds: float) -> dict:
+    """`closed` open Opportunities are closed won at random moments over the window, the way a
+    salesperson does it (a PATCH of StageName through the REST API); kashforce runs as it runs
+    in production (gunicorn for the Outbound Message webhook, one qcluster with the installed
+    schedules). The driver watches both simulators and times each deal from its close to its
+    KashFlow invoice and to the invoice number on the Opportunity. Once with Outbound Messages
+    on (push, with the schedules still polling), once with them off (polling alone)."""
+    # About 65% of seeded Opportunities are open (the seed's stage weights); Closed Won ones all
+    # carry invoice numbers already (won_uninvoiced=0), so only the deals closed here are due.
+    seed = f"customers=200,products=50,invoices=0,opportunities={2 * closed + 50},won_uninvoiced=0"
+    modes = {}
+    for mode in ("push", "polling"):
+        lab.seed(seed)
+        modes[mode] = deals.run(lab, mode, closed, window_seconds)
+    # The invoices flow's installed schedule (KASHFORCE_SYNC_INTERVAL_MINUTES, default 1).
+    interval = modes["polling"]["poll_interval_seconds"]
+    figures = [
+        figure(
+            "Poll interval (KASHFORCE_SYNC_INTERVAL_MINUTES)",
+            interval,
+            "s",
+            note="The schedules fire through django-q2's scheduler, which looks every ~30 s.",
+        )
+    ]
+    limits = {"push": 5.0, "polling": interval + 5.0}
+    for mode, outcome in modes.items():
+        figures += _latency_figures(mode, outcome, limits[mode], closed)
+    return {
+        "id": "B3",
+        "title": f"{closed:,} Opportunities closed over {window_seconds:g} s → KashFlow invoice "
+        "latency, by push and by polling alone",
+        "sizes": {"closed": closed, "window_seconds": window_seconds, "seed": seed},
+        "figures": figures,
+        "note": "Latency is measured from outside: the close is the moment Salesforce answered "
+        "the PATCH that made the deal won; the invoice and the write-back are seen by the "
+        "driver reading the simulators' own state every 0.25 s (so each figure is up to 0.25 s "
+        "late). Calls are counted from the first close to the last write-back seen, without "
+        "the driver's own PATCHes; the schedules' polls of the other flows are in them.",
+        "steps": modes,
+    }
+
+
+def _latency_figures(mode: str, outcome: dict, limit: float, closed: int) -> list[dict]:
+    label = "Push" if mode == "push" else "Polling alone"
+    invoice, write_back = outcome["invoice_latency"], outcome["write_back_latency"]
+    missing = closed - len(invoice)
+    return [
+        figure(f"{label}: invoice latency p50", percentile(invoice, 50), "s"),
+        at_most(
+            f"{label}: invoice latency p95",
+            percentile(invoice, 95),
+            limit,
+            "s",
+            target=f"≤ {limit:g} s",
+        ),
+        figure(f"{label}: invoice latency max", max(invoice, default=0.0), "s"),
+        figure(f"{label}: write-back latency p50", percentile(write_back, 50), "s"),
+        figure(f"{label}: write-back latency p95", percentile(write_back, 95), "s"),
+        figure(f"{label}: write-back latency max", max(write_back, default=0.0), "s"),
+        figure(
+            f"{label}: invoices created",
+            outcome["invoices"],
+            "invoices",
+            f"= {closed} closed",
+            outcome["invoices"] == closed and not missing,
+            miss=f"{outcome['invoices']} made, {missing} closed deals without one in time",
+        ),
+        at_most(f"{label}: duplicate invoices", outcome["duplicates"], 0, "invoices"),
+        figure(f"{label}: KashFlow calls in all", outcome["calls"]["kashflow"], "calls"),
+        figure(f"{label}: Salesforce calls in all", outcome["calls"]["salesforce"], "calls"),
+    ]
+
+
+def percentile(values: list[float], p: float) -> float:
+    """Nearest-rank percentile: the smallest value with at least p% of the values at or below."""
+    if not values:
+        return 0.0
+    ordered = sorted(values)
+    return ordered[max(0, math.ceil(p / 100 * len(ordered)) - 1)]

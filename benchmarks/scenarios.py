@@ -477,8 +477,9 @@ def b3(lab: Lab, closed: int, window_seconds: float) -> dict:
         "note": "Latency is measured from outside: the close is the moment Salesforce answered "
         "the PATCH that made the deal won; the invoice and the write-back are seen by the "
         "driver reading the simulators' own state every 0.25 s (so each figure is up to 0.25 s "
-        "late). Calls are counted from the first close to the last write-back seen, without "
-        "the driver's own PATCHes; the schedules' polls of the other flows are in them.",
+        "late). Calls are counted from the start of the window to the last write-back seen, "
+        "without the driver's own token and PATCH calls; the schedules' polls of every flow "
+        "are in them.",
         "steps": modes,
     }
 

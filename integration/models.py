@@ -14,6 +14,7 @@ from django.conf import settings
 from django.core.serializers.json import DjangoJSONEncoder
 from django.db import models, transaction
 from django.db.models import Case, Count, Exists, F, Max, Min, OuterRef, Q, Value, When
+from django.db.models.functions import Coalesce
 from django.utils import timezone
 
 from integration import changes, secrets
@@ -551,6 +552,13 @@ class SyncRun(models.Model):
         if claimed:
             self.status, self.started_at, self.heartbeat_at = self.Status.RUNNING, now, now
         return bool(claimed)
+
+    def add_to_total(self, count: int) -> None:
+        """More work for a run whose changes arrive by push (its total grows with each one)."""
+        if count and self.collected_at is not None:
+            SyncRun.objects.filter(pk=self.pk).update(
+                progress_total=Coalesce("progress_total", 0) + count
+            )
 
     def add_counts(self, read=0, written=0, skipped=0, failed=0, done=0, total=None) -> None:
         """Add to the counters with F() expressions, so concurrent workers don't lose updates."""

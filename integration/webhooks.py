@@ -142,7 +142,8 @@ def salesforce_outbound(request, secret: str):
         return _fault("This message is for another Salesforce org.", status=403)
     opportunities = [n for n in notifications if n["sobject_type"] in ("Opportunity", "")]
     with transaction.atomic():
-        run = engine.start_run(Flow.INVOICES, Trigger.PUSH)
+        # The message carries the changes: the run does not poll Salesforce for them again.
+        run = engine.start_run(Flow.INVOICES, Trigger.PUSH, collected=True)
         ctx = engine.RunContext(run=run, deadline=0)
         engine.record_changes(
             ctx,
@@ -164,6 +165,7 @@ def salesforce_outbound(request, secret: str):
             ],
         )
         ctx.flush_counts()
+        run.add_to_total(ctx.recorded)
         if not ctx.recorded:
             # A repeat (Salesforce delivers at least once, and may replay): every notification
             # is in the ledger already, so the run made for it is dropped with its queue task.

@@ -12,7 +12,7 @@ from integration.clients.salesforce import SalesforceClient
 from integration.models import CrossRef, SyncEvent, SyncRun, Trigger
 from integration.sync import engine, invoices
 from tests.fixtures_sandbox import control
-from tests.sandbox_connections import connect_both
+from tests.sandbox_connections import calls, connect_both
 
 pytestmark = pytest.mark.django_db
 
@@ -256,6 +256,39 @@ def test_push_and_poll_of_the_same_deal_are_one_event(org, client):
     run_invoices()
     assert SyncEvent.objects.filter(source_id=opportunity["Id"]).count() == 1
     assert len(invoices_for(org, opportunity["Id"])) == 1
+
+
+def test_a_pushed_deal_is_invoiced_without_polling_salesforce_again(org, client):
+    from tests.test_webhooks import envelope
+
+    connection = org.salesforce.connection
+    connection.set_secrets(outbound_secret="s3cret-path-of-at-least-24-chars")
+    connection.organization_id = connection.organization_id or "00D5g000004XyZAEA0"
+    connection.save()
+    [opportunity] = waiting(org)[:1]
+    body = envelope(("04l000000000001AAA", opportunity["Id"]), org=connection.organization_id)
+    client.post(
+        "/hooks/salesforce/outbound/s3cret-path-of-at-least-24-chars/",
+        body,
+        content_type="text/xml",
+    )
+    run = SyncRun.objects.get(trigger=Trigger.PUSH)
+    assert (run.collected_at is not None, run.progress_total) == (True, 1)
+    for system in ("salesforce", "kashflow"):
+        control(org.sandbox.info["control"][system], "stats/reset", {})
+
+    engine.execute_run(run.pk)
+
+    run.refresh_from_db()
+    assert (run.status, run.written_count, run.progress_percent) == (
+        SyncRun.Status.SUCCEEDED,
+        1,
+        100,
+    )
+    assert len(invoices_for(org, opportunity["Id"])) == 1
+    # One query reads the deal and its lines, one its Account (first invoiced, it becomes a
+    # KashFlow customer); none polls for the changes the message brought.
+    assert calls(org.sandbox, "salesforce", "/query") == 2
 
 
 def test_dry_run_shows_the_invoices_and_writes_nothing(org):

@@ -192,9 +192,19 @@ def ring(task: str, *args) -> None:
 
 @transaction.atomic
 def start_run(
-    flow: str, trigger: str, user=None, *, dry_run: bool = False, full: bool = False, params=None
+    flow: str,
+    trigger: str,
+    user=None,
+    *,
+    dry_run: bool = False,
+    full: bool = False,
+    params=None,
+    collected: bool = False,
 ) -> SyncRun:
     """Create a run for a flow and enqueue it; an unfinished run of the flow is returned instead.
+
+    `collected`: the caller records the run's changes itself (a push brings them), so a new run
+    skips reading changes from the source; the schedule's polls stay the safety net.
 
     One unfinished run per flow keeps a double-clicked "Sync now", a schedule and a push from
     reading the same changes three times. The queue is rung either way: an extra task on a
@@ -211,6 +221,7 @@ def start_run(
             .first()
         )
     if run is None:
+        now = timezone.now() if collected else None
         run = SyncRun.objects.create(
             flow=flow,
             trigger=trigger,
@@ -218,6 +229,8 @@ def start_run(
             dry_run=dry_run,
             full=full,
             params=params or {},
+            collect_started_at=now,
+            collected_at=now,
         )
     ring("integration.tasks.run_flow", run.pk)
     return run

@@ -8,12 +8,26 @@ click or two workers cannot do the same work twice.
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable
+from dataclasses import dataclass
 from datetime import date, datetime, time, timedelta
 
 from django.conf import settings
 from django.core.serializers.json import DjangoJSONEncoder
-from django.db import models, transaction
-from django.db.models import Case, Count, Exists, F, Max, Min, OuterRef, Q, Value, When
+from django.db import connections, models, transaction
+from django.db.models import (
+    Case,
+    Count,
+    Exists,
+    Expression,
+    F,
+    Max,
+    Min,
+    OuterRef,
+    Q,
+    Value,
+    When,
+)
 from django.db.models.functions import Coalesce
 from django.utils import timezone
 
@@ -606,6 +620,92 @@ def _same_record() -> models.QuerySet:
     )
 
 
+class ValuePerRow(Expression):
+    """`CASE pk WHEN 1 THEN 'a' WHEN 2 THEN 'b' … ELSE column END`: one UPDATE that gives each
+    row its own value of `column` (rows it does not name keep theirs).
+
+    bulk_update writes the same CASE with a When(pk=…) per row, and Django builds, resolves and
+    compiles a lookup for each of them: for a batch of 200 that Python, not the database, was
+    most of the time recording a batch's outcome took.
+    """
+
+    def __init__(self, column: str, values: dict):
+        super().__init__()
+        self.column, self.values = column, values
+
+    def resolve_expression(
+        self, query=None, allow_joins=True, reuse=None, summarize=False, for_save=False
+    ):
+        resolved = self.copy()
+        resolved.pk = F("pk").resolve_expression(query, allow_joins, reuse, summarize)
+        resolved.default = F(self.column).resolve_expression(query, allow_joins, reuse, summarize)
+        resolved.output_field = resolved.default.output_field
+        return resolved
+
+    def as_sql(self, compiler, connection):
+        pk_sql, pk_params = compiler.compile(self.pk)
+        default_sql, default_params = compiler.compile(self.default)
+        # The pks are written into the statement, not passed as parameters: they are integers
+        # (int() makes sure), and SQLite's 999 parameters then hold a batch of 200 rows' values
+        # of up to three fields in one statement (see update_rows).
+        whens = " ".join(f"WHEN {int(pk)} THEN %s" for pk in self.values)
+        params = [self.output_field.get_db_prep_value(v, connection) for v in self.values.values()]
+        return f"CASE {pk_sql} {whens} ELSE {default_sql} END", [
+            *pk_params,
+            *params,
+            *default_params,
+        ]
+
+
+def update_rows(queryset: models.QuerySet, pks: list, per_row: dict[str, dict], **shared) -> int:
+    """Set `shared` on the rows `pks` of `queryset`, and on each row its own values of
+    `per_row` ({field: {pk: value}}; a row a field's values leave out keeps its own): one
+    UPDATE, or on SQLite one per few hundred rows. Returns the rows updated.
+
+    SQLite takes at most 999 parameters a statement, as Django assumes (the limit of the oldest
+    SQLite it supports, which its own bulk operations keep to); a row costs one for its pk and
+    one per field of `per_row`.
+    """
+    limit = connections[queryset.db].features.max_query_params
+    size = max(1, (limit - 2 * len(shared)) // (1 + len(per_row))) if limit else len(pks)
+    updated = 0
+    for start in range(0, len(pks), size or 1):
+        part = pks[start : start + size]
+        each = {}
+        for name, values in per_row.items():
+            if own := {pk: values[pk] for pk in part if pk in values}:
+                each[name] = ValuePerRow(name, own)
+        updated += queryset.filter(pk__in=part).update(**shared, **each)
+    return updated
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What became of a claimed event, on its way to the ledger with the rest of its batch
+    (`SyncEvent.objects.finish`); made by `SyncEvent.succeeded` and `SyncEvent.skipped`."""
+
+    event: SyncEvent
+    status: str
+    target_id: str = ""
+    content_hash: str = ""
+    message: str = ""
+
+    def apply(self, now: datetime) -> None:
+        """Show the outcome on the event in memory, as the UPDATE wrote it."""
+        event = self.event
+        event.status, event.finished_at, event.claimed_at = self.status, now, None
+        event.next_attempt_at, event.error_class, event.error_code = None, "", ""
+        event.message, event.updated_at = self.message, now
+        if self.target_id:
+            event.target_id = self.target_id
+        if self.content_hash:
+            event.content_hash = self.content_hash
+
+
+def _clean(message: str) -> str:
+    return secrets.redact(message).replace("\x00", "")
+
+
 class SyncEventQuerySet(models.QuerySet):
     def failed(self) -> SyncEventQuerySet:
         return self.filter(
@@ -654,6 +754,72 @@ class SyncEventQuerySet(models.QuerySet):
         return self.filter(
             status=SyncEvent.Status.RUNNING, claimed_at__lt=timezone.now() - older_than
         )
+
+    def finish(self, outcomes: Iterable[Outcome]) -> list[SyncEvent]:
+        """Record what became of events this worker holds; returns the events recorded.
+
+        An event is recorded only while this worker's claim is still its claim (running, with
+        the `claimed_at` the claim gave it): the sweeper may have taken one from a worker that
+        was only slow, and then the sweeper's outcome, a newer change the collect put in that
+        event since, or the worker that holds it now, wins. A batch costs a read of its claims
+        (locked until the transaction ends) and one UPDATE per status, whatever its size
+        (`update_rows`); a single event, one conditional UPDATE.
+        """
+        now = timezone.now()
+        outcomes = list(outcomes)
+        recorded = [outcome for outcome in outcomes if outcome.event.pk is None]  # a dry run's
+        saved = [outcome for outcome in outcomes if outcome.event.pk is not None]
+        if len(saved) == 1:
+            # The claim is the UPDATE's condition, and its row count says whether it held.
+            claimed_at = saved[0].event.claimed_at
+            if claimed_at is not None and self._record(saved, now, claimed_at=claimed_at):
+                recorded += saved
+        elif saved:
+            with transaction.atomic(savepoint=False):
+                held = self._held(saved)
+                self._record(held, now)
+            recorded += held
+        for outcome in recorded:
+            outcome.apply(now)
+        return [outcome.event for outcome in recorded]
+
+    def _held(self, outcomes: list[Outcome]) -> list[Outcome]:
+        """The outcomes whose events still run under the claim their worker made, locked."""
+        claims = dict(
+            self.select_for_update()
+            .filter(pk__in=[outcome.event.pk for outcome in outcomes])
+            .filter(status=SyncEvent.Status.RUNNING)
+            .order_by("pk")
+            .values_list("pk", "claimed_at")
+        )
+        return [
+            outcome
+            for outcome in outcomes
+            if outcome.event.claimed_at is not None
+            and claims.get(outcome.event.pk) == outcome.event.claimed_at
+        ]
+
+    def _record(self, outcomes: list[Outcome], now: datetime, **condition) -> int:
+        """One UPDATE per status: what the group's events share as plain values, the rest a
+        value per row."""
+        updated = 0
+        for status in sorted({outcome.status for outcome in outcomes}):
+            group = [outcome for outcome in outcomes if outcome.status == status]
+            shared, per_row = _split_values(group)
+            updated += update_rows(
+                self.filter(status=SyncEvent.Status.RUNNING, **condition),
+                [outcome.event.pk for outcome in group],
+                per_row,
+                status=status,
+                finished_at=now,
+                claimed_at=None,
+                next_attempt_at=None,
+                error_class="",
+                error_code="",
+                updated_at=now,
+                **shared,
+            )
+        return updated
 
     def latest_by_source(self, flow: str, source_object: str, source_ids) -> dict[str, SyncEvent]:
         """The newest event of each record, by source id (two queries, whatever the count).
@@ -735,6 +901,21 @@ class SyncEventQuerySet(models.QuerySet):
             .order_by()
         )
         return {(days[row["day_number"]], row["flow"]): row["count"] for row in rows}
+
+
+def _split_values(group: list[Outcome]) -> tuple[dict, dict[str, dict]]:
+    """A group's message, target id and content hash: those shared by every event as plain
+    values, the others by event pk. An empty target id or hash leaves the event's own."""
+    shared, per_row = {}, {}
+    for name in ("message", "target_id", "content_hash"):
+        values = {
+            o.event.pk: getattr(o, name) for o in group if getattr(o, name) or name == "message"
+        }
+        if len(values) == len(group) and len(set(values.values())) == 1:
+            shared[name] = next(iter(values.values()))
+        elif values:
+            per_row[name] = values
+    return shared, per_row
 
 
 def _as_date(value) -> date | None:
@@ -879,17 +1060,27 @@ class SyncEvent(models.Model):
             self.claimed_at = now
         return bool(held)
 
+    def succeeded(self, target_id: str = "", content_hash: str = "", message: str = "") -> Outcome:
+        """This event synced, as an outcome to record with its batch's (`finish`)."""
+        return Outcome(self, self.Status.SUCCEEDED, target_id, content_hash, _clean(message))
+
+    def skipped(
+        self, message: str = "Unchanged since the last sync.", target_id: str = ""
+    ) -> Outcome:
+        """This event needed no write, as an outcome to record with its batch's."""
+        return Outcome(self, self.Status.SKIPPED, target_id, "", _clean(message))
+
     def mark_succeeded(
         self, target_id: str = "", content_hash: str = "", message: str = ""
-    ) -> None:
-        self._finish(
-            self.Status.SUCCEEDED, target_id=target_id, content_hash=content_hash, message=message
-        )
+    ) -> bool:
+        """Record that this event synced; False when this worker no longer holds it (`finish`)."""
+        return bool(SyncEvent.objects.finish([self.succeeded(target_id, content_hash, message)]))
 
     def mark_skipped(
         self, message: str = "Unchanged since the last sync.", target_id: str = ""
-    ) -> None:
-        self._finish(self.Status.SKIPPED, target_id=target_id, message=message)
+    ) -> bool:
+        """Record that this event needed no write; False when this worker no longer holds it."""
+        return bool(SyncEvent.objects.finish([self.skipped(message, target_id)]))
 
     def mark_failed(self, message: str, permanent: bool, code: str = "") -> None:
         """Record a failure. A transient one is retried with exponential backoff until the
@@ -919,19 +1110,6 @@ class SyncEvent(models.Model):
                 "updated_at",
             ]
         )
-
-    def _finish(
-        self, status: str, target_id: str = "", content_hash: str = "", message: str = ""
-    ) -> None:
-        self.status, self.finished_at, self.claimed_at = status, timezone.now(), None
-        self.next_attempt_at, self.error_class, self.error_code = None, "", ""
-        self.message = secrets.redact(message).replace("\x00", "")
-        if target_id:
-            self.target_id = target_id
-        if content_hash:
-            self.content_hash = content_hash
-        if self.pk is not None:  # a dry run's event is never recorded
-            self.save()
 
     def retry(self, user=None) -> bool:
         """Put a failed or ignored event back in line at once. False if it was not failed."""

@@ -710,3 +710,124 @@ def test_set_aside_changes_do_not_stop_a_claim_short(flow):
     assert {e.pk for e in stale} == set(
         SyncEvent.objects.filter(status=SyncEvent.Status.SKIPPED).values_list("pk", flat=True)
     )
+
+
+# Recording outcomes --------------------------------------------------------------------------
+
+
+def claimed(count: int, **fields) -> list[SyncEvent]:
+    """`count` events of the products flow, claimed by this worker as one batch."""
+    run = SyncRunFactory(flow="products")
+    for i in range(count):
+        SyncEventFactory(
+            flow="products",
+            source_object="kashflow.Product",
+            source_id=f"P{i:03}",
+            dedupe_key=f"products:kashflow.Product:P{i:03}:v1",
+            content_hash=f"seen{i}",
+            **fields,
+        )
+    return engine.claim_batch(run, count)
+
+
+def test_a_batch_of_outcomes_is_recorded_with_a_few_statements_whatever_its_size(
+    django_assert_num_queries,
+):
+    # One read of the claims, then one UPDATE per status: 200 events, not 200 saves.
+    batch = claimed(200, target_id="old-id", message="old")
+    outcomes = [
+        event.succeeded(target_id=f"01t{i:03}", content_hash=f"hash{i}", message=f"Note {i}.")
+        for i, event in enumerate(batch[:150])
+    ] + [event.skipped(target_id="") for event in batch[150:]]
+    with django_assert_num_queries(3):
+        recorded = SyncEvent.objects.finish(outcomes)
+    assert recorded == batch
+    stored = {event.pk: event for event in SyncEvent.objects.all()}
+    for i, event in enumerate(batch):
+        row = stored[event.pk]
+        assert (row.status, row.claimed_at, row.next_attempt_at) == (event.status, None, None)
+        assert (row.finished_at, row.updated_at) == (event.finished_at, event.updated_at)
+        assert row.finished_at is not None and (row.error_class, row.error_code) == ("", "")
+        if i < 150:
+            assert row.status == SyncEvent.Status.SUCCEEDED
+            assert (row.target_id, row.content_hash, row.message) == (
+                f"01t{i:03}",
+                f"hash{i}",
+                f"Note {i}.",
+            )
+        else:  # no target id or hash given: the event keeps its own
+            assert row.status == SyncEvent.Status.SKIPPED
+            assert (row.target_id, row.message) == ("old-id", "Unchanged since the last sync.")
+            assert row.content_hash == event.content_hash == f"seen{i}"
+
+
+def test_an_event_swept_from_a_slow_worker_is_not_finished_by_its_batch(flow):
+    """Worker A is slow, so the sweeper takes one of its events for a dead worker's and worker B
+    claims it. A's batch outcome must leave that event to B, and the run must count it as the
+    ledger says, not as A thought."""
+    run = engine.start_run("products", Trigger.MANUAL)
+    for i in range(3):
+        SyncEventFactory(flow="products", source_id=f"P{i}", dedupe_key=f"k{i}", run=run)
+    swept = {}
+
+    def slow_process(events, ctx):
+        taken = SyncEvent.objects.get(pk=events[1].pk)
+        taken.mark_failed("The worker stopped while syncing this record.", permanent=False)
+        SyncEvent.objects.filter(pk=taken.pk).update(next_attempt_at=timezone.now())
+        assert taken.claim()  # worker B has it now
+        swept["event"] = taken
+        recorded = SyncEvent.objects.finish(event.succeeded(target_id="01tA") for event in events)
+        assert recorded == [events[0], events[2]]
+
+    flow.process = slow_process
+    flow.batch_size = 3
+    SyncRun.objects.filter(pk=run.pk).update(collected_at=timezone.now())
+    run.refresh_from_db()
+    engine._process_batch(flow, engine.claim_batch(run, 3), engine.RunContext(run, float("inf")))
+    taken = SyncEvent.objects.get(pk=swept["event"].pk)
+    assert (taken.status, taken.claimed_at, taken.target_id) == (
+        SyncEvent.Status.RUNNING,
+        swept["event"].claimed_at,
+        "",
+    )
+    assert taken.attempts == 2
+    assert SyncEvent.objects.filter(status=SyncEvent.Status.SUCCEEDED).count() == 2
+    run.refresh_from_db()
+    assert (run.written_count, run.failed_count, run.progress_done) == (2, 0, 3)
+    # B finishes it with its own claim.
+    assert taken.mark_succeeded(target_id="01tB")
+    assert SyncEvent.objects.get(pk=taken.pk).target_id == "01tB"
+
+
+def test_a_slow_worker_does_not_undo_a_newer_change_recorded_in_its_swept_event():
+    """The sweeper failed A's event; a newer change of the record then replaced its payload (a
+    failed event is replaced in place). A, finishing late, must not put the old change back."""
+    (event,) = claimed(1)
+    SyncEvent.objects.get(pk=event.pk).mark_failed("The worker stopped.", permanent=False)
+    engine.record_changes(recording_context(event.run), [change("P000", "v2", Name="Newer")])
+    held = event.mark_succeeded(target_id="01tA", content_hash="old")
+    row = SyncEvent.objects.get(pk=event.pk)
+    assert (row.status, row.payload["Name"], row.target_id) == (
+        SyncEvent.Status.PENDING,
+        "Newer",
+        "",
+    )
+    assert row.dedupe_key.endswith(":v2") and row.content_hash != "old"
+    assert held is False
+
+
+def test_a_single_outcome_is_one_conditional_update(django_assert_num_queries):
+    (event,) = claimed(1)
+    with django_assert_num_queries(1):
+        assert event.mark_succeeded(target_id="01tX", content_hash="h", message="Fine.")
+    row = SyncEvent.objects.get(pk=event.pk)
+    assert (row.status, row.target_id, row.content_hash, row.message, row.claimed_at) == (
+        SyncEvent.Status.SUCCEEDED,
+        "01tX",
+        "h",
+        "Fine.",
+        None,
+    )
+    assert row.updated_at == row.finished_at == event.finished_at
+    with django_assert_num_queries(0):
+        assert event.mark_skipped() is False  # finished: no claim left to hold

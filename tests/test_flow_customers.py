@@ -6,11 +6,12 @@ from types import SimpleNamespace
 import pytest
 from django.db import connection
 from django.test.utils import CaptureQueriesContext
+from django.utils import timezone
 
 from integration.clients.kashflow import KashFlowClient
 from integration.clients.salesforce import SalesforceClient
 from integration.models import CrossRef, SyncEvent, SyncRun, Trigger
-from integration.sync import engine
+from integration.sync import customers, engine
 from tests.fixtures_sandbox import control
 from tests.sandbox_connections import connect_both
 
@@ -183,3 +184,90 @@ def test_contacts_refused_by_an_outage_are_retried_while_their_accounts_stay(org
     assert SyncEvent.objects.retrying().count() == 4
     assert len(list(org.salesforce.query("SELECT Id FROM Account"))) == 4
     assert list(org.salesforce.query("SELECT Id FROM Contact")) == []
+
+
+def ledger_writes(queries) -> dict[str, int]:
+    """UPDATE statements per ledger table."""
+    tables = ("integration_syncevent", "integration_crossref")
+    return {
+        table: sum(q["sql"].startswith(f'UPDATE "{table}"') for q in queries) for table in tables
+    }
+
+
+def test_a_batch_s_outcomes_cost_a_few_statements_and_match_their_cross_references(org):
+    org.sandbox.reset("customers=450,accounts=0")
+    with CaptureQueriesContext(connection) as queries:
+        run = run_customers()
+    assert (run.read_count, run.written_count, run.progress_done) == (450, 450, 450)
+    # Per batch of 200: the claim and one UPDATE of the outcomes; one of the hashes. A save per
+    # customer before (453 UPDATEs of the events).
+    assert ledger_writes(queries) == {"integration_syncevent": 3 + 3, "integration_crossref": 3}
+    refs = {ref.kashflow_key: ref for ref in CrossRef.objects.filter(object_type="customer")}
+    for event in SyncEvent.objects.all():
+        ref = refs[event.source_id]
+        assert event.status == SyncEvent.Status.SUCCEEDED
+        assert event.target_id == ref.salesforce_id and event.target_id.startswith("001")
+        assert event.content_hash == ref.salesforce_hash and len(event.content_hash) == 64
+        assert (event.message, event.error_class, event.error_code) == ("", "", "")
+        assert (event.claimed_at, event.next_attempt_at) == (None, None)
+        assert event.finished_at == event.updated_at and event.finished_at > event.created_at
+        assert ref.salesforce_synced_at is not None
+
+
+def test_unchanged_customers_of_a_full_run_are_one_statement_a_batch(org):
+    org.sandbox.reset("customers=10,accounts=0")
+    run_customers()
+    with CaptureQueriesContext(connection) as queries:
+        full = run_customers(full=True)
+    assert (full.skipped_count, full.written_count) == (10, 0)
+    assert ledger_writes(queries) == {"integration_syncevent": 1 + 1, "integration_crossref": 0}
+    refs = dict(CrossRef.objects.filter(object_type="customer").values_list("kashflow_key", "pk"))
+    skipped = SyncEvent.objects.filter(run=full)
+    assert {event.status for event in skipped} == {SyncEvent.Status.SKIPPED}
+    for event in skipped:
+        assert event.message == "Unchanged since the last sync."
+        ref = CrossRef.objects.get(pk=refs[event.source_id])
+        assert event.target_id == ref.salesforce_id and event.finished_at is not None
+
+
+def test_each_customer_keeps_its_own_warning_in_a_batch(org):
+    # Three of six customers match an Account of the same name without an External ID.
+    org.sandbox.reset("customers=6,accounts=3")
+    run = run_customers()
+    assert run.written_count == 6, run.summary
+    messages = sorted(SyncEvent.objects.values_list("message", flat=True))
+    assert messages == [""] * 3 + ["Matched to the existing Account of the same name."] * 3
+
+
+def test_a_customer_swept_from_a_slow_worker_is_left_to_the_ledger_and_synced_later(
+    org, monkeypatch
+):
+    """Worker A is slow: before it records its batch, the sweeper fails one of its customers
+    for a dead worker's. A records the others; that one stays failed, with its link but not
+    its hash, counts as failed, and the retry syncs it."""
+    org.sandbox.reset("customers=5,accounts=0")
+    real_succeeded = customers._succeeded
+    swept = []
+
+    def slow_succeeded(done, links):
+        taken = SyncEvent.objects.get(pk=done[2][0].event.pk)
+        taken.mark_failed("The worker stopped while syncing this record.", permanent=False)
+        swept.append(taken)
+        return real_succeeded(done, links)
+
+    monkeypatch.setattr(customers, "_succeeded", slow_succeeded)
+    run = run_customers()
+    monkeypatch.setattr(customers, "_succeeded", real_succeeded)
+    assert (run.written_count, run.failed_count, run.progress_done) == (4, 1, 5)
+    event = SyncEvent.objects.get(pk=swept[0].pk)
+    assert event.status == SyncEvent.Status.FAILED_TRANSIENT and "stopped" in event.message
+    assert event.target_id == ""
+    ref = CrossRef.objects.get(object_type="customer", kashflow_key=event.source_id)
+    assert ref.salesforce_id and ref.salesforce_hash == ""
+    others = CrossRef.objects.filter(object_type="customer").exclude(pk=ref.pk)
+    assert all(other.salesforce_hash for other in others)
+    SyncEvent.objects.filter(pk=event.pk).update(next_attempt_at=timezone.now())
+    retry = run_customers()
+    assert retry.written_count == 1, retry.summary
+    event.refresh_from_db()
+    assert event.status == SyncEvent.Status.SUCCEEDED and event.target_id == ref.salesforce_id

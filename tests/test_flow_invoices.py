@@ -5,6 +5,8 @@ from decimal import Decimal
 from types import SimpleNamespace
 
 import pytest
+from django.db import connection
+from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 
 from integration.clients.kashflow import KashFlowClient
@@ -393,3 +395,18 @@ def test_an_account_linked_just_after_its_link_was_read_is_not_given_a_second_co
     assert len(names) == len(set(names))  # no company twice in KashFlow
     accounts = [a["Name"] for a in org.salesforce.query("SELECT Name FROM Account")]
     assert len(accounts) == len(set(accounts)) == 6
+
+
+def test_a_batch_s_invoices_are_recorded_together_each_under_its_own_renewed_claim(org):
+    # Each invoice renews its claim before it is made (hold), so the events of one batch carry
+    # different claims by the end; their outcomes are still one statement, and all held.
+    with CaptureQueriesContext(connection) as queries:
+        run = run_invoices()
+    assert run.written_count == 6, run.summary
+    updates = [q["sql"] for q in queries if q["sql"].startswith('UPDATE "integration_syncevent"')]
+    assert len(updates) == 1 + 6 + 1  # the claim, six holds, the outcomes (six saves before)
+    for event in SyncEvent.objects.filter(flow="invoices"):
+        [summary] = invoices_for(org, event.source_id)
+        assert event.status == SyncEvent.Status.SUCCEEDED and event.claimed_at is None
+        assert event.target_id == str(summary["Number"])
+        assert event.message.startswith(f"Invoice {summary['Number']} made in KashFlow.")

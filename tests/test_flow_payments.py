@@ -6,6 +6,8 @@ from decimal import Decimal
 from types import SimpleNamespace
 
 import pytest
+from django.db import connection
+from django.test.utils import CaptureQueriesContext
 
 from integration.clients.kashflow import KashFlowClient
 from integration.clients.salesforce import SalesforceClient
@@ -280,3 +282,19 @@ def test_dry_run_shows_the_writes_and_makes_none(org):
     assert calls(org.sandbox, "salesforce", "composite") == 0
     assert SyncEvent.objects.count() == 0
     assert payment_records(org, deal.opportunity_id) == []
+
+
+def test_a_batch_of_paid_invoices_records_its_outcomes_in_one_statement(org):
+    deals = [invoiced_opportunity(org) for _ in range(3)]
+    for deal in deals:
+        pay(org, deal.number, ("10.00", date(2026, 2, 1), BACS))
+    with CaptureQueriesContext(connection) as queries:
+        run = run_payments()
+    assert run.written_count == 3, run.summary
+    updates = [q["sql"] for q in queries if q["sql"].startswith('UPDATE "integration_syncevent"')]
+    assert len(updates) == 2  # the claim and the outcomes (one save per invoice before)
+    for deal in deals:
+        event = SyncEvent.objects.get(flow="payments", source_id=str(deal.number))
+        assert event.status == SyncEvent.Status.SUCCEEDED
+        assert event.target_id == deal.opportunity_id and len(event.content_hash) == 64
+        assert event.finished_at == event.updated_at and event.claimed_at is None

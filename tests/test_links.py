@@ -53,3 +53,31 @@ def test_written_many_stores_each_hash_in_one_statement(django_assert_num_querie
         Links().written_many("salesforce", [(ref, f"hash{i}") for i, ref in enumerate(refs)])
     stored = dict(CrossRef.objects.values_list("kashflow_key", "salesforce_hash"))
     assert stored == {"CUST0000": "hash0", "CUST0001": "hash1", "CUST0002": "hash2"}
+
+
+def test_written_many_stores_a_batch_of_hashes_in_one_statement_and_touches_nothing_else(
+    django_assert_num_queries,
+):
+    # bulk_update split 400 rows in two statements on SQLite (at 249), and built a compiled
+    # lookup per row and field, which was most of the time a batch's hashes took.
+    refs = Links().link_many("customer", pairs(400))
+    CrossRef.objects.update(kashflow_hash="kf")
+    before = dict(CrossRef.objects.values_list("pk", "updated_at"))
+    with django_assert_num_queries(1):
+        Links().written_many("salesforce", [(ref, f"hash{i}") for i, ref in enumerate(refs)])
+    rows = {row.pk: row for row in CrossRef.objects.all()}
+    for i, ref in enumerate(refs):
+        row = rows[ref.pk]
+        assert (row.salesforce_hash, row.kashflow_hash) == (f"hash{i}", "kf")
+        assert row.salesforce_synced_at == ref.salesforce_synced_at is not None
+        assert row.updated_at == before[ref.pk]
+        assert row.kashflow_synced_at is None
+
+
+def test_written_many_stores_the_last_hash_of_a_reference_given_twice():
+    # A batch can hold two events of one customer: Salesforce keeps the later upsert, and so
+    # must the database and the reference in memory (one CASE arm per row, the last value).
+    (ref,) = Links().link_many("customer", pairs(1))
+    Links().written_many("salesforce", [(ref, "earlier"), (ref, "later")])
+    assert ref.salesforce_hash == "later"
+    assert CrossRef.objects.get().salesforce_hash == "later"

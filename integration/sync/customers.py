@@ -65,7 +65,7 @@ class CustomersFlow:
         except ApiError as exc:
             return engine.fail_events(events, exc.message, permanent=exc.permanent, code=exc.code)
         current = _current_records(ctx, codes, account_rows, contact_rows) if ctx.run.full else {}
-        writes = []
+        writes, unchanged = [], []
         for event in events:
             write = _map_customer(
                 event, account_rows, contact_rows, account_context, contact_context
@@ -74,9 +74,10 @@ class CustomersFlow:
                 continue  # failed: the event says why
             ref = links.get("customer", "kashflow", event.source_id)
             if _unchanged(write, ref, current.get(event.source_id), ctx.run.full):
-                event.mark_skipped(target_id=ref.salesforce_id if ref else "")
+                unchanged.append(event.skipped(target_id=ref.salesforce_id if ref else ""))
                 continue
             writes.append(write)
+        SyncEvent.objects.finish(unchanged)
         if not writes:
             return
         if ctx.dry_run:
@@ -246,7 +247,12 @@ def _org_has_accounts_without_key(ctx) -> bool:
 
 def _succeeded(done: list[tuple[_Write, str | None]], links: Links) -> None:
     """Record what Salesforce accepted: cross-references, hashes and events, a batch at a time
-    and in one transaction, so an event never says "written" without its cross-reference."""
+    and in one transaction, so an event never says "written" without its cross-reference.
+
+    The links are facts (this Account is that customer) whoever holds the events now. The
+    outcome and the hash are not: an event the sweeper took from this worker (slow, not dead)
+    keeps what the ledger says now, and its hash is left to whoever finishes it.
+    """
     if not done:
         return
     with transaction.atomic():
@@ -257,15 +263,19 @@ def _succeeded(done: list[tuple[_Write, str | None]], links: Links) -> None:
             "contact",
             [(contact_id, write.event.source_id) for write, contact_id in done if contact_id],
         )
-        links.written_many(
-            "salesforce", [(ref, w.digest) for ref, (w, _) in zip(refs, done, strict=True)]
-        )
-        for write, _ in done:
-            write.event.mark_succeeded(
+        finished = SyncEvent.objects.finish(
+            write.event.succeeded(
                 target_id=write.account_id,
                 content_hash=write.digest,
                 message=" ".join(write.warnings),
             )
+            for write, _ in done
+        )
+        held = {event.pk for event in finished}
+        links.written_many(
+            "salesforce",
+            [(ref, w.digest) for ref, (w, _) in zip(refs, done, strict=True) if w.event.pk in held],
+        )
 
 
 def _current_records(ctx, codes, account_rows, contact_rows) -> dict[str, dict]:

@@ -359,17 +359,21 @@ def _write_back(ctx, invoices: list[_Invoice], rows: _Rows) -> None:
         return engine.fail_events(
             [i.event for i in invoices], _write_back_failed(exc), exc.permanent, exc.code
         )
+    written = []
     for invoice, result in zip(invoices, results, strict=True):
         if result.success:
             number = str(invoice.created["Number"])
-            invoice.event.mark_succeeded(
-                target_id=number,
-                content_hash=payload_hash(invoice.payload),
-                message=" ".join([f"Invoice {number} made in KashFlow.", *invoice.warnings]),
+            written.append(
+                invoice.event.succeeded(
+                    target_id=number,
+                    content_hash=payload_hash(invoice.payload),
+                    message=" ".join([f"Invoice {number} made in KashFlow.", *invoice.warnings]),
+                )
             )
         else:
             error = result.error
             invoice.event.mark_failed(_write_back_failed(error), error.permanent, error.code)
+    SyncEvent.objects.finish(written)
 
 
 def _write_back_failed(error: ApiError) -> str:

@@ -11,7 +11,7 @@ from collections.abc import Iterable
 from django.db import IntegrityError, transaction
 from django.utils import timezone
 
-from integration.models import CrossRef
+from integration.models import CrossRef, update_rows
 
 SIDES = ("salesforce", "kashflow")
 
@@ -135,15 +135,16 @@ class Links:
             )
 
     def written_many(self, side: str, hashes: list[tuple[CrossRef, str]]) -> None:
-        """`written` for a batch of (ref, payload hash) pairs: one UPDATE statement."""
+        """`written` for a batch of (ref, payload hash) pairs: one UPDATE (`update_rows`)."""
         if not hashes:
             return
         now = timezone.now()
-        fields = [f"{side}_hash", f"{side}_synced_at"]
+        hash_field, synced_field = f"{side}_hash", f"{side}_synced_at"
         for ref, payload_hash in hashes:
-            setattr(ref, fields[0], payload_hash)
-            setattr(ref, fields[1], now)
-        CrossRef.objects.bulk_update([ref for ref, _ in hashes], fields)
+            setattr(ref, hash_field, payload_hash)
+            setattr(ref, synced_field, now)
+        by_pk = {ref.pk: payload_hash for ref, payload_hash in hashes}
+        update_rows(CrossRef.objects.all(), list(by_pk), {hash_field: by_pk}, **{synced_field: now})
 
 
 def _find_or_create(

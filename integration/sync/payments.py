@@ -32,7 +32,7 @@ from django.utils import timezone
 
 from integration.clients.errors import ApiError
 from integration.mapping import payload_hash, preview
-from integration.models import CrossRef, Direction, SyncEvent
+from integration.models import CrossRef, Direction, Outcome, SyncEvent
 from integration.sync import engine
 from integration.sync.links import Links
 from integration.sync.mappings import MappingMissing, active_rows, context, salesforce_fields
@@ -320,17 +320,17 @@ def _write(ctx: engine.RunContext, invoices: list[_Invoice], links: Links) -> No
     _upsert_payments(ctx, invoices, links)
     _delete_payments(ctx, [i for i in invoices if not i.failed])
     _update_opportunities(ctx, [i for i in invoices if not i.failed], links)
-    for invoice in invoices:
-        if invoice.failed:
-            continue
-        if invoice.has_writes:
-            invoice.event.mark_succeeded(
-                target_id=invoice.opportunity_id,
-                content_hash=payload_hash(paid_state(invoice.invoice)),
-                message=" ".join(invoice.warnings),
-            )
-        else:
-            invoice.event.mark_skipped(target_id=invoice.opportunity_id)
+    SyncEvent.objects.finish(_outcome(invoice) for invoice in invoices if not invoice.failed)
+
+
+def _outcome(invoice: _Invoice) -> Outcome:
+    if not invoice.has_writes:
+        return invoice.event.skipped(target_id=invoice.opportunity_id)
+    return invoice.event.succeeded(
+        target_id=invoice.opportunity_id,
+        content_hash=payload_hash(paid_state(invoice.invoice)),
+        message=" ".join(invoice.warnings),
+    )
 
 
 def _upsert_payments(ctx, invoices: list[_Invoice], links: Links) -> None:

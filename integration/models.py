@@ -611,15 +611,6 @@ class SyncRun(models.Model):
         self.save(update_fields=["status", "summary", "finished_at"])
 
 
-def _same_record() -> models.QuerySet:
-    """The other events of an outer event's record (for Exists subqueries)."""
-    return SyncEvent.objects.filter(
-        flow=OuterRef("flow"),
-        source_object=OuterRef("source_object"),
-        source_id=OuterRef("source_id"),
-    )
-
-
 class ValuePerRow(Expression):
     """`CASE pk WHEN 1 THEN 'a' WHEN 2 THEN 'b' … ELSE column END`: one UPDATE that gives each
     row its own value of `column` (rows it does not name keep theirs).
@@ -719,16 +710,6 @@ class SyncEventQuerySet(models.QuerySet):
     def retrying(self) -> SyncEventQuerySet:
         return self.filter(status=SyncEvent.Status.FAILED_TRANSIENT)
 
-    def not_behind_running(self) -> SyncEventQuerySet:
-        """Without the events of a record another of whose events is in a worker's hands: a
-        record is synced by one worker at a time, its changes in order."""
-        return self.exclude(Exists(_same_record().filter(status=SyncEvent.Status.RUNNING)))
-
-    def with_superseded(self) -> SyncEventQuerySet:
-        """Each event with `superseded`: a newer event of its record exists, whose data is
-        newer, so writing this one would put stale data over it."""
-        return self.annotate(superseded=Exists(_same_record().filter(pk__gt=OuterRef("pk"))))
-
     def supersede(self, now=None) -> int:
         """Set aside events a newer change of their record replaced (never written)."""
         return self.update(
@@ -744,10 +725,10 @@ class SyncEventQuerySet(models.QuerySet):
     def due(self, now=None) -> SyncEventQuerySet:
         """Work a worker may claim now: pending, or a transient failure whose backoff has passed."""
         now = now or timezone.now()
+        # The statuses first, as an IN, so an index on (flow, status, …) can serve a claim.
         return self.filter(
-            Q(status=SyncEvent.Status.PENDING)
-            | Q(status=SyncEvent.Status.FAILED_TRANSIENT, next_attempt_at__lte=now)
-        )
+            status__in=[SyncEvent.Status.PENDING, SyncEvent.Status.FAILED_TRANSIENT]
+        ).filter(Q(status=SyncEvent.Status.PENDING) | Q(next_attempt_at__lte=now))
 
     def stale_running(self, older_than: timedelta) -> SyncEventQuerySet:
         """Claimed by a worker that has not finished in time: it probably died."""
@@ -996,6 +977,8 @@ class SyncEvent(models.Model):
             # The overview's records synced per day: a range of finished_at among the
             # synced, with the flow in the index so the rows themselves are not read.
             models.Index(fields=["status", "finished_at", "flow"], name="event_status_finished"),
+            # Claims: a flow's due events, oldest first, without reading its finished ones.
+            models.Index(fields=["flow", "status", "created_at"], name="event_flow_due"),
             # The mapping editor's recent records of an object (and a record's newest event).
             models.Index(
                 fields=["flow", "source_object", "-created_at"], name="event_object_recent"

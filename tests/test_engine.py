@@ -831,3 +831,28 @@ def test_a_single_outcome_is_one_conditional_update(django_assert_num_queries):
     assert row.updated_at == row.finished_at == event.finished_at
     with django_assert_num_queries(0):
         assert event.mark_skipped() is False  # finished: no claim left to hold
+
+
+def test_a_claim_reads_only_due_events_and_their_records_through_indexes(flow):
+    """At 100,000 events a claim must not walk the flow's ledger: the due events come from the
+    (flow, status, created_at) index and their records' other events from the source_id one."""
+    if connection.vendor != "sqlite":
+        pytest.skip("reads SQLite's query plans")
+    from django.test.utils import CaptureQueriesContext
+
+    for i in range(3):
+        SyncEventFactory(flow="products", source_id=f"P{i}", status=SyncEvent.Status.SUCCEEDED)
+        SyncEventFactory(flow="products", source_id=f"P{i}")
+    run = engine.start_run("products", Trigger.MANUAL)
+    with CaptureQueriesContext(connection) as queries:
+        assert len(engine.claim_batch(run, 10)) == 3
+    plans = []
+    with connection.cursor() as cursor:
+        for query in queries.captured_queries:
+            if query["sql"].startswith("SELECT") and "integration_syncevent" in query["sql"]:
+                cursor.execute("EXPLAIN QUERY PLAN " + query["sql"])
+                plans.append(" / ".join(row[3] for row in cursor.fetchall()))
+    assert any("USING INDEX event_flow_due (flow=? AND status=?)" in plan for plan in plans), plans
+    assert any("USING INDEX event_source_recent (source_id=?)" in plan for plan in plans), plans
+    assert not any("SCAN integration_syncevent" in plan for plan in plans), plans
+    assert not any("event_object_recent" in plan for plan in plans), plans

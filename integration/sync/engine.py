@@ -644,25 +644,24 @@ def fail_events(events, message: str, permanent: bool, code: str = "") -> None:
 def claim_batch(run: SyncRun, size: int) -> list[SyncEvent]:
     """Claim up to `size` due events of the run's flow for this worker.
 
-    An event whose record has another event in a worker's hands waits for it, and one whose
-    record has a newer event is set aside (superseded), so a record's changes reach the target
-    in order and an old retry never writes stale data over newer.
+    A record's changes reach the target in order: an event whose record has another event in a
+    worker's hands waits for it (it stays due), and one whose record has a newer event is set
+    aside (superseded), so an old retry never writes stale data over newer.
     """
     now = timezone.now()
     claimed: list[int] = []
+    waiting: list[int] = []  # due, but behind an event of the same record in a worker's hands
     while len(claimed) < size:
         with transaction.atomic():
             candidates = list(
                 SyncEvent.objects.due(now)
                 .filter(flow=run.flow)
-                .not_behind_running()
-                .with_superseded()
+                .exclude(pk__in=waiting)
                 .order_by("created_at", "pk")
                 .select_for_update(skip_locked=True)
-                .values_list("pk", "superseded")[: size - len(claimed)]
+                .values_list("pk", "source_object", "source_id")[: size - len(claimed)]
             )
-            stale = [pk for pk, superseded in candidates if superseded]
-            ids = [pk for pk, superseded in candidates if not superseded]
+            ids, stale, behind = _in_order(run.flow, candidates)
             if stale:
                 SyncEvent.objects.filter(pk__in=stale).supersede(now)
             if ids:
@@ -673,9 +672,40 @@ def claim_batch(run: SyncRun, size: int) -> list[SyncEvent]:
                     run=run,
                 )
         claimed += ids
-        if not stale:
-            break  # nothing set aside: what was there is claimed
+        waiting += behind
+        if not stale and not behind:
+            break  # every candidate is claimed, or there were none
     return list(SyncEvent.objects.filter(pk__in=claimed).order_by("created_at", "pk"))
+
+
+def _in_order(flow: str, candidates: list[tuple[int, str, str]]):
+    """Split candidate (pk, source_object, source_id) into those to claim, those a newer event
+    of their record supersedes, and those behind an event of their record that is running."""
+    if not candidates:
+        return [], [], []
+    newest: dict[tuple[str, str], int] = {}
+    running: set[tuple[str, str]] = set()
+    # Filtered on source_id alone in SQL, so the (source_id, created_at) index serves it.
+    others = SyncEvent.objects.filter(source_id__in={c[2] for c in candidates}).values_list(
+        "pk", "flow", "source_object", "source_id", "status"
+    )
+    for pk, event_flow, source_object, source_id, status in others:
+        if event_flow != flow:
+            continue
+        record = (source_object, source_id)
+        newest[record] = max(pk, newest.get(record, pk))
+        if status == SyncEvent.Status.RUNNING:
+            running.add(record)
+    ids, stale, behind = [], [], []
+    for pk, source_object, source_id in candidates:
+        record = (source_object, source_id)
+        if newest[record] > pk:
+            stale.append(pk)
+        elif record in running:
+            behind.append(pk)
+        else:
+            ids.append(pk)
+    return ids, stale, behind
 
 
 # Raised by flow code meeting data of a shape it does not expect (a list where a record should

@@ -176,8 +176,11 @@ class Lab:
     def measure(self, *args: str, env: dict | None = None) -> Step:
         """Run `python -m benchmarks.worker ARGS` with fresh sandbox stats; measure it."""
         self.reset_stats()
+        # DEBUG off, as in production: with it on, Django keeps the last 9,000 statements of a
+        # process in memory, and a batch's statements carry its payloads (B6's 260 MB).
         step = run_child(
-            [sys.executable, "-m", "benchmarks.worker", *args], {**self.env(), **(env or {})}
+            [sys.executable, "-m", "benchmarks.worker", *args],
+            {**self.env(), "DEBUG": "false", **(env or {})},
         )
         step.calls = self.stats()
         return step

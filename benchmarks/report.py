@@ -94,6 +94,7 @@ def markdown(results: dict) -> str:
         "(no jitter); kashforce on SQLite (WAL) in a fresh directory per scenario.",
         "- **Wall time** is the worker's own time for the work (not Python and Django start-up);",
         "  **worker peak RSS** is the peak resident memory (VmHWM) of the child process that ran the sync, read by the child itself.",
+        *[f"- **Amended:** {text}" for text in head.get("amended", [])],
         "",
     ]
     for scenario in results["scenarios"]:

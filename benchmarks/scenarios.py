@@ -202,8 +202,9 @@ def _b2(lab: Lab, n: int, naive: dict) -> dict:
     reread = unchanged.output.get("read", 0)
     if reread:
         notes.append(
-            f"The unchanged sync still read {reread:,} customer summaries "
-            f"({unchanged.total_calls('kashflow')} list pages): every customer stamped within "
+            f"The unchanged sync still read {reread:,} customer "
+            f"{'summary' if reread == 1 else 'summaries'} "
+            f"(in {unchanged.total_calls('kashflow')} list calls): every customer stamped within "
             "the cursor's 2-minute overlap before the newest stamp it saw is read again each run "
             "(many customers share a stamp after a bulk import). They are recognised as already "
             "recorded and nothing is written, but the pages cost calls."

@@ -856,3 +856,13 @@ def test_a_claim_reads_only_due_events_and_their_records_through_indexes(flow):
     assert any("USING INDEX event_source_recent (source_id=?)" in plan for plan in plans), plans
     assert not any("SCAN integration_syncevent" in plan for plan in plans), plans
     assert not any("event_object_recent" in plan for plan in plans), plans
+
+
+def test_sync_now_beside_a_pushed_run_gets_a_run_that_reads_changes(flow):
+    pushed = engine.start_run("products", Trigger.PUSH, collected=True)
+    assert engine.start_run("products", Trigger.PUSH, collected=True) == pushed  # pushes share
+
+    manual = engine.start_run("products", Trigger.MANUAL)
+
+    assert manual != pushed and manual.collected_at is None  # it will read changes
+    assert engine.start_run("products", Trigger.SCHEDULE) == manual  # and is shared in turn

@@ -214,12 +214,15 @@ def start_run(
     FlowName(flow)  # ValueError for an unknown flow name
     run = None
     if not dry_run and not params:
-        run = (
+        unfinished = (
             SyncRun.objects.select_for_update()
             .unfinished()
             .filter(flow=flow, dry_run=False, full=full, params={})
-            .first()
         )
+        if not collected:
+            # A run a push made reads no changes: whoever wants them read gets a run that will.
+            unfinished = unfinished.exclude(trigger=Trigger.PUSH, collected_at__isnull=False)
+        run = unfinished.first()
     if run is None:
         now = timezone.now() if collected else None
         run = SyncRun.objects.create(

@@ -314,15 +314,8 @@ class FieldMappingForm(forms.Form):
 
 
 class BaseMappingFormSet(forms.BaseFormSet):
-    def clean(self):
-        if any(self.errors):
-            return
-        seen = set()
-        for form in self.kept_forms():
-            target = form.cleaned_data.get("target_path")
-            if target in seen:
-                form.add_error("target_path", "Another row already writes this field.")
-            seen.add(target)
+    # Two rows writing one field are checked by the mapping engine (integration/mapping.py
+    # duplicate_targets), which accepts a pair with a condition each, as the defaults have.
 
     def kept_forms(self) -> list[forms.Form]:
         # An untouched blank row has empty cleaned_data; a ticked "Remove" drops the row.

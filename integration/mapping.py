@@ -970,22 +970,83 @@ def validate_rows(
     *,
     update_only: bool = False,
     filled_by_flow: tuple[str, ...] | list[str] = (),
+    fixed_by_engine: tuple[str, ...] | list[str] = (),
 ) -> list[RowError]:
     """Every problem of a mapping against the target's fields, each naming the row and the fix.
 
     `update_only` is for mappings that only ever update (write-backs): fields must be updateable
     and required-on-create fields need no row. `filled_by_flow` names target fields the flow sets
-    itself (a new customer's Code, a Contact's AccountId).
+    itself (a new customer's Code, a Contact's AccountId). `fixed_by_engine` names fields the
+    engine depends on and sets itself, which no row may write (an invoice's CustomerReference,
+    the marker that stops a second invoice).
     """
     errors = []
     for number, row in enumerate(rows, start=1):
         target = row.get("target_path", "")
+        if field_key(target) in fixed_by_engine:
+            problem = (
+                f"kashforce sets {target} itself, so no row may write it: it carries the "
+                "marker that stops a record being made twice."
+            )
+            errors.append(RowError(number, target, problem))
+            continue
         problems = row_problems(row) + _target_problems(row, target_fields, update_only)
         errors.extend(RowError(number, target, problem) for problem in problems)
-    errors.extend(_duplicate_targets(rows))
+    errors.extend(duplicate_targets(rows))
     if not update_only:
-        errors.extend(_unfilled_required(rows, target_fields, filled_by_flow))
+        covered = (*filled_by_flow, *fixed_by_engine)
+        errors.extend(_unfilled_required(rows, target_fields, covered))
     return errors
+
+
+def source_problems(rows: list[dict], source_names: set[str]) -> list[RowError]:
+    """Rows that read a field the source does not have, each with a suggestion.
+
+    `source_names` are the names a source path may start with: the object's fields and
+    relationships, and what its flow adds (a customer's `PrimaryContact`). A path is checked by
+    its first segment (`Contacts[?IsPrimary].Email` by `Contacts`), so nested paths pass as
+    long as the part a query asks for exists; a row reading a field that does not exist would
+    make every query of its flow fail (Salesforce's INVALID_FIELD)."""
+    errors = []
+    for number, row in enumerate(rows, start=1):
+        for path in _source_paths(row):
+            head = re.split(r"[.\[]", path, maxsplit=1)[0]
+            if head and head not in source_names:
+                errors.append(
+                    RowError(
+                        number,
+                        row.get("target_path", ""),
+                        f"the source has no field {head!r}.{_did_you_mean(head, source_names)}",
+                    )
+                )
+    return errors
+
+
+def _source_paths(row: dict) -> list[str]:
+    params = row.get("params") or {}
+    when = params.get("when") if isinstance(params.get("when"), dict) else {}
+    candidates = [
+        row.get("source_path", ""),
+        *(params.get("sources") or []),
+        *(params.get("fallbacks") or []),
+        when.get("path", ""),
+    ]
+    return [path for path in candidates if isinstance(path, str) and path]
+
+
+def source_names_from_describe(describe: dict) -> set[str]:
+    """The names a Salesforce source path may start with: fields and parent relationships."""
+    names = set()
+    for item in describe.get("fields", []):
+        names.add(item["name"])
+        if item.get("relationshipName"):
+            names.add(item["relationshipName"])
+    return names
+
+
+def kashflow_source_names(object_name: str) -> set[str]:
+    """The top-level names of a KashFlow object (`Contacts[].Email` gives `Contacts`)."""
+    return {re.split(r"[.\[]", key, maxsplit=1)[0] for key in KASHFLOW_FIELDS.get(object_name, {})}
 
 
 def _target_problems(row: dict, target_fields: dict, update_only: bool) -> list[str]:
@@ -1006,7 +1067,7 @@ def _target_problems(row: dict, target_fields: dict, update_only: bool) -> list[
     return []
 
 
-def _duplicate_targets(rows: list[dict]) -> list[RowError]:
+def duplicate_targets(rows: list[dict]) -> list[RowError]:
     """Two rows may fill one field only when each has a condition (one for each case)."""
     errors, first_row = [], {}
     for number, row in enumerate(rows, start=1):

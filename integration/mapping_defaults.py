@@ -38,6 +38,15 @@ class Template:
     update_only: bool = False
     # Target fields the flow sets itself, outside the mapping.
     filled_by_flow: tuple[str, ...] = field(default_factory=tuple)
+    # Target fields the engine depends on and sets itself: (field, why), shown as fixed rows in
+    # the editor; no row may write them.
+    fixed_by_engine: tuple[tuple[str, str], ...] = field(default_factory=tuple)
+    # Source names the flow adds to the record before mapping (beside the object's own fields).
+    source_extras: tuple[str, ...] = field(default_factory=tuple)
+
+    @property
+    def fixed_fields(self) -> tuple[str, ...]:
+        return tuple(name for name, _ in self.fixed_by_engine)
 
 
 def row(target: str, source: str = "", transform: str = "copy", *, default: str = "",
@@ -144,6 +153,7 @@ ACCOUNT_TO_CUSTOMER = Template(
         row("Contacts.0.IsPrimary", transform="constant", value=True, when=_HAS_CONTACT),
     ],
     filled_by_flow=("Code",),
+    source_extras=("PrimaryContact",),  # the Account's first Contact, read by the flow
 )  # fmt: skip
 
 OPPORTUNITY_TO_INVOICE = Template(
@@ -151,11 +161,13 @@ OPPORTUNITY_TO_INVOICE = Template(
     [
         row("CustomerCode", "AccountId", "lookup", required=True,
             object_type="customer", side="salesforce"),
-        # The Opportunity's id marks the invoice, so a retry finds it instead of making another.
-        row("CustomerReference", "Id", required=True),
         row("IssuedDate", "CloseDate", "date", required=True, to="kashflow"),
     ],
     filled_by_flow=("LineItems",),
+    # The Opportunity's id marks the invoice, so a retry finds it instead of making another. The
+    # engine sets it: a mapping row could change it and remove that protection.
+    fixed_by_engine=(("CustomerReference", "the Opportunity Id, so that a retry finds the "
+                      "invoice instead of making a second one"),),
 )  # fmt: skip
 
 LINE_ITEM_TO_INVOICE_LINE = Template(
@@ -178,6 +190,7 @@ LINE_ITEM_TO_INVOICE_LINE = Template(
         row("VATLevel", transform="vat_rate",
             country_path="Opportunity.Account.BillingCountry", product_path="ProductCode"),
     ],
+    source_extras=("Opportunity",),  # the line's Opportunity and Account, added by the flow
 )  # fmt: skip
 
 INVOICE_TO_OPPORTUNITY = Template(
@@ -202,6 +215,7 @@ PAYMENT_TO_SALESFORCE = Template(
         row("Method__c", "MethodName", fallbacks=["Method"]),
         row("Invoice_Number__c", "InvoiceNumber"),
     ],
+    source_extras=("MethodName",),  # the payment method's name, looked up by the flow
 )  # fmt: skip
 
 PRODUCT_TO_PRODUCT2 = Template(

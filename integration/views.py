@@ -594,7 +594,12 @@ def mapping_edit(request, pk: int):
             )
             return redirect("dashboard:mapping", pk=new.pk)
     else:
-        initial = [FieldMappingForm.initial_from_row(row) for row in mapping_set.as_rows()]
+        fixed = _fixed_fields(mapping_set)
+        initial = [
+            FieldMappingForm.initial_from_row(row)
+            for row in mapping_set.as_rows()
+            if row["target_path"] not in fixed  # set by the engine: shown apart, never saved
+        ]
         formset = MappingFormSet(initial=initial, prefix="rows")
         version_form = MappingVersionForm()
     return render(
@@ -618,6 +623,7 @@ def _editor_context(mapping_set: MappingSet, formset, version_form) -> dict:
         "active": mapping_set if mapping_set.is_active else history.filter(is_active=True).first(),
         "formset": formset,
         "version_form": version_form,
+        "fixed_rows": _template(mapping_set).fixed_by_engine if _template(mapping_set) else (),
         "source_fields": sorted(_field_info(mapping_set.source_object) or ()),
         "target_fields": sorted(_field_info(mapping_set.target_object) or ()),
         "recent_records": list(dict.fromkeys(recent))[:20],
@@ -637,14 +643,20 @@ def _field_info(object_name: str) -> dict | None:
         return mapping.KASHFLOW_FIELDS.get(name)
     if system != "salesforce":
         return None
+    describe = _cached_describe(name)
+    return None if describe is None else mapping.salesforce_fields_from_describe(describe)
+
+
+def _cached_describe(name: str) -> dict | None:
+    """A Salesforce object's describe, cached for ten minutes; None when Salesforce cannot be
+    asked now (no connection, or unreachable): the editor still works without it."""
     try:
-        describe = cache.get_or_set(
+        return cache.get_or_set(
             f"kashforce:describe:{name}", lambda: _salesforce_describe(name), timeout=600
         )
-    except Exception:  # no connection, or Salesforce unreachable: the editor still works
+    except Exception:
         log.warning("describe %s failed", name, exc_info=True)
         return None
-    return mapping.salesforce_fields_from_describe(describe)
 
 
 def _salesforce_describe(sobject: str) -> dict:
@@ -661,26 +673,48 @@ def _validate(mapping_set: MappingSet, formset, version_form) -> bool:
         return True
     rows, kept = formset.rows(), formset.kept_forms()
     target_fields = _field_info(mapping_set.target_object)
+    template = _template(mapping_set)
     if target_fields is None:
         problems = [
             mapping.RowError(number, row["target_path"], problem)
             for number, row in enumerate(rows, start=1)
             for problem in mapping.row_problems(row)
-        ]
+        ] + mapping.duplicate_targets(rows)
     else:
-        template = _template(mapping_set)
         problems = mapping.validate_rows(
             rows,
             target_fields,
             update_only=bool(template and template.update_only),
             filled_by_flow=template.filled_by_flow if template else (),
+            fixed_by_engine=template.fixed_fields if template else (),
         )
+    source_names = _source_names(mapping_set, template)
+    if source_names is not None:
+        problems += mapping.source_problems(rows, source_names)
     for problem in problems:
         if problem.row and problem.row <= len(kept):
             kept[problem.row - 1].add_error(None, problem.problem)
         else:
             version_form.add_error(None, problem.message)
     return not problems
+
+
+def _source_names(mapping_set: MappingSet, template) -> set[str] | None:
+    """The names a row's source path may start with, or None when they cannot be known now
+    (Salesforce unreachable): the object's fields and relationships, and what its flow adds."""
+    system, _, name = mapping_set.source_object.partition(".")
+    extras = set(template.source_extras) if template else set()
+    if system == "kashflow":
+        return (_mapping_engine().kashflow_source_names(name) | extras) or None
+    describe = _cached_describe(name) if system == "salesforce" else None
+    if describe is None:
+        return None
+    return _mapping_engine().source_names_from_describe(describe) | extras
+
+
+def _fixed_fields(mapping_set: MappingSet) -> tuple[str, ...]:
+    template = _template(mapping_set)
+    return template.fixed_fields if template else ()
 
 
 def _template(mapping_set: MappingSet):

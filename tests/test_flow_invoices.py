@@ -410,3 +410,24 @@ def test_a_batch_s_invoices_are_recorded_together_each_under_its_own_renewed_cla
         assert event.status == SyncEvent.Status.SUCCEEDED and event.claimed_at is None
         assert event.target_id == str(summary["Number"])
         assert event.message.startswith(f"Invoice {summary['Number']} made in KashFlow.")
+
+
+def test_the_marker_is_the_engine_s_whatever_the_mapping_says(org):
+    """An admin's mapping that wrote CustomerReference used to replace the Opportunity Id, so a
+    lost answer made a second invoice. The engine sets the marker itself."""
+    from integration.models import MappingSet
+
+    active = MappingSet.objects.active().get(
+        flow="invoices", source_object=invoices.SOURCE, target_object=invoices.TARGET
+    )
+    rows = [*active.as_rows(), {"source_path": "Name", "target_path": "CustomerReference"}]
+    active.save_new_version(rows, note="Deal name as the reference")
+    set_faults(org, "kashflow", ("POST /v2/invoices", "ambiguous"))
+    run_invoices()
+    set_faults(org, "kashflow")
+    put_back_in_line()
+
+    assert run_invoices().written_count == 6
+    for event in SyncEvent.objects.all():
+        assert len(invoices_for(org, event.source_id)) == 1, event.message
+    assert len(list(org.kashflow.invoices())) == 6

@@ -1,3 +1,4 @@
+import json
 from datetime import timedelta
 
 import pytest
@@ -6,8 +7,10 @@ from django.test.utils import CaptureQueriesContext
 from django.urls import reverse
 from django.utils import timezone
 
+from integration.mapping_defaults import TEMPLATES
 from integration.models import MappingSet, SyncEvent
 from tests import factories
+from tests.sandbox_connections import connect_both
 
 pytestmark = pytest.mark.django_db
 
@@ -205,3 +208,80 @@ def test_preview_says_when_the_record_is_unknown(admin_client_, customers_v1):
     )
     page = response.content.decode()
     assert "NOPE" in page and ("has reached kashforce yet" in page or "mapping engine" in page)
+
+
+def editable_rows(mapping_set):
+    """The rows as the editor's form holds them, posted back unchanged."""
+    return [
+        {
+            **ROW,
+            **{key: row[key] for key in ("source_path", "target_path", "transform", "default")},
+            "params": json.dumps(row["params"]) if row.get("params") else "",
+            "required": row.get("required", False),
+        }
+        for row in mapping_set.as_rows()
+    ]
+
+
+@pytest.mark.parametrize(
+    "template", TEMPLATES, ids=lambda t: f"{t.source_object}>{t.target_object}"
+)
+def test_every_default_mapping_saves_unchanged_through_the_editor(sandbox, admin_client_, template):
+    """The two customer mappings' conditional pairs were refused as 'Another row already writes
+    this field' although the engine accepts them."""
+    connect_both(sandbox)  # the targets' and sources' real fields, from describe
+    pair = (template.flow, template.source_object, template.target_object)
+    active = MappingSet.objects.history(*pair).get(is_active=True)
+    page = admin_client_.get(reverse("dashboard:mapping", args=[active.pk]))
+    initial = [form.initial for form in page.context["formset"].initial_forms]
+
+    response = admin_client_.post(
+        reverse("dashboard:mapping", args=[active.pk]), form_data(editable_rows(active))
+    )
+
+    assert response.status_code == 302, (
+        response.context["formset"].errors,
+        response.context["version_form"].errors,
+    )
+    saved = MappingSet.objects.history(*pair).get(is_active=True)
+    assert saved.version == 2 and saved.as_rows() == template.rows
+    assert len(initial) == len(template.rows)
+
+
+def test_a_source_field_that_does_not_exist_is_refused(sandbox, admin_client_):
+    """A row reading Account.Phonee made every new-account invoice fail with INVALID_FIELD."""
+    connect_both(sandbox)
+    active = MappingSet.objects.active().get(
+        flow="customers", source_object="salesforce.Account", target_object="kashflow.Customer"
+    )
+    rows = editable_rows(active)
+    rows[1]["source_path"] = "Phonee"
+
+    response = admin_client_.post(reverse("dashboard:mapping", args=[active.pk]), form_data(rows))
+
+    assert response.status_code == 200
+    assert "the source has no field &#x27;Phonee&#x27;. Did you mean &#x27;Phone&#x27;?" in (
+        response.content.decode()
+    )
+    assert versions_of(active).count() == 1
+
+
+def test_the_invoice_marker_is_shown_fixed_and_cannot_be_mapped(admin_client_):
+    active = MappingSet.objects.active().get(
+        flow="invoices", source_object="salesforce.Opportunity", target_object="kashflow.Invoice"
+    )
+    page = admin_client_.get(reverse("dashboard:mapping", args=[active.pk])).content.decode()
+    assert (
+        "Set by kashforce itself (not editable)" in page
+        and "<code>CustomerReference</code>" in page
+    )
+    rows = [
+        *editable_rows(active),
+        ROW | {"source_path": "Name", "target_path": "CustomerReference"},
+    ]
+
+    response = admin_client_.post(reverse("dashboard:mapping", args=[active.pk]), form_data(rows))
+
+    assert response.status_code == 200
+    assert "kashforce sets CustomerReference itself" in response.content.decode()
+    assert versions_of(active).count() == 1

@@ -37,6 +37,9 @@ SOURCE = "salesforce.Opportunity"
 TARGET = "kashflow.Invoice"
 LINE_SOURCE = "salesforce.OpportunityLineItem"
 LINE_TARGET = "kashflow.InvoiceLine"
+# The invoice field that carries the Opportunity Id: how a retry finds an invoice an earlier
+# attempt made. The engine sets it, never a mapping row (mapping_defaults fixed_by_engine).
+MARKER = "CustomerReference"
 # Salesforce's SystemModstamp can land just behind a read in flight: look a little way back.
 OVERLAP = timedelta(minutes=5)
 OPPORTUNITY_FIELDS = (
@@ -241,7 +244,7 @@ def _map(invoice: _Invoice, rows: _Rows, links: Links) -> None:
             code="MAPPING",
         )
         return
-    invoice.payload = {**header.payload, "LineItems": lines}
+    invoice.payload = {**header.payload, MARKER: invoice.opportunity_id, "LineItems": lines}
     invoice.warnings += header.warnings
 
 

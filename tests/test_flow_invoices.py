@@ -431,3 +431,34 @@ def test_the_marker_is_the_engine_s_whatever_the_mapping_says(org):
     for event in SyncEvent.objects.all():
         assert len(invoices_for(org, event.source_id)) == 1, event.message
     assert len(list(org.kashflow.invoices())) == 6
+
+
+def test_won_deals_without_an_amount_leave_a_row_saying_why(org):
+    [account] = org.salesforce.query("SELECT Id FROM Account LIMIT 1")
+    deals = {"Zero": 0, "Refund": -50, "Blank": None}
+    results = org.salesforce.create(
+        "Opportunity",
+        [
+            {"Name": name, "AccountId": account["Id"], "StageName": "Closed Won",
+             "CloseDate": "2026-11-30", "Amount": amount}
+            for name, amount in deals.items()
+        ],
+    )  # fmt: skip
+    ids = {name: result.id for name, result in zip(deals, results, strict=True)}
+
+    run = run_invoices()
+    run_invoices()  # seen again by the cursor's overlap: still one row each
+
+    rows = {e.source_id: e for e in SyncEvent.objects.filter(source_id__in=ids.values())}
+    assert {e.status for e in rows.values()} == {SyncEvent.Status.SKIPPED}, run.summary
+    assert len(rows) == 3
+    assert "Zero is Closed Won with an amount of 0.00" in rows[ids["Zero"]].message
+    assert "negative amount (-50.00)" in rows[ids["Refund"]].message
+    assert "Blank is Closed Won but has no amount" in rows[ids["Blank"]].message
+    assert not any(invoices_for(org, opportunity_id) for opportunity_id in ids.values())
+
+    org.salesforce.update("Opportunity", [{"Id": ids["Zero"], "Amount": 120}])
+    run_invoices()
+    latest = SyncEvent.objects.filter(source_id=ids["Zero"]).order_by("-pk").first()
+    assert latest.status != SyncEvent.Status.SKIPPED  # now a deal to invoice (it has no products)
+    assert "has no products" in latest.message

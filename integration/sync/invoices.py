@@ -40,6 +40,8 @@ LINE_TARGET = "kashflow.InvoiceLine"
 # The invoice field that carries the Opportunity Id: how a retry finds an invoice an earlier
 # attempt made. The engine sets it, never a mapping row (mapping_defaults fixed_by_engine).
 MARKER = "CustomerReference"
+# Won deals that are never invoiced, whatever the rule: nothing (or less than nothing) to bill.
+NO_AMOUNT = "IsWon = true AND (Amount = null OR Amount <= 0)"
 # Salesforce's SystemModstamp can land just behind a read in flight: look a little way back.
 OVERLAP = timedelta(minutes=5)
 OPPORTUNITY_FIELDS = (
@@ -61,7 +63,12 @@ class InvoicesFlow:
     def collect(self, ctx: engine.RunContext) -> None:
         connection = ctx.salesforce.connection
         cursor = Cursor.get_value(self.name, connection)
-        soql = f"SELECT Id, SystemModstamp FROM Opportunity WHERE ({_rule()}) AND KashFlow_Invoice_Number__c = null"
+        # Won deals with no amount to invoice are read too, so each leaves a ledger row saying
+        # why it was not invoiced instead of no trace at all.
+        soql = (
+            "SELECT Id, Name, Amount, SystemModstamp FROM Opportunity "
+            f"WHERE (({_rule()}) OR ({NO_AMOUNT})) AND KashFlow_Invoice_Number__c = null"
+        )
         if cursor and not ctx.run.full:
             since = _salesforce_moment(cursor) - OVERLAP
             soql += f" AND SystemModstamp > {since.strftime('%Y-%m-%dT%H:%M:%SZ')}"
@@ -75,6 +82,9 @@ class InvoicesFlow:
     # Process ----------------------------------------------------------------------------------
 
     def process(self, events: list[SyncEvent], ctx: engine.RunContext) -> None:
+        events = [event for event in events if not _skipped_for_its_amount(event)]
+        if not events:
+            return
         try:
             rows = _Rows.load(ctx)
             opportunities = _read_opportunities(ctx, [event.source_id for event in events])
@@ -111,14 +121,44 @@ class InvoicesFlow:
 
 
 def _change(opportunity: dict) -> engine.Change:
+    payload = {"Id": opportunity["Id"], "SystemModstamp": opportunity["SystemModstamp"]}
+    # One invoice per won Opportunity, however often it is seen.
+    version = "won"
+    amount = opportunity.get("Amount", 0)  # a pushed change carries no Amount: it is invoiceable
+    if amount is None or Decimal(str(amount)) <= 0:
+        # Each change of a deal without an amount is one ledger row; once it gets an amount
+        # its "won" change is a new event and is invoiced.
+        version = f"no-amount {opportunity['SystemModstamp']}"
+        payload |= {"Name": opportunity.get("Name") or "", "Amount": amount, "no_amount": True}
     return engine.Change(
         direction=Direction.SALESFORCE_TO_KASHFLOW,
         source_object=SOURCE,
         source_id=opportunity["Id"],
-        payload={"Id": opportunity["Id"], "SystemModstamp": opportunity["SystemModstamp"]},
-        version="won",  # one invoice per won Opportunity, however often it is seen
+        payload=payload,
+        version=version,
         target_object=TARGET,
     )
+
+
+def _skipped_for_its_amount(event: SyncEvent) -> bool:
+    """A won deal with an empty, zero or negative amount is not invoiced; its row says why."""
+    if not event.payload.get("no_amount"):
+        return False
+    name = event.payload.get("Name") or event.source_id
+    amount = event.payload.get("Amount")
+    if amount is None:
+        reason = f"Opportunity {name} is Closed Won but has no amount, so no invoice was made."
+    elif Decimal(str(amount)) < 0:
+        reason = (
+            f"Opportunity {name} is Closed Won with a negative amount ({Decimal(str(amount)):.2f}), "
+            "so no invoice was made; if money is owed back, raise a credit note in KashFlow."
+        )
+    else:
+        reason = f"Opportunity {name} is Closed Won with an amount of 0.00, so no invoice was made."
+    event.mark_skipped(
+        reason + " Once it has an amount in Salesforce it is invoiced on the next sync."
+    )
+    return True
 
 
 @dataclass

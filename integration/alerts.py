@@ -388,11 +388,11 @@ def find_refused_sign_ins(now: datetime) -> int:
         since = connection.last_checked_at or now
         current[str(connection.pk)] = {
             "occurrence": since.isoformat(),
-            "title": f"{connection.get_kind_display()} connection “{connection.name}” cannot sign in",
+            "title": f"The {connection.get_kind_display()} connection “{connection.name}” is refused",
             "message": (
-                f"kashforce could not sign in to {connection.get_kind_display()} with the "
-                f"connection “{connection.name}” ({_when(since)}): {connection.last_check_message} "
-                "Its syncs cannot run until an Integration admin puts this right."
+                f"{connection.get_kind_display()} refused kashforce with the connection "
+                f"“{connection.name}” ({_when(since)}): {connection.last_check_message} Its "
+                "syncs cannot run until an Integration admin puts this right."
             ),
             "link": _path("dashboard:connections"),
         }

@@ -632,3 +632,54 @@ def test_rotate_keys_reencrypts_the_webhook_urls(settings, listener):
     settings.ENCRYPTION_KEYS = [new_key]
     hook.refresh_from_db()
     assert hook.get_url() == listener.url()
+
+
+@pytest.fixture
+def tls_smtp(settings, monkeypatch, tmp_path):
+    """An SMTP server that insists on STARTTLS, with a certificate from a local CA."""
+    import ssl
+
+    import trustme
+    from aiosmtpd.controller import Controller
+
+    from tests.mail_servers import Inbox, free_port
+
+    ca = trustme.CA()
+    server_context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ca.issue_cert("127.0.0.1").configure_cert(server_context)
+    inbox = Inbox()
+    controller = Controller(
+        inbox,
+        hostname="127.0.0.1",
+        port=free_port(),
+        tls_context=server_context,
+        require_starttls=True,
+    )
+    controller.start()
+    settings.EMAIL_BACKEND = "django.core.mail.backends.smtp.EmailBackend"
+    settings.EMAIL_HOST, settings.EMAIL_PORT = "127.0.0.1", controller.port
+    settings.EMAIL_USE_TLS, settings.EMAIL_USE_SSL = True, False
+    ca_file = tmp_path / "ca.pem"
+    ca.cert_pem.write_to_path(str(ca_file))
+    inbox.trust = lambda: monkeypatch.setenv("SSL_CERT_FILE", str(ca_file))
+    yield inbox
+    controller.stop()
+
+
+@pytest.mark.django_db
+def test_mail_goes_over_starttls_to_a_server_whose_certificate_is_trusted(tls_smtp, knobs):
+    tls_smtp.trust()
+    failed_event()
+    alerts.run()
+    assert AlertDelivery.objects.get().status == "sent"
+    assert len(tls_smtp.messages) == 1
+
+
+@pytest.mark.django_db
+def test_an_untrusted_mail_server_certificate_is_not_delivered_to(tls_smtp, knobs):
+    failed_event()
+    alerts.run()
+    delivery = AlertDelivery.objects.get()
+    assert (delivery.status, delivery.attempts) == ("failed", 1)
+    assert delivery.error.startswith("The mail server's certificate is not trusted")
+    assert tls_smtp.messages == []

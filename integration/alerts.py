@@ -184,8 +184,8 @@ def find_new_errors(now: datetime) -> int:
             "title": f"New error in {flow_label}: {words}",
             "message": (
                 f"{_records(group['count'])} of the {flow_label} sync failed for a reason not "
-                f"reported before ({words}) and wait for a person in the error queue. Further "
-                "errors of this kind come in a digest."
+                f"reported before ({words}): {'it waits' if group['count'] == 1 else 'they wait'} "
+                "for a person in the error queue. Further errors of this kind come in a digest."
             ),
             "link": _errors_link(group["flow"], group["error_class"], group["error_code"]),
         }
@@ -627,9 +627,11 @@ def _smtp_refusal(code: int, reply, what: str) -> TransportError:
 
 
 def webhook_body(alert: Alert) -> dict:
-    """Slack's incoming-webhook body, which Mattermost, Rocket.Chat, Google Chat and Teams'
-    Slack-compatible connectors also read."""
-    return {"text": f"{alert.title}\n{alert.message}\n{alert.url}"}
+    """Slack's incoming-webhook body, which Mattermost, Rocket.Chat and other Slack-compatible
+    receivers also read. Slack reads <, > and & as markup, so those three are escaped
+    (https://api.slack.com/reference/surfaces/formatting#escaping)."""
+    text = f"{alert.title}\n{alert.message}\n{alert.url}"
+    return {"text": text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")}
 
 
 def send_webhook(delivery: AlertDelivery) -> None:

@@ -683,3 +683,36 @@ def test_an_untrusted_mail_server_certificate_is_not_delivered_to(tls_smtp, knob
     assert (delivery.status, delivery.attempts) == ("failed", 1)
     assert delivery.error.startswith("The mail server's certificate is not trusted")
     assert tls_smtp.messages == []
+
+
+def test_a_grace_time_for_an_unknown_flow_stops_the_start(tmp_path):
+    result = subprocess.run(
+        [sys.executable, "manage.py", "check"],
+        cwd=ROOT,
+        env={
+            **os.environ,
+            "KASHFORCE_ALERT_GRACE_BY_FLOW": '{"invoice": 60}',
+            "KASHFORCE_VAR_DIR": str(tmp_path),
+        },
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode != 0
+    assert "KASHFORCE_ALERT_GRACE_BY_FLOW names flows that do not exist: invoice" in result.stderr
+
+
+@pytest.mark.django_db
+def test_the_webhook_text_escapes_what_slack_reads_as_markup(listener, webhook, knobs):
+    knobs(ALERTS_TO=[])
+    alerts.raise_alert(
+        AlertKind.RECONCILIATION,
+        "reconciliation:x",
+        title="Smith & Jones <Ltd>",
+        message="3 differences",
+        link="/errors/",
+    )
+    alerts.send_due()
+    assert listener.delivered[0]["body"] == {
+        "text": f"Smith &amp; Jones &lt;Ltd&gt;\n3 differences\n{BASE_URL}/errors/"
+    }

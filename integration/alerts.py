@@ -101,7 +101,13 @@ def raise_alert(
     covers_until: datetime | None = None,
     now: datetime | None = None,
 ) -> Alert | None:
-    """Record one occurrence and who is to receive it; None when it was recorded before."""
+    """Record one occurrence and who is to receive it (together, or a crash between the two
+    would leave an alert nobody is sent); None when it was recorded before."""
+    with transaction.atomic():
+        return _record_alert(kind, key, title, message, link, subject, covers_until, now)
+
+
+def _record_alert(kind, key, title, message, link, subject, covers_until, now) -> Alert | None:
     alert, created = Alert.objects.get_or_create(
         key=key[:255],
         defaults={

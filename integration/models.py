@@ -1415,7 +1415,8 @@ class AlertDelivery(models.Model):
             .update(status=self.Status.SENDING, claimed_at=now, attempts=F("attempts") + 1)
         )
         if claimed:
-            self.refresh_from_db()
+            # Only these: a full refresh would drop the alert and webhook loaded with it.
+            self.refresh_from_db(fields=["status", "claimed_at", "attempts"])
         return bool(claimed)
 
     def mark_sent(self) -> None:

@@ -376,22 +376,25 @@ def _stuck(flow: Flow, grace: timedelta, now: datetime) -> dict | None:
 # Connections -----------------------------------------------------------------------------------
 
 
-def sign_in_refused(connection: Connection) -> bool:
-    """Whether the connection's sign-in is refused (a wrong password, a revoked app, a locked
-    user): the clients and the connection check record such a failure on the Connection.
+def sign_in_refused_since(connection: Connection) -> datetime | None:
+    """Since when the connection's sign-in is refused (a wrong password, a revoked app, a
+    locked user), or None: the clients and the connection check record such a failure on the
+    Connection (record_check).
 
     The one place the alert reads it: when Connection gains its own "sign-in refused" state,
     point this function at that field.
     """
-    return connection.status == Connection.Status.FAILING
+    if connection.status != Connection.Status.FAILING:
+        return None
+    return connection.last_checked_at or connection.updated_at
 
 
 def find_refused_sign_ins(now: datetime) -> int:
     current = {}
     for connection in Connection.objects.filter(is_active=True):
-        if not sign_in_refused(connection):
+        since = sign_in_refused_since(connection)
+        if since is None:
             continue
-        since = connection.last_checked_at or now
         current[str(connection.pk)] = {
             "occurrence": since.isoformat(),
             "title": f"The {connection.get_kind_display()} connection “{connection.name}” is refused",

@@ -716,3 +716,21 @@ def test_the_webhook_text_escapes_what_slack_reads_as_markup(listener, webhook, 
     assert listener.delivered[0]["body"] == {
         "text": f"Smith &amp; Jones &lt;Ltd&gt;\n3 differences\n{BASE_URL}/errors/"
     }
+
+
+@pytest.mark.django_db
+def test_a_refused_connection_alerts_once_until_it_works_again(smtp, knobs):
+    kashflow = factories.KashFlowConnectionFactory(name="Accounts")
+    kashflow.record_check(False, "KashFlow refused the sign-in: the memorable word is wrong.")
+    alerts.run()
+    kashflow.record_check(False, "KashFlow refused the sign-in: the memorable word is wrong.")
+    alerts.run()  # refused again (a second check): the same occurrence
+    kashflow.record_check(True, "Signed in.")
+    alerts.run()
+    kashflow.record_check(False, "KashFlow refused the sign-in: the account is locked.")
+    alerts.run()
+    assert [subject(m) for m in smtp.messages] == [
+        "kashforce: The KashFlow connection “Accounts” is refused"
+    ] * 2
+    assert "the account is locked" in smtp.messages[1].get_content()
+    assert "/connections/" in smtp.messages[1].get_content()

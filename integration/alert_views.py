@@ -11,8 +11,9 @@ from django.conf import settings
 from django.contrib import messages
 from django.http import Http404
 from django.shortcuts import get_object_or_404, redirect, render
-from django.views.decorators.http import require_http_methods
+from django.views.decorators.http import require_http_methods, require_POST
 
+from integration import alerts as alerting
 from integration.access import admin_required, viewer_required
 from integration.models import Alert, AlertKind, AlertPreference, AlertWebhook
 from integration.paging import keyset_page
@@ -125,6 +126,34 @@ def alert_webhook_edit(request, pk: int | None = None):
     return render(
         request, "integration/alert_webhook_form.html", {"form": form, "webhook": webhook}
     )
+
+
+@require_POST
+@admin_required
+def alert_webhook_test(request, pk: int):
+    webhook = get_object_or_404(AlertWebhook, pk=pk)
+    try:
+        alerting.send_webhook(alerting.sample_alert(request.user), webhook)
+    except alerting.TransportError as exc:
+        messages.error(request, f"The test did not arrive: {exc.message}")
+    else:
+        messages.success(request, f"A test alert was posted to “{webhook.name}”.")
+    return redirect("dashboard:alerts")
+
+
+@require_POST
+@viewer_required
+def alert_profile_test(request):
+    if not request.user.email:
+        messages.error(request, "Save your e-mail address first.")
+        return redirect("dashboard:alert_profile")
+    try:
+        alerting.send_email(alerting.sample_alert(request.user), request.user.email)
+    except alerting.TransportError as exc:
+        messages.error(request, f"The test did not arrive: {exc.message}")
+    else:
+        messages.success(request, f"A test alert was sent to {request.user.email}.")
+    return redirect("dashboard:alert_profile")
 
 
 @viewer_required

@@ -551,7 +551,7 @@ def send_due(now: datetime | None = None) -> dict:
         if not delivery.claim(now):
             continue  # another worker has it
         try:
-            TRANSPORTS[delivery.channel](delivery)
+            deliver(delivery)
         except TransportError as exc:
             delivery.mark_failed(exc.message, permanent=exc.permanent)
             counts[delivery.status] += 1
@@ -594,12 +594,19 @@ def email_body(alert: Alert) -> str:
     )
 
 
-def send_email(delivery: AlertDelivery) -> None:
-    alert = delivery.alert
+def deliver(delivery: AlertDelivery) -> None:
+    """Send one delivery; raises TransportError when it did not arrive."""
+    if delivery.channel == AlertDelivery.Channel.WEBHOOK:
+        send_webhook(delivery.alert, delivery.webhook)
+    else:
+        send_email(delivery.alert, delivery.recipient)
+
+
+def send_email(alert: Alert, address: str) -> None:
     message = EmailMessage(
         subject=f"kashforce: {alert.title}",
         body=email_body(alert),
-        to=[delivery.recipient],
+        to=[address],
         headers={"Auto-Submitted": "auto-generated", "X-Kashforce-Alert": alert.kind},
     )
     try:
@@ -643,15 +650,14 @@ def webhook_body(alert: Alert) -> dict:
     return {"text": text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")}
 
 
-def send_webhook(delivery: AlertDelivery) -> None:
-    webhook = delivery.webhook
+def send_webhook(alert: Alert, webhook: AlertWebhook | None) -> None:
     if webhook is None or not webhook.is_active:
         raise TransportError("The webhook was removed or turned off.", permanent=True)
     url = webhook.get_url()
     host = urlsplit(url).hostname or "the webhook"
     try:
         response = requests.post(
-            url, json=webhook_body(delivery.alert), timeout=WEBHOOK_TIMEOUT, allow_redirects=False
+            url, json=webhook_body(alert), timeout=WEBHOOK_TIMEOUT, allow_redirects=False
         )
     except (requests.exceptions.InvalidURL, requests.exceptions.MissingSchema):
         raise TransportError("The webhook's address is not a valid URL.", permanent=True) from None
@@ -672,4 +678,15 @@ def send_webhook(delivery: AlertDelivery) -> None:
     )
 
 
-TRANSPORTS = {AlertDelivery.Channel.EMAIL: send_email, AlertDelivery.Channel.WEBHOOK: send_webhook}
+def sample_alert(user) -> Alert:
+    """What a "Send a test" button sends (never recorded: it is not an occurrence)."""
+    return Alert(
+        kind="test",
+        title="A test alert",
+        message=(
+            f"{user.get_username()} asked kashforce to send this test. Alerts look like this: "
+            "what happened in plain words, and a link to the page that explains it."
+        ),
+        link=reverse("dashboard:alerts"),
+        created_at=timezone.now(),
+    )

@@ -33,7 +33,13 @@ urlpatterns = [
     path("alerts/mail/", alert_views.alert_outbox, name="alert_outbox"),
     path("alerts/webhooks/new/", alert_views.alert_webhook_edit, name="alert_webhook_new"),
     path("alerts/webhooks/<int:pk>/", alert_views.alert_webhook_edit, name="alert_webhook_edit"),
+    path(
+        "alerts/webhooks/<int:pk>/test/",
+        alert_views.alert_webhook_test,
+        name="alert_webhook_test",
+    ),
     path("profile/", alert_views.alert_profile, name="alert_profile"),
+    path("profile/test/", alert_views.alert_profile_test, name="alert_profile_test"),
     path(
         "hooks/salesforce/outbound/<str:secret>/",
         webhooks.salesforce_outbound,

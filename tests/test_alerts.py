@@ -734,3 +734,25 @@ def test_a_refused_connection_alerts_once_until_it_works_again(smtp, knobs):
     ] * 2
     assert "the account is locked" in smtp.messages[1].get_content()
     assert "/connections/" in smtp.messages[1].get_content()
+
+
+@pytest.mark.django_db
+def test_an_admin_sends_a_test_to_a_webhook(admin_client_, listener, webhook):
+    response = admin_client_.post(f"/alerts/webhooks/{webhook.pk}/test/", follow=True)
+    assert "A test alert was posted to “Finance channel”." in response.content.decode()
+    assert listener.delivered[0]["body"]["text"].startswith("A test alert\nada asked kashforce")
+    listener.answers = [404]
+    response = admin_client_.post(f"/alerts/webhooks/{webhook.pk}/test/", follow=True)
+    assert "The test did not arrive: 127.0.0.1 answered HTTP 404" in response.content.decode()
+    assert not Alert.objects.exists() and not AlertDelivery.objects.exists()
+
+
+@pytest.mark.django_db
+def test_a_person_sends_themself_a_test_mail(ops_client, ops_user, smtp):
+    response = ops_client.post("/profile/test/", follow=True)
+    assert "Save your e-mail address first." in response.content.decode()
+    ops_user.email = "olivia@example.co.uk"
+    ops_user.save()
+    response = ops_client.post("/profile/test/", follow=True)
+    assert "A test alert was sent to olivia@example.co.uk." in response.content.decode()
+    assert [m["To"] for m in smtp.messages] == ["olivia@example.co.uk"]

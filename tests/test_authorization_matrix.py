@@ -106,6 +106,8 @@ TABLE = {
         kwargs="webhook",
         data={"name": "Chat room", "kinds": "silence"},
     ),
+    "dashboard:alert_webhook_test": Url(get=POST_ONLY, post=ADMINISTER, kwargs="webhook"),
+    "dashboard:alert_profile_test": Url(get=POST_ONLY, post=OPERATE),
     # Each person's own choice of alerts.
     "dashboard:alert_profile": Url(
         get=READ, post=OPERATE, data={"email": "me@example.co.uk", "kinds": "silence"}

@@ -6,6 +6,8 @@ from django.contrib import admin, messages
 from integration.clients.check import check_connection
 from integration.forms import SECRET_LABELS, ConnectionForm
 from integration.models import (
+    Alert,
+    AlertDelivery,
     AuditEntry,
     Connection,
     CrossRef,
@@ -204,4 +206,43 @@ class AuditEntryAdmin(admin.ModelAdmin):
         return False
 
     def has_delete_permission(self, request, obj=None):
+        return False
+
+
+class AlertDeliveryInline(admin.TabularInline):
+    model = AlertDelivery
+    fields = ["channel", "recipient", "status", "attempts", "sent_at", "error"]
+    readonly_fields = fields
+    extra = 0
+    can_delete = False
+
+
+@admin.register(Alert)
+class AlertAdmin(admin.ModelAdmin):
+    """What was sent to whom, read-only: the record of alerts is history too."""
+
+    list_display = ["created_at", "kind", "title", "closed_at"]
+    list_filter = ["kind"]
+    search_fields = ["title", "=subject", "key"]
+    date_hierarchy = "created_at"
+    inlines = [AlertDeliveryInline]
+
+    def has_add_permission(self, request):
+        return False
+
+    def has_change_permission(self, request, obj=None):
+        return False
+
+
+@admin.register(AlertDelivery)
+class AlertDeliveryAdmin(admin.ModelAdmin):
+    list_display = ["pk", "alert", "channel", "recipient", "status", "attempts", "sent_at"]
+    list_filter = ["status", "channel"]
+    search_fields = ["recipient"]
+    raw_id_fields = ["alert", "user", "webhook"]
+
+    def has_add_permission(self, request):
+        return False
+
+    def has_change_permission(self, request, obj=None):
         return False

@@ -49,3 +49,19 @@ def check_queue_timeouts(app_configs, **kwargs):
     if q.get("timeout") and q.get("retry") and q["timeout"] >= q["retry"]:
         return [Error("Q_TIMEOUT must be smaller than Q_RETRY.", id="kashforce.E001")]
     return []
+
+
+@register()
+def check_alert_grace_flows(app_configs, **kwargs):
+    from integration.models import Flow
+
+    unknown = sorted(set(settings.KASHFORCE["ALERT_GRACE_BY_FLOW"]) - set(Flow.values))
+    if unknown:
+        return [
+            Error(
+                f"KASHFORCE_ALERT_GRACE_BY_FLOW names flows that do not exist: {', '.join(unknown)}.",
+                hint=f"Use {', '.join(Flow.values)}.",
+                id="kashforce.E002",
+            )
+        ]
+    return []

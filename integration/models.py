@@ -1241,3 +1241,205 @@ class AuditEntry(models.Model):
             object_label=str(label)[:255],
             summary=secrets.redact(summary).replace("\x00", ""),
         )
+
+
+# --------------------------------------------------------------------------------------------
+# Alerts (found and sent by integration/alerts.py)
+
+
+class AlertKind(models.TextChoices):
+    NEW_ERROR = "new_error", "A new kind of error"
+    ERROR_DIGEST = "error_digest", "More errors of kinds already reported (a digest)"
+    OLD_ERRORS = "old_errors", "Errors left unresolved too long"
+    SILENCE = "silence", "A sync that has gone quiet"
+    SIGN_IN_REFUSED = "sign_in_refused", "A connection whose sign-in is refused"
+    API_BUDGET = "api_budget", "Salesforce API use over its share"
+    RECONCILIATION = "reconciliation", "Differences found by a reconciliation"
+
+
+class AlertQuerySet(models.QuerySet):
+    def still_open(self) -> AlertQuerySet:
+        """Alerts whose condition has not been seen to end (a refused sign-in not yet fixed)."""
+        return self.filter(closed_at__isnull=True)
+
+
+class Alert(models.Model):
+    """One occurrence of something a person should hear about.
+
+    `key` names the occurrence, so the same one found twice (two workers, two passes) is one
+    row and is sent once. `subject` is what it is about (a cause, a flow, a connection): an
+    alert stays open while its condition lasts, and only a new occurrence after it closed is
+    sent again. Title and message are plain words, never a secret or a record's payload.
+    """
+
+    kind = models.CharField(max_length=20, choices=AlertKind.choices)
+    key = models.CharField(max_length=255, unique=True)
+    subject = models.CharField(max_length=255, blank=True)
+    title = models.CharField(max_length=200)
+    message = models.TextField()
+    # The page on this site that explains it (a path; messages carry it as an absolute URL).
+    link = models.CharField(max_length=500)
+    created_at = models.DateTimeField(default=timezone.now)
+    closed_at = models.DateTimeField(null=True, blank=True)
+    # Old errors and digests: the moment this alert counted up to (the next one starts there).
+    covers_until = models.DateTimeField(null=True, blank=True)
+
+    objects = AlertQuerySet.as_manager()
+
+    class Meta:
+        ordering = ["-created_at", "-pk"]
+        indexes = [
+            models.Index(fields=["created_at"], name="alert_recent"),
+            models.Index(fields=["kind", "subject", "closed_at"], name="alert_open_subject"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.get_kind_display()}: {self.title}"
+
+    @property
+    def url(self) -> str:
+        return settings.KASHFORCE["BASE_URL"] + self.link
+
+
+class AlertPreference(models.Model):
+    """Which kinds of alert a person receives by e-mail (their profile page). A person with no
+    preference receives none, unless their address is in KASHFORCE_ALERTS_TO."""
+
+    user = models.OneToOneField(
+        settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="alert_preference"
+    )
+    kinds = models.JSONField(default=list, blank=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    def __str__(self) -> str:
+        return f"Alerts for {self.user}"
+
+
+class AlertWebhook(models.Model):
+    """A chat or incident channel alerts are POSTed to (Slack-compatible JSON), set by an
+    Integration admin. Its URL usually carries a token, so it is stored encrypted like the
+    connections' secrets and shown back only as its host."""
+
+    name = models.CharField(max_length=100, unique=True)
+    encrypted_url = models.TextField(editable=False)
+    kinds = models.JSONField(default=list, blank=True)
+    is_active = models.BooleanField(default=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["name"]
+
+    def __str__(self) -> str:
+        return self.name
+
+    def __repr__(self) -> str:
+        return f"<AlertWebhook {self.pk} {self.name!r}>"  # never the URL
+
+    def get_url(self) -> str:
+        return secrets.decrypt_json(self.encrypted_url).get("url", "")
+
+    def set_url(self, url: str) -> None:
+        self.encrypted_url = secrets.encrypt_json({"url": url})
+
+    @property
+    def host(self) -> str:
+        from urllib.parse import urlsplit
+
+        return urlsplit(self.get_url()).hostname or "—"
+
+    def rotate_encryption(self) -> None:
+        AlertWebhook.objects.filter(pk=self.pk).update(
+            encrypted_url=secrets.rotate(self.encrypted_url)
+        )
+
+
+class AlertDeliveryQuerySet(models.QuerySet):
+    def due(self, now: datetime) -> AlertDeliveryQuerySet:
+        """Waiting, or failing for a moment and past its backoff."""
+        return self.filter(
+            Q(status=AlertDelivery.Status.PENDING)
+            | Q(status=AlertDelivery.Status.RETRYING, next_attempt_at__lte=now)
+        )
+
+
+class AlertDelivery(models.Model):
+    """One alert to one recipient (an e-mail address, or a webhook by its name, never its URL),
+    and whether it arrived. Claimed with a conditional UPDATE, so two workers send it once."""
+
+    class Channel(models.TextChoices):
+        EMAIL = "email", "E-mail"
+        WEBHOOK = "webhook", "Webhook"
+
+    class Status(models.TextChoices):
+        PENDING = "pending", "Waiting to be sent"
+        SENDING = "sending", "Sending"
+        RETRYING = "retrying", "Failed for now, will retry"
+        SENT = "sent", "Delivered"
+        FAILED = "failed", "Not delivered"
+
+    alert = models.ForeignKey(Alert, on_delete=models.CASCADE, related_name="deliveries")
+    channel = models.CharField(max_length=10, choices=Channel.choices)
+    recipient = models.CharField(max_length=255)
+    user = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    webhook = models.ForeignKey(AlertWebhook, null=True, blank=True, on_delete=models.SET_NULL)
+    status = models.CharField(max_length=10, choices=Status.choices, default=Status.PENDING)
+    attempts = models.PositiveIntegerField(default=0)
+    next_attempt_at = models.DateTimeField(null=True, blank=True)
+    claimed_at = models.DateTimeField(null=True, blank=True)
+    sent_at = models.DateTimeField(null=True, blank=True)
+    error = models.TextField(blank=True)
+    created_at = models.DateTimeField(default=timezone.now)
+
+    objects = AlertDeliveryQuerySet.as_manager()
+
+    class Meta:
+        ordering = ["pk"]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["alert", "channel", "recipient"], name="alert_delivery_once"
+            )
+        ]
+        indexes = [models.Index(fields=["status", "next_attempt_at"], name="alert_delivery_due")]
+
+    def __str__(self) -> str:
+        return f"{self.alert} → {self.recipient}"
+
+    def claim(self, now: datetime) -> bool:
+        """Take this delivery to send it; False if it is not due or another worker took it."""
+        claimed = (
+            AlertDelivery.objects.due(now)
+            .filter(pk=self.pk)
+            .update(status=self.Status.SENDING, claimed_at=now, attempts=F("attempts") + 1)
+        )
+        if claimed:
+            # Only these: a full refresh would drop the alert and webhook loaded with it.
+            self.refresh_from_db(fields=["status", "claimed_at", "attempts"])
+        return bool(claimed)
+
+    def mark_sent(self) -> None:
+        self._finish(self.Status.SENT, sent_at=timezone.now(), error="", next_attempt_at=None)
+
+    def mark_failed(self, message: str, permanent: bool) -> None:
+        """A temporary failure waits and is tried again (the wait doubles) until the attempts
+        run out; a permanent one, or the last attempt, is recorded as not delivered."""
+        message = _clean(message)[:1000]
+        if not permanent and self.attempts < settings.KASHFORCE["ALERT_ATTEMPTS"]:
+            first = settings.KASHFORCE["ALERT_BACKOFF_SECONDS"]
+            wait = timedelta(seconds=min(3600, first * 2 ** max(0, self.attempts - 1)))
+            self._finish(self.Status.RETRYING, error=message, next_attempt_at=timezone.now() + wait)
+        else:
+            if not permanent:
+                message = f"Gave up after {self.attempts} attempts. {message}"
+            self._finish(self.Status.FAILED, error=message, next_attempt_at=None)
+
+    def _finish(self, status: str, **values) -> None:
+        # Only this worker's claim is finished: claimed_at is the claim's token.
+        AlertDelivery.objects.filter(
+            pk=self.pk, status=self.Status.SENDING, claimed_at=self.claimed_at
+        ).update(status=status, claimed_at=None, **values)
+        self.status = status
+        for name, value in values.items():
+            setattr(self, name, value)

@@ -30,6 +30,12 @@ def wanted_schedules() -> list[dict]:
             "minutes": 1,
         },
         {
+            "name": "kashforce: send alerts",
+            "func": "integration.tasks.send_alerts",
+            "schedule_type": Schedule.MINUTES,
+            "minutes": 1,
+        },
+        {
             "name": "kashforce: weekly full comparison",
             "func": "integration.tasks.weekly_full_sync",
             "schedule_type": Schedule.WEEKLY,

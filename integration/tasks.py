@@ -24,3 +24,9 @@ def sweep() -> dict:
 
 def cleanup() -> dict:
     return engine.cleanup()
+
+
+def send_alerts() -> dict:
+    from integration import alerts
+
+    return alerts.run()

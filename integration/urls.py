@@ -1,6 +1,6 @@
 from django.urls import path
 
-from integration import views, webhooks
+from integration import alert_views, views, webhooks
 
 app_name = "dashboard"
 
@@ -29,6 +29,17 @@ urlpatterns = [
     path("mappings/<int:pk>/history/", views.mapping_history, name="mapping_history"),
     path("mappings/<int:pk>/rollback/", views.mapping_rollback, name="mapping_rollback"),
     path("audit/", views.audit, name="audit"),
+    path("alerts/", alert_views.alerts, name="alerts"),
+    path("alerts/mail/", alert_views.alert_outbox, name="alert_outbox"),
+    path("alerts/webhooks/new/", alert_views.alert_webhook_edit, name="alert_webhook_new"),
+    path("alerts/webhooks/<int:pk>/", alert_views.alert_webhook_edit, name="alert_webhook_edit"),
+    path(
+        "alerts/webhooks/<int:pk>/test/",
+        alert_views.alert_webhook_test,
+        name="alert_webhook_test",
+    ),
+    path("profile/", alert_views.alert_profile, name="alert_profile"),
+    path("profile/test/", alert_views.alert_profile_test, name="alert_profile_test"),
     path(
         "hooks/salesforce/outbound/<str:secret>/",
         webhooks.salesforce_outbound,

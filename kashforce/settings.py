@@ -255,6 +255,22 @@ LOGGING = {
     },
 }
 
+# Mail for alerts (integration/alerts.py), from one URL: smtp://USER:PASSWORD@HOST:587 (STARTTLS
+# on the submission port 587), smtp+tls://... (STARTTLS on any port), smtp+ssl://...:465
+# (TLS from the start), consolemail:// to print. Unset: Django's default, SMTP on localhost:25.
+EMAIL_URL = _read("EMAIL_URL", env.str, "")
+if EMAIL_URL:
+    try:
+        _email = environ.Env.email_url_config(EMAIL_URL)
+    except (ImproperlyConfigured, ValueError) as exc:
+        raise ImproperlyConfigured(f"Environment variable EMAIL_URL is not valid: {exc}") from None
+    if EMAIL_URL.startswith("smtp://") and _email.get("EMAIL_PORT") == 587:
+        _email.setdefault("EMAIL_USE_TLS", True)  # RFC 8314: submission on 587 is STARTTLS
+    _email.pop("OPTIONS", None)
+    vars().update(_email)  # EMAIL_BACKEND, EMAIL_HOST, EMAIL_PORT, EMAIL_HOST_USER, ...
+DEFAULT_FROM_EMAIL = _read("DEFAULT_FROM_EMAIL", env.str, "kashforce <kashforce@localhost>")
+EMAIL_TIMEOUT = _read("EMAIL_TIMEOUT", env.int, 20)
+
 # kashforce's own knobs.
 KASHFORCE = {
     # Share of Salesforce's daily API limit above which scheduled, non-urgent runs wait.
@@ -309,6 +325,31 @@ KASHFORCE = {
     "PAYMENTS_LOOKBACK_DAYS": _read("KASHFORCE_PAYMENTS_LOOKBACK_DAYS", env.int, 400),
     # Which Opportunities become invoices (a SOQL condition on Opportunity).
     "INVOICE_WHEN": _read("KASHFORCE_INVOICE_WHEN", env.str, "IsWon = true AND Amount > 0"),
+    # This site's address as people reach it: alerts link back to the page that explains them.
+    "BASE_URL": _read("KASHFORCE_BASE_URL", env.str, "http://127.0.0.1:8000").rstrip("/"),
+    # Alerts (integration/alerts.py): who gets every kind by e-mail unless they choose otherwise
+    # on their profile page, how long a flow may be quiet past its schedule before it is
+    # reported (minutes, and per flow as JSON), when an unresolved error is old (hours), how
+    # often further errors of known causes are sent as a digest (minutes), and the attempts
+    # and first backoff (seconds, doubling) for a temporary SMTP or HTTP failure.
+    "ALERTS_TO": _read("KASHFORCE_ALERTS_TO", env.list, []),
+    "ALERT_GRACE_MINUTES": _read("KASHFORCE_ALERT_GRACE_MINUTES", env.int, 30),
+    "ALERT_GRACE_BY_FLOW": _read("KASHFORCE_ALERT_GRACE_BY_FLOW", env.json, {}),
+    "ALERT_OLD_ERROR_HOURS": _read("KASHFORCE_ALERT_OLD_ERROR_HOURS", env.int, 24),
+    "ALERT_DIGEST_MINUTES": _read("KASHFORCE_ALERT_DIGEST_MINUTES", env.int, 60),
+    "ALERT_ATTEMPTS": _read("KASHFORCE_ALERT_ATTEMPTS", env.int, 5),
+    "ALERT_BACKOFF_SECONDS": _read("KASHFORCE_ALERT_BACKOFF_SECONDS", env.float, 60.0),
+    # A local trial's mail sink (scripts/run-local.sh): a Maildir whose mails the Alerts page shows.
+    "MAIL_SINK_DIR": _read("KASHFORCE_MAIL_SINK_DIR", env.str, ""),
     # Where the sandbox keeps its state and descriptor.
     "SANDBOX_STATE_DIR": _read("KASHFORCE_SANDBOX_DIR", env.str, str(VAR_DIR / "sandbox")),
 }
+
+_grace_by_flow = KASHFORCE["ALERT_GRACE_BY_FLOW"]
+if not isinstance(_grace_by_flow, dict) or not all(
+    isinstance(minutes, int) and minutes > 0 for minutes in _grace_by_flow.values()
+):
+    raise ImproperlyConfigured(
+        "Environment variable KASHFORCE_ALERT_GRACE_BY_FLOW is not valid: give minutes by flow "
+        'as JSON, e.g. {"payments": 120}.'
+    )

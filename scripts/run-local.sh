@@ -20,11 +20,24 @@ for _ in $(seq 1 60); do
 done
 $PY manage.py sandbox_connect --state-dir "$STATE_DIR" --webhook-base "http://$HOST:$PORT"
 
+# Alert mails go to a local mail server that keeps them (a Maildir) instead of passing them
+# on; the Alerts page shows them. Every kind of alert goes to one demo address.
+MAIL_DIR=${KASHFORCE_MAIL_SINK_DIR:-var/mail}
+MAIL_PORT=${KASHFORCE_MAIL_SINK_PORT:-8025}
+mkdir -p "$(dirname "$MAIL_DIR")"  # the sink makes the Maildir itself
+$PY -m aiosmtpd -n -l "127.0.0.1:$MAIL_PORT" -c aiosmtpd.handlers.Mailbox "$MAIL_DIR" &
+pids+=($!)
+export EMAIL_URL=${EMAIL_URL:-smtp://127.0.0.1:$MAIL_PORT}
+export KASHFORCE_MAIL_SINK_DIR="$MAIL_DIR"
+export KASHFORCE_ALERTS_TO=${KASHFORCE_ALERTS_TO:-finance@example.co.uk}
+export KASHFORCE_BASE_URL=${KASHFORCE_BASE_URL:-http://$HOST:$PORT}
+
 $PY manage.py qcluster &
 pids+=($!)
 
 echo
 echo "kashforce is at http://$HOST:$PORT/  (sign in with a user printed above)"
+echo "alert mails it sends are shown at http://$HOST:$PORT/alerts/mail/"
 echo
 $PY manage.py runserver "$HOST:$PORT" --noreload &
 pids+=($!)

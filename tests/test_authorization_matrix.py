@@ -17,7 +17,7 @@ from django.middleware.csrf import _get_new_csrf_string
 from django.test import Client
 from django.urls import URLPattern, URLResolver, get_resolver, reverse
 
-from integration.models import SyncEvent
+from integration.models import AlertWebhook, SyncEvent
 from tests import factories
 
 pytestmark = pytest.mark.django_db
@@ -89,6 +89,29 @@ TABLE = {
     "dashboard:mapping_history": Url(get=ADMIN_PAGE, post=ADMIN_PAGE, kwargs="mapping"),
     "dashboard:mapping_rollback": Url(get=POST_ONLY, post=ADMINISTER, kwargs="mapping"),
     "dashboard:audit": Url(get=ADMIN_PAGE, post=ADMIN_PAGE),
+    "dashboard:alerts": Url(get=READ, post=READ),
+    # The local trial's mail sink: none is set up here.
+    "dashboard:alert_outbox": Url(
+        get=row(LOGIN, FORBIDDEN, NOT_FOUND, NOT_FOUND, NOT_FOUND),
+        post=row(LOGIN, FORBIDDEN, NOT_FOUND, NOT_FOUND, NOT_FOUND),
+    ),
+    "dashboard:alert_webhook_new": Url(
+        get=ADMIN_PAGE,
+        post=ADMINISTER,
+        data={"name": "Chat", "url": "https://hooks.example.com/T/B/x", "kinds": "silence"},
+    ),
+    "dashboard:alert_webhook_edit": Url(
+        get=ADMIN_PAGE,
+        post=ADMINISTER,
+        kwargs="webhook",
+        data={"name": "Chat room", "kinds": "silence"},
+    ),
+    "dashboard:alert_webhook_test": Url(get=POST_ONLY, post=ADMINISTER, kwargs="webhook"),
+    "dashboard:alert_profile_test": Url(get=POST_ONLY, post=OPERATE),
+    # Each person's own choice of alerts.
+    "dashboard:alert_profile": Url(
+        get=READ, post=OPERATE, data={"email": "me@example.co.uk", "kinds": "silence"}
+    ),
     # Its own authentication (the secret path, then the org id): a wrong secret is a 404 for
     # everyone, signed in or not, and CSRF does not apply (Salesforce cannot send a token).
     "dashboard:salesforce_outbound": Url(get=everyone(NOT_ALLOWED), post=everyone(NOT_FOUND)),
@@ -132,7 +155,16 @@ def samples():
         error_code="INVALID_EMAIL_ADDRESS",
         message="Email: invalid email address",
     )
-    return {"run": event.run, "event": event, "connection": connection, "mapping": mapping_set}
+    webhook = AlertWebhook(name="Finance channel", kinds=["silence"])
+    webhook.set_url("https://hooks.example.com/T/B/token")
+    webhook.save()
+    return {
+        "run": event.run,
+        "event": event,
+        "connection": connection,
+        "mapping": mapping_set,
+        "webhook": webhook,
+    }
 
 
 def visitor(role: str) -> Client:

@@ -7,7 +7,7 @@ command, then remove the old keys.
 from django.core.management.base import BaseCommand, CommandError
 from django.db import transaction
 
-from integration.models import Connection
+from integration.models import AlertWebhook, Connection
 from integration.secrets import SecretDecryptionError
 
 
@@ -21,6 +21,12 @@ class Command(BaseCommand):
                 for connection in Connection.objects.select_for_update():
                     connection.rotate_encryption()
                     count += 1
+                for webhook in AlertWebhook.objects.select_for_update():
+                    webhook.rotate_encryption()
         except SecretDecryptionError as exc:
             raise CommandError(str(exc)) from None
-        self.stdout.write(self.style.SUCCESS(f"Re-encrypted the secrets of {count} connection(s)."))
+        self.stdout.write(
+            self.style.SUCCESS(
+                f"Re-encrypted the secrets of {count} connection(s) and the alert webhooks."
+            )
+        )

@@ -1,5 +1,6 @@
 """Dashboard views: small functions. An action is POST → model or flow call → message → redirect."""
 
+import hmac
 import logging
 from datetime import datetime, time, timedelta
 
@@ -18,7 +19,7 @@ from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_GET, require_POST
 
 from integration import changes, export
-from integration.access import admin_required, operator_required, viewer_required
+from integration.access import VIEW, admin_required, operator_required, viewer_required
 from integration.forms import (
     NO_CODE,
     QUEUE_VIEWS,
@@ -55,12 +56,24 @@ TIMELINE_LIMIT = 200
 @never_cache
 @require_GET
 def health(request):
-    """For load balancers and monitors: is the database reachable, is the queue being worked?"""
+    """For load balancers and monitors: is the database reachable, is the queue being worked?
+
+    Anyone gets up or down; the details (queue length, broker, errors) need a signed-in user
+    or the KASHFORCE_HEALTH_TOKEN as `Authorization: Bearer <token>` (issue #15)."""
     checks = {"database": _database_ok(), "queue": _queue_state()}
     healthy = checks["database"] and checks["queue"]["ok"]
-    return JsonResponse(
-        {"status": "ok" if healthy else "error", **checks}, status=200 if healthy else 503
-    )
+    answer = {"status": "ok" if healthy else "error"}
+    if _may_see_health_details(request):
+        answer |= checks
+    return JsonResponse(answer, status=200 if healthy else 503)
+
+
+def _may_see_health_details(request) -> bool:
+    if request.user.has_perm(VIEW):
+        return True
+    token = settings.KASHFORCE.get("HEALTH_TOKEN", "")
+    given = request.headers.get("Authorization", "").removeprefix("Bearer ").strip()
+    return bool(token) and hmac.compare_digest(given.encode(), token.encode())
 
 
 def _database_ok() -> bool:
@@ -485,6 +498,13 @@ def ignore_event(request, pk: int):
 def timeline(request):
     query = request.GET.get("q", "").strip()
     context = {"query": query}
+    if "\x00" in query:
+        # No id holds one, and PostgreSQL refuses it in a query (a 500 before issue #15).
+        return render(
+            request,
+            "integration/timeline.html",
+            {"query": "", "problem": "A record id cannot contain a NUL character; type it again."},
+        )
     if query:
         ids = {query, salesforce_id18(query)}
         crossrefs = list(CrossRef.objects.filter(Q(salesforce_id__in=ids) | Q(kashflow_key=query)))

@@ -59,6 +59,21 @@ def _escape(text: str) -> str:
     return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
 
 
+def _declared_length(request) -> int:
+    try:
+        return int(request.META.get("CONTENT_LENGTH") or 0)
+    except ValueError:
+        return 0
+
+
+def _too_large() -> HttpResponse:
+    log.info("outbound message refused: over %d bytes", MAX_BODY_BYTES)
+    return _fault(
+        f"The message is too large (kashforce takes up to {MAX_BODY_BYTES // (1024 * 1024)} MB).",
+        status=413,
+    )
+
+
 def _connection_for_secret(secret: str) -> Connection | None:
     """The active Salesforce connection whose Outbound secret is this one (constant-time)."""
     found = None
@@ -113,6 +128,10 @@ def parse_notifications(body: bytes) -> tuple[str, list[dict]]:
 @login_not_required
 @require_POST
 def salesforce_outbound(request, secret: str):
+    # Checked before anything is read: request.body would raise RequestDataTooBig past
+    # DATA_UPLOAD_MAX_MEMORY_SIZE (Django's HTML 400 and a logged traceback, issue #15).
+    if _declared_length(request) > MAX_BODY_BYTES:
+        return _too_large()
     connection = _connection_for_secret(secret)
     if connection is None:
         log.warning(
@@ -127,10 +146,12 @@ def salesforce_outbound(request, secret: str):
             "on the connection.",
             status=403,
         )
-    if len(request.body) > MAX_BODY_BYTES:
-        return _fault("The message is too large.", status=413)
+    # Read at most one byte past the limit, whatever the stream holds.
+    body = request.read(MAX_BODY_BYTES + 1)
+    if len(body) > MAX_BODY_BYTES:
+        return _too_large()
     try:
-        org_id, notifications = parse_notifications(request.body)
+        org_id, notifications = parse_notifications(body)
     except BadMessage as exc:
         return _fault(str(exc), status=400)
     if org_id[:15] != connection.organization_id[:15]:

@@ -309,6 +309,9 @@ KASHFORCE = {
     "PAYMENTS_LOOKBACK_DAYS": _read("KASHFORCE_PAYMENTS_LOOKBACK_DAYS", env.int, 400),
     # Which Opportunities become invoices (a SOQL condition on Opportunity).
     "INVOICE_WHEN": _read("KASHFORCE_INVOICE_WHEN", env.str, "IsWon = true AND Amount > 0"),
+    # A token that lets a monitor read /health/'s details (Authorization: Bearer <token>);
+    # without it (or a sign-in) /health/ says only up or down.
+    "HEALTH_TOKEN": _read("KASHFORCE_HEALTH_TOKEN", env.str, ""),
     # Where the sandbox keeps its state and descriptor.
     "SANDBOX_STATE_DIR": _read("KASHFORCE_SANDBOX_DIR", env.str, str(VAR_DIR / "sandbox")),
 }

@@ -11,6 +11,7 @@ form as the dashboard (secrets write-only, a new address needs the secrets again
 from django.contrib import admin, messages
 from django.contrib.admin import helpers
 from django.template.response import TemplateResponse
+from django_otp.plugins.otp_totp.models import TOTPDevice
 
 from integration.access import OPERATE
 from integration.clients.check import check_connection
@@ -233,3 +234,24 @@ class AuditEntryAdmin(ReadOnlyAdmin):
     search_fields = ["=object_id", "object_label", "username", "summary"]
     date_hierarchy = "created_at"
     show_full_result_count = False
+
+
+# django-otp's own admin shows any user's TOTP secret as a QR code (its "config" page): a
+# superuser could copy someone's second factor. Here an authenticator can only be seen (never
+# its key) and removed, for a user who lost their phone; they then enrol again.
+admin.site.unregister(TOTPDevice)
+
+
+@admin.register(TOTPDevice)
+class AuthenticatorAdmin(admin.ModelAdmin):
+    list_display = ["user", "name", "confirmed", "created_at", "last_used_at"]
+    list_filter = ["confirmed"]
+    search_fields = ["user__username"]
+    fields = ["user", "name", "confirmed", "created_at", "last_used_at"]
+    readonly_fields = fields
+
+    def has_add_permission(self, request):
+        return False
+
+    def has_change_permission(self, request, obj=None):
+        return False

@@ -29,6 +29,7 @@ urlpatterns = [
     path("mappings/<int:pk>/history/", views.mapping_history, name="mapping_history"),
     path("mappings/<int:pk>/rollback/", views.mapping_rollback, name="mapping_rollback"),
     path("audit/", views.audit, name="audit"),
+    path("account/two-step/", views.two_factor, name="two_factor"),
     path(
         "hooks/salesforce/outbound/<str:secret>/",
         webhooks.salesforce_outbound,

@@ -844,3 +844,88 @@ def audit(request):
         entries, PAGE_SIZE, request.GET.get("older", ""), request.GET.get("newer", "")
     )
     return render(request, "integration/audit.html", {"form": form, "page": page})
+
+
+# --------------------------------------------------------------------------------------------
+# Two-step sign-in (anyone signed in may turn it on; KASHFORCE_REQUIRE_TWO_FACTOR_FOR_ADMINS
+# makes Integration admins do so before anything else)
+
+
+@never_cache
+def two_factor(request):
+    """Turn on two-step sign-in. "Show a key" (a POST: a GET changes nothing) makes a new
+    secret and shows it once, as a QR code and as text; a code from it confirms it. After that
+    the secret is never shown again."""
+    from django_otp.plugins.otp_totp.models import TOTPDevice
+
+    from integration.access import needs_two_factor
+
+    user = request.user
+    context = {"required": needs_two_factor(user), "verified": user.is_verified()}
+    if TOTPDevice.objects.filter(user=user, confirmed=True).exists():
+        return render(request, "integration/two_factor.html", {**context, "enabled": True})
+    action = request.POST.get("action") if request.method == "POST" else None
+    if action == "confirm":
+        device_id = request.POST.get("device", "")
+        device = (
+            TOTPDevice.objects.filter(user=user, confirmed=False, pk=device_id).first()
+            if device_id.isdigit()
+            else None
+        )
+        if device is None:
+            messages.error(request, "That key has been replaced; ask for a new one.")
+        elif _confirm_device(request, device, request.POST.get("code", "")):
+            return redirect("dashboard:overview")
+        else:
+            context["problem"] = (
+                "That code did not match. Check the app's entry for kashforce and try again."
+            )
+            return render(request, "integration/two_factor.html", _key_context(context, device))
+    elif action == "new":
+        # A fresh secret each time: one shown earlier (a page left open) is no longer valid.
+        TOTPDevice.objects.filter(user=user, confirmed=False).delete()
+        device = TOTPDevice.objects.create(user=user, name="Authenticator app", confirmed=False)
+        return render(request, "integration/two_factor.html", _key_context(context, device))
+    return render(request, "integration/two_factor.html", context)
+
+
+def _confirm_device(request, device, code: str) -> bool:
+    from django_otp import login as otp_login
+
+    code = code.replace(" ", "")
+    if not code or not device.verify_token(code):
+        return False
+    device.confirmed = True
+    device.save(update_fields=["confirmed"])
+    otp_login(request, device)  # this session counts as signed in with a code
+    log.info("two-step sign-in turned on user=%s", request.user.pk)
+    messages.success(request, "Two-step sign-in is on: from now on, sign in with a code as well.")
+    return True
+
+
+def _key_context(context: dict, device) -> dict:
+    return {
+        **context,
+        "device": device,
+        "uri": device.config_url,
+        "secret": _base32(device.bin_key),
+        "qr_svg": _qr_svg(device.config_url),
+    }
+
+
+def _base32(key: bytes) -> str:
+    from base64 import b32encode
+
+    text = b32encode(key).decode().rstrip("=")
+    return " ".join(text[i : i + 4] for i in range(0, len(text), 4))
+
+
+def _qr_svg(text: str) -> str:
+    """The QR code as inline SVG made here (no script, no outside service: works offline)."""
+    import segno
+    from django.utils.safestring import mark_safe
+
+    # Safe: segno draws paths from the bits of the code and escapes the title; nothing of the
+    # text itself reaches the markup.
+    svg = segno.make(text, error="m").svg_inline(scale=5, title="Scan with your app")
+    return mark_safe(svg)  # noqa: S308

@@ -89,6 +89,9 @@ TABLE = {
     "dashboard:mapping_history": Url(get=ADMIN_PAGE, post=ADMIN_PAGE, kwargs="mapping"),
     "dashboard:mapping_rollback": Url(get=POST_ONLY, post=ADMINISTER, kwargs="mapping"),
     "dashboard:audit": Url(get=ADMIN_PAGE, post=ADMIN_PAGE),
+    # Anyone signed in may turn on two-step sign-in for themselves; a POST without an action
+    # only shows the page.
+    "dashboard:two_factor": Url(get=row(LOGIN, OK, OK, OK, OK), post=row(LOGIN, OK, OK, OK, OK)),
     # Its own authentication (the secret path, then the org id): a wrong secret is a 404 for
     # everyone, signed in or not, and CSRF does not apply (Salesforce cannot send a token).
     "dashboard:salesforce_outbound": Url(get=everyone(NOT_ALLOWED), post=everyone(NOT_FOUND)),
@@ -245,6 +248,7 @@ def console_urls(samples) -> dict[str, str]:
         for key in pattern.pattern.regex.groupindex:
             kwargs[key] = {
                 "object_id": samples["connection"].pk,
+                "pk": samples["connection"].pk,
                 "id": samples["connection"].pk,
                 "app_label": "integration",
                 "content_type_id": 1,

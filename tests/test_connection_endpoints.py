@@ -163,6 +163,24 @@ def test_the_stored_token_is_not_sent_to_a_new_host(kashflow):
     assert api.calls("GET")[0].headers["Authorization"] == "KfToken NEW-SESSION-TOKEN-0001"
 
 
+@pytest.mark.parametrize(
+    "field, value",
+    [
+        ("login_url", "https://login.evil.example"),
+        ("instance_url", "https://acme.evil.example"),
+        ("ca_file", "/tmp/attacker-ca.pem"),
+    ],
+)
+def test_a_salesforce_token_is_bound_to_where_it_was_issued(field, value):
+    connection = factories.SalesforceConnectionFactory()
+    connection.save_session(
+        {"access_token": "00D!AQ0AQ.token", "instance_url": "https://acme.my.salesforce.com"}
+    )
+    assert Connection.objects.get(pk=connection.pk).get_session()["access_token"]
+    Connection.objects.filter(pk=connection.pk).update(**{field: value})
+    assert Connection.objects.get(pk=connection.pk).get_session() == {}
+
+
 # Three letters of the memorable word, once each -----------------------------------------------
 
 

@@ -77,7 +77,7 @@ def client_address(request) -> str:
     return hops[0][:45] if hops else remote
 
 
-def _username(request, credentials: dict | None) -> str:
+def sign_in_name(request, credentials: dict | None) -> str:
     """AXES_USERNAME_CALLABLE: the name as typed, without case or spaces, so that OLIVIA and
     olivia count together."""
     name = (credentials or {}).get("username") or request.POST.get("username", "")
@@ -153,7 +153,7 @@ class ThrottledAuthenticationForm(AuthenticationForm):
             cleaned = super().clean()
         except ValidationError:
             if getattr(self.request, "axes_locked_out", False):
-                username = _username(self.request, {"username": self.data.get("username")})
+                username = sign_in_name(self.request, {"username": self.data.get("username")})
                 raise self._throttled(_lock_ends_in(self.request, username)) from None
             raise
         if self.user_cache is not None:

@@ -294,7 +294,7 @@ AXES_COOLOFF_TIME = timedelta(minutes=_read("KASHFORCE_LOGIN_LOCKOUT_MINUTES", e
 AXES_LOCKOUT_PARAMETERS = [["username", "ip_address"]]
 AXES_HANDLER = "axes.handlers.database.AxesDatabaseHandler"
 AXES_CLIENT_IP_CALLABLE = "integration.access.client_address"
-AXES_USERNAME_CALLABLE = "integration.access._username"
+AXES_USERNAME_CALLABLE = "integration.access.sign_in_name"
 AXES_LOCKOUT_CALLABLE = "integration.access.lockout_response"
 AXES_RESET_ON_SUCCESS = True
 AXES_RESET_COOL_OFF_ON_FAILURE_DURING_LOCKOUT = False

@@ -21,6 +21,7 @@ from django.http import HttpResponse
 from django.views.decorators.csrf import csrf_exempt
 from django.views.decorators.http import require_POST
 
+from integration.access import client_address
 from integration.models import Connection, Direction, Flow, Trigger
 from integration.sync import engine
 
@@ -134,9 +135,7 @@ def salesforce_outbound(request, secret: str):
         return _too_large()
     connection = _connection_for_secret(secret)
     if connection is None:
-        log.warning(
-            "outbound message with an unknown secret from %s", request.META.get("REMOTE_ADDR")
-        )
+        log.warning("outbound message with an unknown secret from %s", client_address(request))
         return _fault("Unknown endpoint.", status=404)
     if not connection.organization_id:
         # Without the org id, the secret path alone would authenticate: refuse until it is set.

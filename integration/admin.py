@@ -1,10 +1,21 @@
 """The Django admin: the console for raw data. Bulk actions call the same model methods as the
-dashboard, so there is one way to retry or ignore an error."""
+dashboard, so there is one way to retry or ignore an error.
+
+The ledger (events, runs, cross-references, cursors, the audit trail) and the mapping versions
+are read-only here for everyone, superusers included: a direct edit would bypass the engine
+and leave no trace (issue #15). Events change only through the engine's actions below (retry,
+ignore), which need the Operations permission and are audited; mappings change only through the
+dashboard's editor, which makes a new version. Connections stay editable, through the same
+form as the dashboard (secrets write-only, a new address needs the secrets again)."""
 
 from django.contrib import admin, messages
+from django.contrib.admin import helpers
+from django.template.response import TemplateResponse
+from django_otp.plugins.otp_totp.models import TOTPDevice
 
+from integration.access import OPERATE
 from integration.clients.check import check_connection
-from integration.forms import SECRET_LABELS, ConnectionForm
+from integration.forms import SECRET_LABELS, ConnectionForm, IgnoreForm
 from integration.models import (
     Alert,
     AlertDelivery,
@@ -17,6 +28,19 @@ from integration.models import (
     SyncEvent,
     SyncRun,
 )
+
+
+class ReadOnlyAdmin(admin.ModelAdmin):
+    """Shown, never added, changed or deleted in the console (see the module's docstring)."""
+
+    def has_add_permission(self, request, obj=None):
+        return False
+
+    def has_change_permission(self, request, obj=None):
+        return False
+
+    def has_delete_permission(self, request, obj=None):
+        return False
 
 
 @admin.register(Connection)
@@ -89,9 +113,21 @@ class FieldMappingInline(admin.TabularInline):
     model = FieldMapping
     extra = 0
 
+    def has_add_permission(self, request, obj=None):
+        return False
+
+    def has_change_permission(self, request, obj=None):
+        return False
+
+    def has_delete_permission(self, request, obj=None):
+        return False
+
 
 @admin.register(MappingSet)
-class MappingSetAdmin(admin.ModelAdmin):
+class MappingSetAdmin(ReadOnlyAdmin):
+    """Read-only: the dashboard's mapping editor checks the rows and saves a new version, so
+    the history that past events were mapped with is never rewritten in place."""
+
     list_display = [
         "name",
         "flow",
@@ -105,28 +141,9 @@ class MappingSetAdmin(admin.ModelAdmin):
     search_fields = ["name", "source_object", "target_object"]
     inlines = [FieldMappingInline]
 
-    def save_related(self, request, form, formsets, change):
-        # The console edits a version in place (the dashboard's editor makes a new one), so
-        # the trail says who did it and which forms changed.
-        before = form.instance.as_rows() if change else []
-        super().save_related(request, form, formsets, change)
-        from integration.changes import describe_mapping_changes, mapping_changes
-
-        after = form.instance.as_rows()
-        fields = ", ".join(form.changed_data)
-        summary = describe_mapping_changes(mapping_changes(before, after))
-        AuditEntry.record(
-            request.user,
-            AuditEntry.Action.MAPPING_EDITED_IN_CONSOLE,
-            AuditEntry.ObjectType.MAPPING,
-            form.instance.pk,
-            str(form.instance),
-            f"{'Changed ' + fields + '. ' if fields else ''}Rows: {summary}.",
-        )
-
 
 @admin.register(CrossRef)
-class CrossRefAdmin(admin.ModelAdmin):
+class CrossRefAdmin(ReadOnlyAdmin):
     list_display = [
         "object_type",
         "salesforce_id",
@@ -139,7 +156,7 @@ class CrossRefAdmin(admin.ModelAdmin):
 
 
 @admin.register(SyncRun)
-class SyncRunAdmin(admin.ModelAdmin):
+class SyncRunAdmin(ReadOnlyAdmin):
     list_display = [
         "pk",
         "flow",
@@ -156,7 +173,7 @@ class SyncRunAdmin(admin.ModelAdmin):
 
 
 @admin.register(SyncEvent)
-class SyncEventAdmin(admin.ModelAdmin):
+class SyncEventAdmin(ReadOnlyAdmin):
     list_display = [
         "pk",
         "flow",
@@ -172,9 +189,12 @@ class SyncEventAdmin(admin.ModelAdmin):
     raw_id_fields = ["run", "resolved_by"]
     date_hierarchy = "created_at"
     show_full_result_count = False  # the ledger grows large; COUNT(*) on every page costs
-    actions = ["retry_selected"]
+    actions = ["retry_selected", "ignore_selected"]
 
-    @admin.action(description="Retry the selected failed events", permissions=["change"])
+    def has_operate_permission(self, request) -> bool:
+        return request.user.has_perm(OPERATE)
+
+    @admin.action(description="Retry the selected failed events", permissions=["operate"])
     def retry_selected(self, request, queryset):
         # The dashboard's Retry: SyncEvent.retry on each, then the queue is rung for their flows.
         from integration.sync.engine import retry_events
@@ -182,15 +202,33 @@ class SyncEventAdmin(admin.ModelAdmin):
         retried = retry_events(list(queryset.values_list("pk", flat=True)), request.user)
         self.message_user(request, f"{retried} event(s) put back in line.", messages.SUCCESS)
 
+    @admin.action(description="Ignore the selected failed events", permissions=["operate"])
+    def ignore_selected(self, request, queryset):
+        """The dashboard's Ignore: asks why first (a page in between), then SyncEvent.ignore."""
+        form = IgnoreForm(request.POST if "apply" in request.POST else None)
+        if not form.is_valid():
+            context = {
+                **self.admin_site.each_context(request),
+                "title": "Ignore the selected errors",
+                "opts": self.model._meta,
+                "form": form,
+                "events": queryset,
+                "action_checkbox_name": helpers.ACTION_CHECKBOX_NAME,
+            }
+            return TemplateResponse(request, "admin/integration/syncevent/ignore.html", context)
+        reason = form.cleaned_data["reason"]
+        ignored = sum(event.ignore(request.user, reason) for event in queryset)
+        self.message_user(request, f"{ignored} error(s) ignored: {reason}", messages.SUCCESS)
+
 
 @admin.register(Cursor)
-class CursorAdmin(admin.ModelAdmin):
+class CursorAdmin(ReadOnlyAdmin):
     list_display = ["flow", "connection", "name", "value", "updated_at"]
     list_filter = ["flow"]
 
 
 @admin.register(AuditEntry)
-class AuditEntryAdmin(admin.ModelAdmin):
+class AuditEntryAdmin(ReadOnlyAdmin):
     """The audit trail, read-only: nobody edits or deletes history, superusers included."""
 
     list_display = ["created_at", "username", "action", "object_type", "object_label", "summary"]
@@ -199,13 +237,25 @@ class AuditEntryAdmin(admin.ModelAdmin):
     date_hierarchy = "created_at"
     show_full_result_count = False
 
+
+# django-otp's own admin shows any user's TOTP secret as a QR code (its "config" page): a
+# superuser could copy someone's second factor. Here an authenticator can only be seen (never
+# its key) and removed, for a user who lost their phone; they then enrol again.
+admin.site.unregister(TOTPDevice)
+
+
+@admin.register(TOTPDevice)
+class AuthenticatorAdmin(admin.ModelAdmin):
+    list_display = ["user", "name", "confirmed", "created_at", "last_used_at"]
+    list_filter = ["confirmed"]
+    search_fields = ["user__username"]
+    fields = ["user", "name", "confirmed", "created_at", "last_used_at"]
+    readonly_fields = fields
+
     def has_add_permission(self, request):
         return False
 
     def has_change_permission(self, request, obj=None):
-        return False
-
-    def has_delete_permission(self, request, obj=None):
         return False
 
 

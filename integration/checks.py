@@ -33,8 +33,9 @@ def check_shared_cache(app_configs, **kwargs):
     if backend.endswith(("LocMemCache", "DummyCache")):
         return [
             Warning(
-                "The cache is per process, so each web process counts failed sign-ins on its "
-                "own and several processes allow several times the attempts.",
+                "The cache is per process, so each web process keeps (and pays the API calls "
+                "for) its own cached Salesforce describes (failed sign-ins are counted in the "
+                "database either way).",
                 hint="Set CACHE_URL to redis://... or dbcache://kashforce_cache (or set "
                 "REDIS_URL).",
                 id="kashforce.W003",

@@ -17,14 +17,19 @@ from django.utils import timezone
 CHUNK_ROWS = 500
 
 # A cell starting with one of these is a formula to Excel and LibreOffice ("CSV injection"):
-# a record name like =HYPERLINK(...) must arrive as text.
-FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
+# a record name like =HYPERLINK(...) must arrive as text. Spreadsheets skip leading spaces and
+# read the fullwidth forms (U+FF1D, FF0B, FF0D, FF20) as = + - @; `|` starts a DDE call in old Excel.
+FORMULA_STARTS = frozenset("=+-@|\uff1d\uff0b\uff0d\uff20")
 
 
 def safe_cell(value: object, zone=None) -> object:
     """A cell as text: a formula start neutralised, a datetime in local time, None empty."""
     if isinstance(value, str):
-        return "'" + value if value.startswith(FORMULA_STARTS) else value
+        # lstrip() takes tabs, CR, LF and non-breaking spaces too: a cell starting with any of
+        # them, then a formula character, is neutralised (issue #15).
+        bare = value.lstrip()
+        starts_formula = bare[:1] in FORMULA_STARTS or value[:1] in ("\t", "\r")
+        return "'" + value if starts_formula else value
     if isinstance(value, datetime):
         return value.astimezone(zone or timezone.get_current_timezone()).isoformat("T", "seconds")
     return "" if value is None else value

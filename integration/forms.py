@@ -29,8 +29,16 @@ def _secret_field(name: str, label: str) -> forms.CharField:
     return forms.CharField(label=label, required=False, strip=name != "private_key", widget=widget)
 
 
+# Where a connection sends its secrets and session token. Changing one of these with the
+# stored secrets kept would send them to the new host (issue #15): the form asks for them again.
+ENDPOINT_FIELDS = ("kind", "base_url", "login_url", "instance_url", "ca_file")
+
+
 class ConnectionForm(forms.ModelForm):
-    """Edit a connection. Leave a secret blank to keep the stored one; tick Clear to remove it."""
+    """Edit a connection. Leave a secret blank to keep the stored one; tick Clear to remove it.
+
+    Changing where it points (an endpoint field) needs its sign-in secrets typed again in the
+    same submit, so that whoever redirects a connection must already know what it sends."""
 
     # Declared on the class (not added in __init__) so that the admin's form factory knows them.
     password = _secret_field("password", SECRET_LABELS["password"])
@@ -63,6 +71,12 @@ class ConnectionForm(forms.ModelForm):
             "consumer_key",
             "is_active",
         ]
+        labels = {
+            "login_url": "Login URL",
+            "instance_url": "Instance URL",
+            "base_url": "Base URL",
+            "ca_file": "CA file",
+        }
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
@@ -86,7 +100,28 @@ class ConnectionForm(forms.ModelForm):
                 "login_url", "Salesforce needs a login address, e.g. https://login.salesforce.com"
             )
         self._clean_outbound(kind, cleaned)
+        self._clean_endpoint_change(cleaned)
         return cleaned
+
+    def endpoint_changes(self) -> list[str]:
+        return [name for name in ENDPOINT_FIELDS if name in self.changed_data]
+
+    def _clean_endpoint_change(self, cleaned: dict) -> None:
+        moved = self.endpoint_changes()
+        if not self.instance.pk or not moved:
+            return
+        needed = Connection.SECRET_FIELDS.get(cleaned.get("auth_method"), ())
+        missing = [name for name in needed if not cleaned.get(name)]
+        if not missing:
+            return
+        labels = " and ".join(SECRET_LABELS[name].lower() for name in needed)
+        where = ", ".join(str(self.fields[name].label) for name in moved)
+        for name in missing:
+            self.add_error(
+                name,
+                f"You changed where this connection sends its sign-in ({where}): enter the "
+                f"{labels} again, so that they go only where you mean them to.",
+            )
 
     def _clean_outbound(self, kind: str, cleaned: dict) -> None:
         """The Outbound secret is all that stands between the internet and the webhook, with
@@ -117,6 +152,12 @@ class ConnectionForm(forms.ModelForm):
         fields = [
             str(self.fields[name].label) for name in self.changed_data if name in self.Meta.fields
         ]
+        # Where it points is no secret, and a reviewer needs both ends of the change.
+        moves = [
+            f"{self.fields[name].label}: {self.initial.get(name) or '(empty)'} → "
+            f"{self.cleaned_data.get(name) or '(empty)'}"
+            for name in self.endpoint_changes()
+        ]
         replaced = [SECRET_LABELS[n] for n in SECRET_LABELS if self.cleaned_data.get(n)]
         cleared = [SECRET_LABELS[n] for n in SECRET_LABELS if self.cleaned_data.get(f"clear_{n}")]
         parts = [
@@ -127,7 +168,7 @@ class ConnectionForm(forms.ModelForm):
                 ("Secrets cleared", cleared),
             )
             if names
-        ]
+        ] + moves
         return ". ".join(parts) + "." if parts else "Nothing changed."
 
     def audit(self, user, created: bool) -> None:
@@ -150,6 +191,9 @@ class ConnectionForm(forms.ModelForm):
             if self.cleaned_data.get(f"clear_{name}"):
                 connection.clear_secret(name)
         connection.set_secrets(**{name: self.cleaned_data.get(name) for name in SECRET_LABELS})
+        if self.instance.pk and self.endpoint_changes():
+            # The session was issued by the old host; it is not sent to the new one.
+            connection.encrypted_session, connection.session_obtained_at = "", None
         if commit:
             connection.save()
         return connection

@@ -191,13 +191,22 @@ class Connection(models.Model):
         stored = self.get_secrets()
         return [name for name in needed if not stored.get(name)]
 
+    def endpoint(self) -> str:
+        """Where this connection's token goes; a stored session is bound to it."""
+        return "|".join([self.kind, self.base_url, self.login_url, self.instance_url, self.ca_file])
+
     def get_session(self) -> dict:
-        return secrets.decrypt_json(self.encrypted_session)
+        """The stored session, or {} when it was issued while the connection pointed elsewhere:
+        a token is never sent to a host other than the one it came from (issue #15)."""
+        stored = secrets.decrypt_json(self.encrypted_session)
+        endpoint = stored.pop("_endpoint", None)
+        return stored if endpoint == self.endpoint() else {}
 
     def save_session(self, session: dict) -> None:
         """Store a reusable session token without touching any other column (no lost updates)."""
         now = timezone.now()
-        self.encrypted_session = secrets.encrypt_json(session)
+        bound = {**session, "_endpoint": self.endpoint()} if session else {}
+        self.encrypted_session = secrets.encrypt_json(bound)
         self.session_obtained_at = now if session else None
         Connection.objects.filter(pk=self.pk).update(
             encrypted_session=self.encrypted_session, session_obtained_at=self.session_obtained_at

@@ -40,6 +40,7 @@ urlpatterns = [
     ),
     path("profile/", alert_views.alert_profile, name="alert_profile"),
     path("profile/test/", alert_views.alert_profile_test, name="alert_profile_test"),
+    path("account/two-step/", views.two_factor, name="two_factor"),
     path(
         "hooks/salesforce/outbound/<str:secret>/",
         webhooks.salesforce_outbound,

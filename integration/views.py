@@ -1,5 +1,6 @@
 """Dashboard views: small functions. An action is POST → model or flow call → message → redirect."""
 
+import hmac
 import logging
 from datetime import datetime, time, timedelta
 
@@ -18,7 +19,7 @@ from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_GET, require_POST
 
 from integration import changes, export
-from integration.access import admin_required, operator_required, viewer_required
+from integration.access import VIEW, admin_required, operator_required, viewer_required
 from integration.forms import (
     NO_CODE,
     QUEUE_VIEWS,
@@ -55,12 +56,24 @@ TIMELINE_LIMIT = 200
 @never_cache
 @require_GET
 def health(request):
-    """For load balancers and monitors: is the database reachable, is the queue being worked?"""
+    """For load balancers and monitors: is the database reachable, is the queue being worked?
+
+    Anyone gets up or down; the details (queue length, broker, errors) need a signed-in user
+    or the KASHFORCE_HEALTH_TOKEN as `Authorization: Bearer <token>` (issue #15)."""
     checks = {"database": _database_ok(), "queue": _queue_state()}
     healthy = checks["database"] and checks["queue"]["ok"]
-    return JsonResponse(
-        {"status": "ok" if healthy else "error", **checks}, status=200 if healthy else 503
-    )
+    answer = {"status": "ok" if healthy else "error"}
+    if _may_see_health_details(request):
+        answer |= checks
+    return JsonResponse(answer, status=200 if healthy else 503)
+
+
+def _may_see_health_details(request) -> bool:
+    if request.user.has_perm(VIEW):
+        return True
+    token = settings.KASHFORCE.get("HEALTH_TOKEN", "")
+    given = request.headers.get("Authorization", "").removeprefix("Bearer ").strip()
+    return bool(token) and hmac.compare_digest(given.encode(), token.encode())
 
 
 def _database_ok() -> bool:
@@ -485,6 +498,13 @@ def ignore_event(request, pk: int):
 def timeline(request):
     query = request.GET.get("q", "").strip()
     context = {"query": query}
+    if "\x00" in query:
+        # No id holds one, and PostgreSQL refuses it in a query (a 500 before issue #15).
+        return render(
+            request,
+            "integration/timeline.html",
+            {"query": "", "problem": "A record id cannot contain a NUL character; type it again."},
+        )
     if query:
         ids = {query, salesforce_id18(query)}
         crossrefs = list(CrossRef.objects.filter(Q(salesforce_id__in=ids) | Q(kashflow_key=query)))
@@ -858,3 +878,88 @@ def audit(request):
         entries, PAGE_SIZE, request.GET.get("older", ""), request.GET.get("newer", "")
     )
     return render(request, "integration/audit.html", {"form": form, "page": page})
+
+
+# --------------------------------------------------------------------------------------------
+# Two-step sign-in (anyone signed in may turn it on; KASHFORCE_REQUIRE_TWO_FACTOR_FOR_ADMINS
+# makes Integration admins do so before anything else)
+
+
+@never_cache
+def two_factor(request):
+    """Turn on two-step sign-in. "Show a key" (a POST: a GET changes nothing) makes a new
+    secret and shows it once, as a QR code and as text; a code from it confirms it. After that
+    the secret is never shown again."""
+    from django_otp.plugins.otp_totp.models import TOTPDevice
+
+    from integration.access import needs_two_factor
+
+    user = request.user
+    context = {"required": needs_two_factor(user), "verified": user.is_verified()}
+    if TOTPDevice.objects.filter(user=user, confirmed=True).exists():
+        return render(request, "integration/two_factor.html", {**context, "enabled": True})
+    action = request.POST.get("action") if request.method == "POST" else None
+    if action == "confirm":
+        device_id = request.POST.get("device", "")
+        device = (
+            TOTPDevice.objects.filter(user=user, confirmed=False, pk=device_id).first()
+            if device_id.isdigit()
+            else None
+        )
+        if device is None:
+            messages.error(request, "That key has been replaced; ask for a new one.")
+        elif _confirm_device(request, device, request.POST.get("code", "")):
+            return redirect("dashboard:overview")
+        else:
+            context["problem"] = (
+                "That code did not match. Check the app's entry for kashforce and try again."
+            )
+            return render(request, "integration/two_factor.html", _key_context(context, device))
+    elif action == "new":
+        # A fresh secret each time: one shown earlier (a page left open) is no longer valid.
+        TOTPDevice.objects.filter(user=user, confirmed=False).delete()
+        device = TOTPDevice.objects.create(user=user, name="Authenticator app", confirmed=False)
+        return render(request, "integration/two_factor.html", _key_context(context, device))
+    return render(request, "integration/two_factor.html", context)
+
+
+def _confirm_device(request, device, code: str) -> bool:
+    from django_otp import login as otp_login
+
+    code = code.replace(" ", "")
+    if not code or not device.verify_token(code):
+        return False
+    device.confirmed = True
+    device.save(update_fields=["confirmed"])
+    otp_login(request, device)  # this session counts as signed in with a code
+    log.info("two-step sign-in turned on user=%s", request.user.pk)
+    messages.success(request, "Two-step sign-in is on: from now on, sign in with a code as well.")
+    return True
+
+
+def _key_context(context: dict, device) -> dict:
+    return {
+        **context,
+        "device": device,
+        "uri": device.config_url,
+        "secret": _base32(device.bin_key),
+        "qr_svg": _qr_svg(device.config_url),
+    }
+
+
+def _base32(key: bytes) -> str:
+    from base64 import b32encode
+
+    text = b32encode(key).decode().rstrip("=")
+    return " ".join(text[i : i + 4] for i in range(0, len(text), 4))
+
+
+def _qr_svg(text: str) -> str:
+    """The QR code as inline SVG made here (no script, no outside service: works offline)."""
+    import segno
+    from django.utils.safestring import mark_safe
+
+    # Safe: segno draws paths from the bits of the code and escapes the title; nothing of the
+    # text itself reaches the markup.
+    svg = segno.make(text, error="m").svg_inline(scale=5, title="Scan with your app")
+    return mark_safe(svg)  # noqa: S308

@@ -21,6 +21,7 @@ from django.http import HttpResponse
 from django.views.decorators.csrf import csrf_exempt
 from django.views.decorators.http import require_POST
 
+from integration.access import client_address
 from integration.models import Connection, Direction, Flow, Trigger
 from integration.sync import engine
 
@@ -57,6 +58,21 @@ def _fault(message: str, status: int) -> HttpResponse:
 
 def _escape(text: str) -> str:
     return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+
+
+def _declared_length(request) -> int:
+    try:
+        return int(request.META.get("CONTENT_LENGTH") or 0)
+    except ValueError:
+        return 0
+
+
+def _too_large() -> HttpResponse:
+    log.info("outbound message refused: over %d bytes", MAX_BODY_BYTES)
+    return _fault(
+        f"The message is too large (kashforce takes up to {MAX_BODY_BYTES // (1024 * 1024)} MB).",
+        status=413,
+    )
 
 
 def _connection_for_secret(secret: str) -> Connection | None:
@@ -113,11 +129,13 @@ def parse_notifications(body: bytes) -> tuple[str, list[dict]]:
 @login_not_required
 @require_POST
 def salesforce_outbound(request, secret: str):
+    # Checked before anything is read: request.body would raise RequestDataTooBig past
+    # DATA_UPLOAD_MAX_MEMORY_SIZE (Django's HTML 400 and a logged traceback, issue #15).
+    if _declared_length(request) > MAX_BODY_BYTES:
+        return _too_large()
     connection = _connection_for_secret(secret)
     if connection is None:
-        log.warning(
-            "outbound message with an unknown secret from %s", request.META.get("REMOTE_ADDR")
-        )
+        log.warning("outbound message with an unknown secret from %s", client_address(request))
         return _fault("Unknown endpoint.", status=404)
     if not connection.organization_id:
         # Without the org id, the secret path alone would authenticate: refuse until it is set.
@@ -127,10 +145,12 @@ def salesforce_outbound(request, secret: str):
             "on the connection.",
             status=403,
         )
-    if len(request.body) > MAX_BODY_BYTES:
-        return _fault("The message is too large.", status=413)
+    # Read at most one byte past the limit, whatever the stream holds.
+    body = request.read(MAX_BODY_BYTES + 1)
+    if len(body) > MAX_BODY_BYTES:
+        return _too_large()
     try:
-        org_id, notifications = parse_notifications(request.body)
+        org_id, notifications = parse_notifications(body)
     except BadMessage as exc:
         return _fault(str(exc), status=400)
     if org_id[:15] != connection.organization_id[:15]:

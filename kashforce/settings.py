@@ -5,6 +5,7 @@ configuration: SQLite under var/, DEBUG on, locally generated keys kept in var/.
 fails at start with a message naming the variable.
 """
 
+from datetime import timedelta
 from pathlib import Path
 
 import environ
@@ -70,6 +71,11 @@ INSTALLED_APPS = [
     "django.contrib.messages",
     "django.contrib.staticfiles",
     "django_q",
+    # Sign-in protection: failed sign-ins counted per name and address (django-axes), and
+    # two-step sign-in with an authenticator app (django-otp's TOTP).
+    "axes",
+    "django_otp",
+    "django_otp.plugins.otp_totp",
     "integration",
     "sandbox",
 ]
@@ -83,8 +89,12 @@ MIDDLEWARE = [
     "django.middleware.csrf.CsrfViewMiddleware",
     "django.contrib.auth.middleware.AuthenticationMiddleware",
     "django.contrib.auth.middleware.LoginRequiredMiddleware",
+    "django_otp.middleware.OTPMiddleware",
+    "integration.access.TwoFactorRequiredMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
+    # Last, as axes asks: it turns a locked-out sign-in into our 429 page.
+    "axes.middleware.AxesMiddleware",
 ]
 
 ROOT_URLCONF = "kashforce.urls"
@@ -165,6 +175,21 @@ try:
 except (ImproperlyConfigured, ValueError) as exc:
     raise ImproperlyConfigured(f"Environment variable CACHE_URL is not valid: {exc}") from None
 
+
+def _check_networks(name: str, entries: list[str]) -> list[str]:
+    import ipaddress
+
+    for entry in entries:
+        try:
+            ipaddress.ip_network(entry.strip(), strict=False)
+        except ValueError:
+            raise ImproperlyConfigured(
+                f"Environment variable {name} is not valid: {entry!r} is not an address or "
+                "network (e.g. 10.0.0.5 or 10.0.0.0/24)."
+            ) from None
+    return entries
+
+
 if Q_CLUSTER["timeout"] >= Q_CLUSTER["retry"]:
     raise ImproperlyConfigured(
         "Q_TIMEOUT must be smaller than Q_RETRY (a slow task would run twice)."
@@ -175,6 +200,11 @@ AUTH_PASSWORD_VALIDATORS = [
     {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator"},
     {"NAME": "django.contrib.auth.password_validation.CommonPasswordValidator"},
     {"NAME": "django.contrib.auth.password_validation.NumericPasswordValidator"},
+]
+# axes' backend first: it refuses a locked name-and-address before the password is checked.
+AUTHENTICATION_BACKENDS = [
+    "axes.backends.AxesStandaloneBackend",
+    "django.contrib.auth.backends.ModelBackend",
 ]
 LOGIN_URL = "login"
 LOGIN_REDIRECT_URL = "dashboard:overview"
@@ -271,15 +301,44 @@ if EMAIL_URL:
 DEFAULT_FROM_EMAIL = _read("DEFAULT_FROM_EMAIL", env.str, "kashforce <kashforce@localhost>")
 EMAIL_TIMEOUT = _read("EMAIL_TIMEOUT", env.int, 20)
 
+# Sign-in throttling (django-axes): KASHFORCE_LOGIN_ATTEMPTS failures of one user name from
+# one address lock that pair (only) for KASHFORCE_LOGIN_LOCKOUT_MINUTES; the count lives in the
+# database (shared by every web process); attempts while locked do not extend the lock.
+# The address is integration.access.client_address (trusted proxies, below).
+AXES_FAILURE_LIMIT = _read("KASHFORCE_LOGIN_ATTEMPTS", env.int, 5)
+AXES_COOLOFF_TIME = timedelta(minutes=_read("KASHFORCE_LOGIN_LOCKOUT_MINUTES", env.int, 15))
+AXES_LOCKOUT_PARAMETERS = [["username", "ip_address"]]
+AXES_HANDLER = "axes.handlers.database.AxesDatabaseHandler"
+AXES_CLIENT_IP_CALLABLE = "integration.access.client_address"
+AXES_USERNAME_CALLABLE = "integration.access.sign_in_name"
+AXES_LOCKOUT_CALLABLE = "integration.access.lockout_response"
+AXES_RESET_ON_SUCCESS = True
+AXES_RESET_COOL_OFF_ON_FAILURE_DURING_LOCKOUT = False
+AXES_DISABLE_ACCESS_LOG = True  # successful sign-ins are not kept (no retention for them)
+AXES_VERBOSE = False
+# Two-step sign-in: the issuer name authenticator apps show; a wrong code doubles the wait.
+OTP_TOTP_ISSUER = "kashforce"
+OTP_TOTP_THROTTLE_FACTOR = 1
+
 # kashforce's own knobs.
 KASHFORCE = {
     # Share of Salesforce's daily API limit above which scheduled, non-urgent runs wait.
     "API_BUDGET_SHARE": _read("KASHFORCE_API_BUDGET_SHARE", env.float, 0.8),
     # Minutes between scheduled runs of each flow.
     "SYNC_INTERVAL_MINUTES": _read("KASHFORCE_SYNC_INTERVAL_MINUTES", env.int, 1),
-    # Failed sign-ins per username and address before sign-in is refused, and for how long.
-    "LOGIN_ATTEMPTS": _read("KASHFORCE_LOGIN_ATTEMPTS", env.int, 5),
-    "LOGIN_LOCKOUT_MINUTES": _read("KASHFORCE_LOGIN_LOCKOUT_MINUTES", env.int, 15),
+    # Failed sign-ins per username and address before sign-in is refused, and for how long
+    # (django-axes applies them: AXES_* above).
+    "LOGIN_ATTEMPTS": AXES_FAILURE_LIMIT,
+    "LOGIN_LOCKOUT_MINUTES": int(AXES_COOLOFF_TIME.total_seconds() // 60),
+    # Proxies (addresses or networks) whose X-Forwarded-For is believed for the client's
+    # address; empty: the connecting address is the client's, whatever the header says.
+    "TRUSTED_PROXIES": _check_networks(
+        "KASHFORCE_TRUSTED_PROXIES", _read("KASHFORCE_TRUSTED_PROXIES", env.list, [])
+    ),
+    # Integration admins (and superusers) must sign in with an authenticator code.
+    "REQUIRE_TWO_FACTOR_FOR_ADMINS": _read(
+        "KASHFORCE_REQUIRE_TWO_FACTOR_FOR_ADMINS", env.bool, False
+    ),
     # Attempts for a record that fails transiently before it joins the error queue.
     "MAX_ATTEMPTS": _read("KASHFORCE_MAX_ATTEMPTS", env.int, 5),
     # Seconds before such a record is tried again; the wait doubles each attempt (at most 1 hour).
@@ -341,6 +400,9 @@ KASHFORCE = {
     "ALERT_BACKOFF_SECONDS": _read("KASHFORCE_ALERT_BACKOFF_SECONDS", env.float, 60.0),
     # A local trial's mail sink (scripts/run-local.sh): a Maildir whose mails the Alerts page shows.
     "MAIL_SINK_DIR": _read("KASHFORCE_MAIL_SINK_DIR", env.str, ""),
+    # A token that lets a monitor read /health/'s details (Authorization: Bearer <token>);
+    # without it (or a sign-in) /health/ says only up or down.
+    "HEALTH_TOKEN": _read("KASHFORCE_HEALTH_TOKEN", env.str, ""),
     # Where the sandbox keeps its state and descriptor.
     "SANDBOX_STATE_DIR": _read("KASHFORCE_SANDBOX_DIR", env.str, str(VAR_DIR / "sandbox")),
 }

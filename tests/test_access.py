@@ -5,6 +5,8 @@ from django.contrib.auth.models import Group
 from django.test import Client
 from django.urls import reverse
 
+from tests import factories
+
 pytestmark = pytest.mark.django_db
 
 
@@ -15,8 +17,9 @@ def test_anonymous_is_sent_to_login(client, path):
     assert "/login/" in response["Location"]
 
 
-def test_health_is_open_and_reports_database_and_queue(client):
-    response = client.get("/health/")
+def test_health_is_open_and_reports_database_and_queue(client, settings):
+    settings.KASHFORCE = {**settings.KASHFORCE, "HEALTH_TOKEN": "monitor-" + "k" * 24}
+    response = client.get("/health/", HTTP_AUTHORIZATION="Bearer monitor-" + "k" * 24)
     assert response.status_code == 200
     body = json.loads(response.content)
     assert body["status"] == "ok" and body["database"] is True and body["queue"]["ok"] is True
@@ -29,6 +32,7 @@ def test_health_says_503_when_the_queue_is_stuck(client):
     from django_q.models import OrmQ
 
     OrmQ.objects.create(key="kashforce", payload="x", lock=timezone.now() - timedelta(hours=1))
+    client.force_login(factories.UserFactory(is_superuser=True))
     response = client.get("/health/")
     assert response.status_code == 503
     assert json.loads(response.content)["queue"]["stuck"] is True

@@ -159,7 +159,9 @@ def test_rolling_back_a_mapping_is_in_the_trail(admin_client_, admin_user, mappi
     assert "added Name" in entry.summary and "removed AccountNumber" in entry.summary
 
 
-def test_editing_a_mapping_in_the_console_is_in_the_trail(root_client, mapping_v1):
+def test_a_mapping_cannot_be_edited_in_place_in_the_console(root_client, mapping_v1):
+    """The console once edited a version in place (audited); now the dashboard's editor is the
+    one way to change a mapping, and it makes a new version (issue #15)."""
     row = mapping_v1.fields.get(target_path="Name")
     data = {
         "name": mapping_v1.name,
@@ -187,10 +189,10 @@ def test_editing_a_mapping_in_the_console_is_in_the_trail(root_client, mapping_v
     response = root_client.post(
         reverse("admin:integration_mappingset_change", args=[mapping_v1.pk]), data
     )
-    assert response.status_code == 302, response.content.decode()[:3000]
-    entry = only_entry(action=Action.MAPPING_EDITED_IN_CONSOLE)
-    assert entry.username == "root"
-    assert "changed Name (source_path)" in entry.summary
+    assert response.status_code == 403
+    row.refresh_from_db()
+    assert row.source_path != "TradingName"
+    assert not AuditEntry.objects.exists()
 
 
 # Errors ------------------------------------------------------------------------------------

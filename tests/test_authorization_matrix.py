@@ -112,6 +112,9 @@ TABLE = {
     "dashboard:alert_profile": Url(
         get=READ, post=OPERATE, data={"email": "me@example.co.uk", "kinds": "silence"}
     ),
+    # Anyone signed in may turn on two-step sign-in for themselves; a POST without an action
+    # only shows the page.
+    "dashboard:two_factor": Url(get=row(LOGIN, OK, OK, OK, OK), post=row(LOGIN, OK, OK, OK, OK)),
     # Its own authentication (the secret path, then the org id): a wrong secret is a 404 for
     # everyone, signed in or not, and CSRF does not apply (Salesforce cannot send a token).
     "dashboard:salesforce_outbound": Url(get=everyone(NOT_ALLOWED), post=everyone(NOT_FOUND)),
@@ -277,6 +280,7 @@ def console_urls(samples) -> dict[str, str]:
         for key in pattern.pattern.regex.groupindex:
             kwargs[key] = {
                 "object_id": samples["connection"].pk,
+                "pk": samples["connection"].pk,
                 "id": samples["connection"].pk,
                 "app_label": "integration",
                 "content_type_id": 1,

@@ -414,9 +414,25 @@ def _key(code: str) -> str:
 
 
 def _memorable_letters(step1: dict, word: str) -> list[dict]:
+    """The letters asked for: exactly three different positions within the word. Any other
+    request (the whole word, a letter twice) is refused unanswered, since a host that is not
+    KashFlow could collect the word that way (issue #15)."""
+    asked = step1.get("MemorableWordList")
+    try:
+        positions = [int(item["Position"]) for item in asked]  # 1-based
+    except (TypeError, KeyError, ValueError):
+        positions = []
+    if len(positions) != 3 or len(set(positions)) != 3:
+        raise ApiError(
+            "The KashFlow sign-in did not ask for three different letters of the memorable "
+            "word, as KashFlow always does; kashforce sent none. Check the connection's KashFlow "
+            "address.",
+            permanent=True,
+            system=SYSTEM,
+            code="UnexpectedMemorableWordRequest",
+        )
     letters = []
-    for item in step1.get("MemorableWordList") or []:
-        position = int(item["Position"])  # 1-based
+    for position in positions:
         if not 1 <= position <= len(word):
             raise ApiError(
                 f"KashFlow asked for letter {position} of the memorable word, but the stored "

@@ -49,3 +49,17 @@ def check_queue_timeouts(app_configs, **kwargs):
     if q.get("timeout") and q.get("retry") and q["timeout"] >= q["retry"]:
         return [Error("Q_TIMEOUT must be smaller than Q_RETRY.", id="kashforce.E001")]
     return []
+
+
+@register()
+def check_vat_rules_variable(app_configs, **kwargs):
+    if not settings.KASHFORCE["VAT_RULES"]:
+        return []
+    return [
+        Warning(
+            "KASHFORCE_VAT_RULES is no longer read: VAT rules are kept on the VAT rules page. "
+            "Its value was imported into the first version when the database was migrated.",
+            hint="Check the rules on the VAT rules page, then remove KASHFORCE_VAT_RULES.",
+            id="kashforce.W010",
+        )
+    ]

@@ -78,6 +78,14 @@ def _build(store: Store, seed: str, counts: dict) -> str:
         IsStandard=True,
     )
     rows.append(("Pricebook2", pricebook))
+    organization = _record(
+        "Organization",
+        store.new_id(schema.ORG_PREFIX),
+        stamps(),
+        Name="Sandbox Ltd",
+        DefaultCurrencyIsoCode="GBP",
+    )
+    rows.append(("Organization", organization))
     entries = _products(
         store, rows, stamps, pricebook, counts.get("products", 0), counts.get("names", "demo")
     )

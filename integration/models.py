@@ -712,6 +712,10 @@ class SyncEventQuerySet(models.QuerySet):
     def retrying(self) -> SyncEventQuerySet:
         return self.filter(status=SyncEvent.Status.FAILED_TRANSIENT)
 
+    def with_warnings(self) -> SyncEventQuerySet:
+        """Synced, but with something a person should look at."""
+        return self.filter(status=SyncEvent.Status.SUCCEEDED, warning=True)
+
     def supersede(self, now=None) -> int:
         """Set aside events a newer change of their record replaced (never written)."""
         return self.update(
@@ -989,6 +993,10 @@ class SyncEvent(models.Model):
             # The mapping editor's recent records of an object (and a record's newest event).
             models.Index(
                 fields=["flow", "source_object", "-created_at"], name="event_object_recent"
+            ),
+            # Synced with a warning: few rows among the many synced ones.
+            models.Index(
+                fields=["-created_at"], condition=Q(warning=True), name="event_warning_recent"
             ),
         ]
         permissions = [

@@ -89,6 +89,7 @@ TABLE = {
     "dashboard:mapping_history": Url(get=ADMIN_PAGE, post=ADMIN_PAGE, kwargs="mapping"),
     "dashboard:mapping_rollback": Url(get=POST_ONLY, post=ADMINISTER, kwargs="mapping"),
     "dashboard:audit": Url(get=ADMIN_PAGE, post=ADMIN_PAGE),
+    "dashboard:vat_rules": Url(get=ADMIN_PAGE, post=ADMINISTER, data={"countries": "NO 25"}),
     # Its own authentication (the secret path, then the org id): a wrong secret is a 404 for
     # everyone, signed in or not, and CSRF does not apply (Salesforce cannot send a token).
     "dashboard:salesforce_outbound": Url(get=everyone(NOT_ALLOWED), post=everyone(NOT_FOUND)),

@@ -6,6 +6,7 @@ from decimal import Decimal
 from types import SimpleNamespace
 
 import pytest
+from django.urls import reverse
 from django.utils import timezone
 
 from integration.clients.kashflow import KashFlowClient
@@ -241,7 +242,9 @@ def test_an_invoice_whose_products_are_not_linked_yet_waits_for_them(org):
     ]
 
 
-def test_a_deliberate_default_nominal_invoices_unlinked_products_with_a_warning(org, settings):
+def test_a_deliberate_default_nominal_invoices_unlinked_products_with_a_warning(
+    org, settings, ops_client
+):
     settings.KASHFORCE = {**settings.KASHFORCE, "DEFAULT_NOMINAL_FOR_UNLINKED_PRODUCTS": True}
     deal = won_deal(org, org.accounts[0], [ZERO_RATED])
     run("invoices")
@@ -251,3 +254,12 @@ def test_a_deliberate_default_nominal_invoices_unlinked_products_with_a_warning(
     assert "invoiced on the default nominal code" in event.message
     [line] = invoice_of(org, deal)["LineItems"]
     assert (line["NominalCode"], line["ProductCode"]) == (4000, "")
+    # Shown as such on the overview, the queue and the record's timeline.
+    overview = ops_client.get(reverse("dashboard:overview")).content.decode()
+    assert "<strong>1</strong> record synced with a warning this week" in overview
+    queue = ops_client.get(reverse("dashboard:errors") + "?show=warnings").content.decode()
+    assert deal in queue and "invoiced on the default nominal code" in queue
+    assert "Needs attention" in ops_client.get(reverse("dashboard:errors")).content.decode()
+    assert deal not in ops_client.get(reverse("dashboard:errors")).content.decode()
+    timeline = ops_client.get(reverse("dashboard:timeline") + f"?q={deal}").content.decode()
+    assert '<span class="badge warning">Synced with a warning</span>' in timeline

@@ -60,5 +60,13 @@ class Migration(migrations.Migration):
                 'constraints': [models.UniqueConstraint(condition=models.Q(('is_active', True)), fields=('is_active',), name='one_active_vat_rules')],
             },
         ),
+        migrations.AddIndex(
+            model_name="syncevent",
+            index=models.Index(
+                condition=models.Q(("warning", True)),
+                fields=["-created_at"],
+                name="event_warning_recent",
+            ),
+        ),
         migrations.RunPython(import_vat_rules_variable, migrations.RunPython.noop),
     ]

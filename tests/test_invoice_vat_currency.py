@@ -207,6 +207,22 @@ def test_an_eur_deal_for_an_eur_customer_is_invoiced_in_eur_and_written_back(org
     assert Decimal(str(written["KashFlow_Amount_Due__c"])) == invoice["GrossAmount"]
 
 
+def test_payments_of_an_eur_invoice_are_written_to_salesforce_in_eur(org):
+    multi_currency(org, EUR="1.17")
+    run("products")
+    kashflow_customer(org, org.accounts[0], "EURO01", "IE", vat_number="IE7654321W", currency="EUR")
+    deal = won_deal(org, org.accounts[0], [STANDARD], currency="EUR")
+    run("invoices")
+    number = invoice_of(org, deal)["Number"]
+    payment = {"Amount": Decimal("50.00"), "Date": date.today(), "Method": 1, "AccountId": 101}
+    org.kashflow.update_invoice(number, {"PaymentLines": [payment]})
+    assert run("payments").written_count == 1
+    [record] = org.salesforce.query(
+        f"SELECT CurrencyIsoCode, Amount__c FROM KashFlow_Payment__c WHERE Opportunity__c = '{deal}'"
+    )
+    assert record["CurrencyIsoCode"] == "EUR"
+
+
 def test_an_account_first_invoiced_becomes_a_customer_in_the_deal_s_currency(org):
     multi_currency(org, EUR="1.17")
     run("products")

@@ -334,19 +334,26 @@ def _map(invoice: _Invoice, rows: _Rows, links: Links, customers: dict, products
     invoice.warnings += header.warnings
 
 
-def _currency_differs(invoice: _Invoice, code: str | None, customer: dict) -> bool:
-    """Stop, saying so, when the KashFlow customer invoices in another currency than the deal:
-    KashFlow would take the customer's, and a £1,000 deal would become a €1,000 invoice."""
-    theirs = ((customer.get("Currency") or {}).get("Code") or "").upper()
-    if not customer or not theirs or theirs == invoice.currency.upper():
-        return False
-    invoice.event.mark_failed(
-        f"This deal is in {invoice.currency} but the KashFlow customer {code} invoices in "
-        f"{theirs}; change the customer's currency in KashFlow or the deal's currency, then retry.",
-        permanent=True,
-        code="CURRENCY_MISMATCH",
+def currency_problem(deal_currency: str, customer_code: str, customer: dict) -> str | None:
+    """Why the deal cannot be invoiced to this KashFlow customer, currency-wise, or None.
+
+    KashFlow invoices a customer in the customer's currency: sent another, it would take the
+    customer's, and a £1,000 deal would become a €1,000 invoice."""
+    theirs = ((customer.get("Currency") or {}).get("Code") or "").strip().upper()
+    if not theirs or theirs == deal_currency.strip().upper():
+        return None
+    return (
+        f"This deal is in {deal_currency} but the KashFlow customer {customer_code} invoices in "
+        f"{theirs}; change the customer's currency in KashFlow or the deal's currency, then retry."
     )
-    return True
+
+
+def _currency_differs(invoice: _Invoice, code: str | None, customer: dict) -> bool:
+    """Stop, saying so, when the KashFlow customer invoices in another currency than the deal."""
+    problem = currency_problem(invoice.currency, code or "", customer)
+    if problem:
+        invoice.event.mark_failed(problem, permanent=True, code="CURRENCY_MISMATCH")
+    return bool(problem)
 
 
 def _unlinked_products(opportunity: dict, links: Links) -> list[str]:

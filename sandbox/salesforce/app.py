@@ -207,10 +207,10 @@ class SalesforceApp:
         seed.parse(seed_name)  # fail before wiping on a malformed seed
         with self.store.lock:
             self.store.wipe()
+            self.store.set_meta("multi_currency", False)  # one currency, unless the seed says
             seed.apply(self.store, seed_name)
             self.store.set_meta("seed", seed_name)
-            self.store.set_meta("multi_currency", False)  # a fresh org has one currency
-        self.multi_currency = False
+            self.multi_currency = bool(self.store.get_meta("multi_currency", False))
         self.cursors.clear()
         self.jobs.clear()
         self.outbound.reset()

@@ -112,8 +112,9 @@ class MappingContext:
 
     `lookup(object_type, side, key)` gives the other side's id of the record whose id on `side`
     is `key`, or None; the flow backs it with a dict of prefetched CrossRefs (no query per record).
-    `vat_rules` is `{"countries": {"IE": "23"}, "products": {"BOO-0001": "0"}}` (product codes are
-    KashFlow's, whose products carry their own VATRate).
+    `vat_rules` is `{"countries": {"NO": "25"}, "products": {"BOO-0001": "0"}}` (the VAT rules
+    page's version in use; product codes are KashFlow's, for products whose KashFlow record has
+    no VATRate of its own: see `vat_decision`).
     """
 
     lookup: Callable[[str, str, str], str | None] = lambda object_type, side, key: None

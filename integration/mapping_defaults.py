@@ -175,6 +175,8 @@ LINE_ITEM_TO_INVOICE_LINE = Template(
         row("ProductCode", "Product2Id", "lookup", omit_empty=True,
             object_type="product", side="salesforce", part="code",
             fallbacks=["PricebookEntry.Product2Id"]),
+        # The flow puts the KashFlow customer (VAT number, country) and product (VATRate) beside
+        # the line; see mapping.VAT_DEFAULT_PATHS and vat_decision.
         row("VATLevel", transform="vat_rate",
             country_path="Opportunity.Account.BillingCountry", product_path="ProductCode"),
     ],

@@ -295,9 +295,9 @@ def _map(invoice: _Invoice, rows: _Rows, links: Links, customers: dict, products
     if unlinked and not settings.KASHFORCE["DEFAULT_NOMINAL_FOR_UNLINKED_PRODUCTS"]:
         invoice.event.mark_failed(
             f"Opportunity {name} waits for its products to be linked to KashFlow products "
-            f"({', '.join(unlinked)}); the products sync links them, and kashforce tries this "
-            "invoice again shortly. Without the link its lines would go on the default nominal "
-            "code with no product code.",
+            f"({', '.join(unlinked)}), which the products sync does; without the link its lines "
+            "would go on the default nominal code with no product code. If the products sync "
+            "cannot link them, check those products in both systems, then retry.",
             permanent=False,
             code="PRODUCTS_NOT_LINKED",
         )

@@ -259,6 +259,11 @@ class ErrorFilterForm(forms.Form):
     def status(self) -> str:
         return QUEUE_VIEWS[self.view][1]
 
+    def queue(self):
+        """The events of the view chosen, before the filters (the page and its CSV share it)."""
+        events = SyncEvent.objects.filter(status=self.status)
+        return events.filter(warning=True) if self.view == "warnings" else events
+
     def filters(self, with_cause: bool = True) -> dict:
         """The filters as SyncEventQuerySet.matching() and engine.start_bulk_retry() take them."""
         if not self.is_valid():

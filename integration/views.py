@@ -334,9 +334,7 @@ def sync_now(request):
 @viewer_required
 def errors(request):
     form = ErrorFilterForm(request.GET or None)
-    queue = SyncEvent.objects.filter(status=form.status)
-    if form.view == "warnings":
-        queue = queue.filter(warning=True)
+    queue = form.queue()
     filters = form.filters()
     # Filters other than the cause stay when a person picks a cause or retries a whole group.
     carry = [
@@ -382,7 +380,7 @@ def errors(request):
 @viewer_required
 def errors_csv(request):
     form = ErrorFilterForm(request.GET or None)
-    queryset = SyncEvent.objects.filter(status=form.status).matching(form.filters())
+    queryset = form.queue().matching(form.filters())
     columns = [
         "pk",
         "flow",

@@ -60,3 +60,19 @@ def test_the_old_environment_variable_is_reported_as_no_longer_read(settings):
     settings.KASHFORCE = {**settings.KASHFORCE, "VAT_RULES": {"countries": {"NO": "25"}}}
     [warning] = check_vat_rules_variable(None)
     assert "no longer read" in warning.msg
+
+
+def test_the_queue_s_warnings_view_and_its_csv_list_only_syncs_with_a_warning(ops_client):
+    from tests.factories import SyncEventFactory
+
+    warned = SyncEventFactory(
+        status="succeeded", warning=True, message="Put on the default nominal code."
+    )
+    plain = SyncEventFactory(status="succeeded", message="Synced.")
+    page = ops_client.get(reverse("dashboard:errors") + "?show=warnings").content.decode()
+    assert warned.source_id in page and plain.source_id not in page
+    assert "Retry" not in page.split('<table class="table errors">')[1]  # nothing to retry
+    csv = b"".join(
+        ops_client.get(reverse("dashboard:errors_csv") + "?show=warnings").streaming_content
+    ).decode()
+    assert warned.source_id in csv and plain.source_id not in csv

@@ -279,3 +279,12 @@ def test_a_deliberate_default_nominal_invoices_unlinked_products_with_a_warning(
     assert deal not in ops_client.get(reverse("dashboard:errors")).content.decode()
     timeline = ops_client.get(reverse("dashboard:timeline") + f"?q={deal}").content.decode()
     assert '<span class="badge warning">Synced with a warning</span>' in timeline
+
+
+def test_nothing_is_written_to_kashflow_for_a_deal_waiting_for_its_products(org):
+    deal = won_deal(org, org.accounts[1], [STANDARD])  # an Account with no KashFlow customer
+    control(org.sandbox.info["control"]["kashflow"], "stats/reset", {})
+    run("invoices")
+    assert event_of(deal).error_code == "PRODUCTS_NOT_LINKED"
+    assert control(org.sandbox.info["control"]["kashflow"], "stats")["total"] == 0
+    assert not CrossRef.objects.filter(object_type="customer").exists()

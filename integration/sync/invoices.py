@@ -91,6 +91,7 @@ class InvoicesFlow:
             return
         _prefetch_links(links, invoices)
         to_make = [i for i in invoices if not i.ref or not i.ref.kashflow_key]
+        to_make = [i for i in to_make if not _waits_for_products(i, links)]
         try:
             for invoice in to_make:
                 invoice.currency = _deal_currency(ctx, invoice.opportunity)
@@ -98,9 +99,8 @@ class InvoicesFlow:
             customers = _kashflow_customers(ctx, links, to_make)
             products = _kashflow_products(ctx, links, to_make)
         except ApiError as exc:
-            return engine.fail_events(
-                [i.event for i in invoices], exc.message, exc.permanent, exc.code
-            )
+            waiting = [i.event for i in invoices if not i.event.is_error]  # keep their reason
+            return engine.fail_events(waiting, exc.message, exc.permanent, exc.code)
         for invoice in invoices:
             if not invoice.event.is_error:  # its customer could not be made: keep that reason
                 _map(invoice, rows, links, customers, products)
@@ -292,16 +292,6 @@ def _map(invoice: _Invoice, rows: _Rows, links: Links, customers: dict, products
     if _currency_differs(invoice, code, customer):
         return
     unlinked = _unlinked_products(opportunity, links)
-    if unlinked and not settings.KASHFORCE["DEFAULT_NOMINAL_FOR_UNLINKED_PRODUCTS"]:
-        invoice.event.mark_failed(
-            f"Opportunity {name} waits for its products to be linked to KashFlow products "
-            f"({', '.join(unlinked)}), which the products sync does; without the link its lines "
-            "would go on the default nominal code with no product code. If the products sync "
-            "cannot link them, check those products in both systems, then retry.",
-            permanent=False,
-            code="PRODUCTS_NOT_LINKED",
-        )
-        return
     mapping_context = context(links)
     header = apply_mapping(rows.invoice, opportunity, mapping_context)
     problems = [error.message for error in header.errors]
@@ -354,6 +344,26 @@ def _currency_differs(invoice: _Invoice, code: str | None, customer: dict) -> bo
     if problem:
         invoice.event.mark_failed(problem, permanent=True, code="CURRENCY_MISMATCH")
     return bool(problem)
+
+
+def _waits_for_products(invoice: _Invoice, links: Links) -> bool:
+    """An invoice whose products are not linked to KashFlow products yet waits for them
+    (retried, then Needs attention), and nothing is written for it meanwhile: on the default
+    nominal code with no product code it would reach the wrong sales account, silently. Unless
+    an admin chose the default nominal code on purpose."""
+    unlinked = _unlinked_products(invoice.opportunity, links)
+    if not unlinked or settings.KASHFORCE["DEFAULT_NOMINAL_FOR_UNLINKED_PRODUCTS"]:
+        return False
+    name = invoice.opportunity.get("Name") or invoice.opportunity_id
+    invoice.event.mark_failed(
+        f"Opportunity {name} waits for its products to be linked to KashFlow products "
+        f"({', '.join(unlinked)}), which the products sync does; without the link its lines "
+        "would go on the default nominal code with no product code. If the products sync "
+        "cannot link them, check those products in both systems, then retry.",
+        permanent=False,
+        code="PRODUCTS_NOT_LINKED",
+    )
+    return True
 
 
 def _unlinked_products(opportunity: dict, links: Links) -> list[str]:

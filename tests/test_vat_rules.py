@@ -76,3 +76,17 @@ def test_the_queue_s_warnings_view_and_its_csv_list_only_syncs_with_a_warning(op
         ops_client.get(reverse("dashboard:errors_csv") + "?show=warnings").streaming_content
     ).decode()
     assert warned.source_id in csv and plain.source_id not in csv
+
+
+def test_the_old_environment_variable_becomes_the_first_version_once(settings):
+    from django.apps import apps
+
+    from integration.mapping_defaults import import_vat_rules_variable
+
+    rules = {"countries": {"no": 25}, "products": {"BOO-0001": 0}}
+    settings.KASHFORCE = {**settings.KASHFORCE, "VAT_RULES": rules}
+    assert import_vat_rules_variable(apps) is True
+    assert import_vat_rules_variable(apps) is False  # once: the page's versions rule after
+    [first] = VatRuleSet.objects.all()
+    assert (first.version, first.is_active) == (1, True)
+    assert first.rules == {"countries": {"NO": "25"}, "products": {"BOO-0001": "0"}}

@@ -7,18 +7,9 @@ from django.db import migrations, models
 
 
 def import_vat_rules_variable(apps, schema_editor):
-    """KASHFORCE_VAT_RULES, where it was set, becomes the first version of the VAT rules."""
-    rules = settings.KASHFORCE["VAT_RULES"]
-    vat_rule_set = apps.get_model("integration", "VatRuleSet")
-    if not rules or vat_rule_set.objects.exists():
-        return
-    rules = {
-        kind: {str(key): str(rate) for key, rate in (rules.get(kind) or {}).items()}
-        for kind in ("countries", "products")
-    }
-    vat_rule_set.objects.create(
-        version=1, is_active=True, rules=rules, note="Imported from KASHFORCE_VAT_RULES"
-    )
+    from integration.mapping_defaults import import_vat_rules_variable
+
+    import_vat_rules_variable(apps)
 
 
 class Migration(migrations.Migration):

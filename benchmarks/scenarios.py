@@ -274,8 +274,9 @@ def naive_invoices(lab: Lab, seed: str, won: int, sample: int | None) -> dict:
 
 def b4(lab: Lab, won: int, naive_sample: int | None) -> dict:
     """`won` Closed Won Opportunities without an invoice become KashFlow invoices, with the
-    invoice number, status and amount due written back. Customers are synced first (not
-    measured), as they would be in a running installation."""
+    invoice number, status and amount due written back. Customers and products are synced
+    first (not measured), as they would be in a running installation: an invoice waits for
+    its products' links."""
     # About 22% of seeded Opportunities are Closed Won (the seed's stage weights).
     opportunities = won * 5
     seed = f"customers=200,products=50,opportunities={opportunities},won_uninvoiced={won}"
@@ -283,6 +284,7 @@ def b4(lab: Lab, won: int, naive_sample: int | None) -> dict:
     seed_seconds = lab.seed(seed)
     lab.fresh("b4")
     lab.measure("sync", "customers")
+    lab.measure("sync", "products")
     step = lab.measure("sync", "invoices")
     created = step.output["written"]
     kf = step.total_calls("kashflow")

@@ -66,3 +66,17 @@ def check_alert_grace_flows(app_configs, **kwargs):
             )
         ]
     return []
+
+
+@register()
+def check_vat_rules_variable(app_configs, **kwargs):
+    if not settings.KASHFORCE["VAT_RULES"]:
+        return []
+    return [
+        Warning(
+            "KASHFORCE_VAT_RULES is no longer read: VAT rules are kept on the VAT rules page. "
+            "Its value was imported into the first version when the database was migrated.",
+            hint="Check the rules on the VAT rules page, then remove KASHFORCE_VAT_RULES.",
+            id="kashforce.W010",
+        )
+    ]

@@ -1,6 +1,7 @@
 """Forms. Secret fields are write-only: they never render a stored value back."""
 
 import json
+import re
 
 from django import forms
 from django.db.models import Q
@@ -266,6 +267,8 @@ QUEUE_VIEWS = {
     "attention": ("Needs attention", SyncEvent.Status.FAILED_PERMANENT),
     "retrying": ("Will retry by itself", SyncEvent.Status.FAILED_TRANSIENT),
     "ignored": ("Ignored", SyncEvent.Status.IGNORED),
+    # Synced, but with something to look at (SyncEvent.warning): not an error, nothing to retry.
+    "warnings": ("Synced with a warning", SyncEvent.Status.SUCCEEDED),
 }
 # In the address, a cause without an error code.
 NO_CODE = "-"
@@ -299,6 +302,11 @@ class ErrorFilterForm(forms.Form):
     @property
     def status(self) -> str:
         return QUEUE_VIEWS[self.view][1]
+
+    def queue(self):
+        """The events of the view chosen, before the filters (the page and its CSV share it)."""
+        events = SyncEvent.objects.filter(status=self.status)
+        return events.filter(warning=True) if self.view == "warnings" else events
 
     def filters(self, with_cause: bool = True) -> dict:
         """The filters as SyncEventQuerySet.matching() and engine.start_bulk_retry() take them."""
@@ -382,3 +390,66 @@ class MappingVersionForm(forms.Form):
     note = forms.CharField(
         label="What changed and why", required=False, max_length=255, help_text="Optional."
     )
+
+
+class VatRulesForm(forms.Form):
+    """The VAT rules as a person types them: one rule a line, "NO 25" or "BOO-0001 0"."""
+
+    countries = forms.CharField(
+        label="Rates for customers in a country",
+        required=False,
+        widget=forms.Textarea(attrs={"rows": 5, "spellcheck": "false"}),
+        help_text="One a line: the country's two-letter code and the rate, e.g. “NO 25”. "
+        "“GB 20” sets the UK standard rate.",
+    )
+    products = forms.CharField(
+        label="Rates for KashFlow products",
+        required=False,
+        widget=forms.Textarea(attrs={"rows": 5, "spellcheck": "false"}),
+        help_text="One a line: the KashFlow product code and the rate, e.g. “BOO-0001 0”. "
+        "Used only for a product whose KashFlow record has no VAT rate.",
+    )
+    note = forms.CharField(label="What changed and why", required=False, max_length=255)
+
+    @staticmethod
+    def initial_for(rules: dict) -> dict:
+        return {
+            kind: "\n".join(f"{key} {rate}" for key, rate in sorted(rules.get(kind, {}).items()))
+            for kind in ("countries", "products")
+        }
+
+    def clean_countries(self) -> dict:
+        rules = self._rules("countries")
+        for code in rules:
+            if not re.fullmatch(r"[A-Z]{2}", code):
+                raise forms.ValidationError(
+                    f"“{code}” is not a two-letter country code (GB, IE, NO)."
+                )
+        return rules
+
+    def clean_products(self) -> dict:
+        return self._rules("products")
+
+    def _rules(self, name: str) -> dict:
+        rules = {}
+        for number, line in enumerate(self.cleaned_data[name].splitlines(), start=1):
+            if not line.strip():
+                continue
+            key, _, rate = line.strip().rpartition(" ")
+            key = key.strip().upper() if name == "countries" else key.strip()
+            rate = rate.strip().removesuffix("%")
+            if not key or not re.fullmatch(r"\d{1,2}(\.\d{1,2})?|100", rate):
+                raise forms.ValidationError(
+                    f"Line {number} (“{line.strip()}”) should be a code, a space and a rate "
+                    "from 0 to 100, e.g. “NO 25”."
+                )
+            if key in rules:
+                raise forms.ValidationError(f"{key} has two rules (line {number}); keep one.")
+            rules[key] = rate
+        return rules
+
+    def rules(self) -> dict:
+        return {
+            "countries": self.cleaned_data["countries"],
+            "products": self.cleaned_data["products"],
+        }

@@ -112,8 +112,9 @@ class MappingContext:
 
     `lookup(object_type, side, key)` gives the other side's id of the record whose id on `side`
     is `key`, or None; the flow backs it with a dict of prefetched CrossRefs (no query per record).
-    `vat_rules` is `{"countries": {"IE": "23"}, "products": {"BOO-0001": "0"}}` (product codes are
-    KashFlow's, whose products carry their own VATRate).
+    `vat_rules` is `{"countries": {"NO": "25"}, "products": {"BOO-0001": "0"}}` (the VAT rules
+    page's version in use; product codes are KashFlow's, for products whose KashFlow record has
+    no VATRate of its own: see `vat_decision`).
     """
 
     lookup: Callable[[str, str, str], str | None] = lambda object_type, side, key: None
@@ -142,6 +143,8 @@ class MappingResult:
     payload: dict
     warnings: list[str]
     errors: list[RowError]
+    # Target field -> why it has its value, where a transform can say (the VAT rule applied).
+    notes: dict[str, str] = field(default_factory=dict)
 
     @property
     def ok(self) -> bool:
@@ -175,7 +178,7 @@ def apply_mapping(rows: list[dict], source: dict, context: MappingContext) -> Ma
     """Map `source` through `rows` (in order); never raises for bad rows or bad data."""
     result = MappingResult(payload={}, warnings=[], errors=[])
     for number, row in enumerate(rows, start=1):
-        step = _Step(number, row, source, context, result.warnings)
+        step = _Step(number, row, source, context, result.warnings, notes=result.notes)
         try:
             _apply_row(step, result.payload)
         except _RowProblem as problem:
@@ -224,6 +227,7 @@ class _Step:
     warnings: list[str]
     # Why a row came out empty, when a transform knows better than "no value at <path>".
     missing_reason: str = ""
+    notes: dict[str, str] = field(default_factory=dict)
 
     @property
     def params(self) -> dict:
@@ -516,32 +520,72 @@ def line_vat_amount(quantity: object, rate: object, vat_level: object) -> Decima
     return round_decimal(net * to_decimal(vat_level) / 100)
 
 
-def vat_rate_for(
-    country: object, product_code: object, vat_rules: dict, default: object, eu_rate: object = "0"
-) -> Decimal:
-    """The VAT percentage for a sale, by the customer's country first, then by product.
+@dataclass(frozen=True)
+class VatDecision:
+    """A line's VAT percentage and, in words for a finance user, the rule that gave it."""
 
-    - A customer outside the UK: the country's rate in `vat_rules["countries"]` if there is one;
-      else `eu_rate` in the EU (default 0: a business customer accounts for the VAT under the
-      reverse charge) and 0 elsewhere (exports are zero-rated or outside the scope of UK VAT).
-    - A UK customer, or an unknown country: the product's rate in `vat_rules["products"]` if
-      there is one (books at 0, fuel at 5); else for the UK `countries["GB"]` or 20, and for an
-      unknown country `default`.
+    rate: Decimal
+    rule: str
+
+
+def vat_decision(
+    country: object,
+    product_code: object,
+    vat_rules: dict,
+    default: object,
+    *,
+    vat_number: object = None,
+    product_rate: object = None,
+    eu_rate: object = "0",
+) -> VatDecision:
+    """The VAT percentage for one line of a sale, and the rule that decided it.
+
+    In this order:
+    1. A customer in another EU country with a VAT number (a business): `eu_rate`, 0 by default,
+       as the customer accounts for the VAT under the reverse charge.
+    2. A customer outside the UK with a rule for their country in `vat_rules["countries"]`.
+    3. A customer outside the UK and the EU: 0 (an export, zero-rated or outside the scope).
+    4. Everyone else (the UK, an EU customer without a VAT number, who is charged UK VAT as a
+       consumer would be, an unknown country): the KashFlow product's own VATRate
+       (`product_rate`: books 0, energy 5); else the product's rule in `vat_rules["products"]`
+       (KashFlow product codes); else the UK rate (`countries["GB"]`, 20) for a UK or EU
+       customer, and `default` for a customer whose country is not known.
     The country may be an ISO code or a name ("United Kingdom", "UK", "Ireland"); a name
     kashforce does not know counts as unknown.
     """
     country_code = country_code_of(country) or ""
     countries, products = vat_rules.get("countries", {}), vat_rules.get("products", {})
-    if country_code and country_code != "GB":
-        if country_code in countries:
-            return to_decimal(countries[country_code])
-        return to_decimal(eu_rate) if country_code in EU_COUNTRIES else Decimal(0)
+    number = _as_text(vat_number)
+    in_eu = country_code in EU_COUNTRIES
+    if in_eu and number:
+        return VatDecision(
+            to_decimal(eu_rate),
+            f"EU business customer ({country_code}, VAT number {number}): reverse charge",
+        )
+    if country_code and country_code != "GB" and country_code in countries:
+        return VatDecision(
+            to_decimal(countries[country_code]), f"the VAT rule for customers in {country_code}"
+        )
+    if country_code and country_code != "GB" and not in_eu:
+        return VatDecision(Decimal(0), f"customer outside the UK and EU ({country_code}): export")
+    why = f"EU customer ({country_code}) without a VAT number: UK VAT; " if in_eu else ""
+    if not is_empty(product_rate):
+        return VatDecision(to_decimal(product_rate), f"{why}the KashFlow product's VAT rate")
     product = _as_text(product_code)
     if product and product in products:
-        return to_decimal(products[product])
-    if country_code == "GB":
-        return to_decimal(countries.get("GB", "20"))
-    return to_decimal(default)
+        return VatDecision(to_decimal(products[product]), f"{why}the VAT rule for {product}")
+    if country_code:
+        return VatDecision(to_decimal(countries.get("GB", "20")), f"{why}the UK standard rate")
+    return VatDecision(
+        to_decimal(default), "the default VAT rate (the customer's country is unknown)"
+    )
+
+
+def vat_rate_for(
+    country: object, product_code: object, vat_rules: dict, default: object, eu_rate: object = "0"
+) -> Decimal:
+    """`vat_decision`'s rate, for a customer with no VAT number and a product with no rate."""
+    return vat_decision(country, product_code, vat_rules, default, eu_rate=eu_rate).rate
 
 
 # --------------------------------------------------------------------------------------------
@@ -766,14 +810,34 @@ def _decimal(value: object, step: _Step) -> Decimal | None:
     return rounded
 
 
+# Where the invoices flow puts the KashFlow customer and product beside each line (a mapping
+# saved before these existed reads them too).
+VAT_DEFAULT_PATHS = {
+    "vat_number_path": "Customer.VATNumber",
+    "customer_country_path": "Customer.CountryCode",
+    "product_rate_path": "KashFlowProduct.VATRate",
+}
+
+
 def _vat_rate(value: object, step: _Step) -> Decimal:
-    country = read_path(step.source, step.params.get("country_path", ""))
+    params = {**VAT_DEFAULT_PATHS, **step.params}
+    # The KashFlow customer's country first (it is who is invoiced), else the row's path.
+    country = read_path(step.source, params["customer_country_path"])
+    if is_empty(country):
+        country = read_path(step.source, params.get("country_path", ""))
     if not is_empty(country) and country_code_of(country) is None:
         step.warn(f"{country!r} is not a country kashforce knows, so it counts as unknown.")
-    product = read_path(step.source, step.params.get("product_path", ""))
-    default = step.context.defaults.get("vat_rate", "20")
-    rules = step.context.vat_rules
-    return vat_rate_for(country, product, rules, default, step.params.get("eu_rate", "0"))
+    decision = vat_decision(
+        country,
+        read_path(step.source, params.get("product_path", "")),
+        step.context.vat_rules,
+        step.context.defaults.get("vat_rate", "20"),
+        vat_number=read_path(step.source, params["vat_number_path"]),
+        product_rate=read_path(step.source, params["product_rate_path"]),
+        eu_rate=params.get("eu_rate", "0"),
+    )
+    step.notes[step.target] = decision.rule
+    return decision.rate
 
 
 def _truncate(value: object, step: _Step) -> str | None:
@@ -887,6 +951,10 @@ PARAM_RULES: dict[str, dict[str, tuple[bool, Callable[[object], bool], str]]] = 
         "country_path": (False, lambda v: isinstance(v, str), "a path"),
         "product_path": (False, lambda v: isinstance(v, str), "a path"),
         "eu_rate": (False, _is_number, "a percentage"),
+        **{
+            name: (False, lambda v: isinstance(v, str), "a path")
+            for name in ("vat_number_path", "customer_country_path", "product_rate_path")
+        },
     },
     "truncate": {"length": (False, _is_int_between(1, 1_000_000), "a positive number")},
     "lower": {},

@@ -187,6 +187,8 @@ LINE_ITEM_TO_INVOICE_LINE = Template(
         row("ProductCode", "Product2Id", "lookup", omit_empty=True,
             object_type="product", side="salesforce", part="code",
             fallbacks=["PricebookEntry.Product2Id"]),
+        # The flow puts the KashFlow customer (VAT number, country) and product (VATRate) beside
+        # the line; see mapping.VAT_DEFAULT_PATHS and vat_decision.
         row("VATLevel", transform="vat_rate",
             country_path="Opportunity.Account.BillingCountry", product_path="ProductCode"),
     ],
@@ -305,3 +307,24 @@ def install_default_mappings(apps, user=None) -> list[Template]:
         )
         installed.append(template)
     return installed
+
+
+def import_vat_rules_variable(apps) -> bool:
+    """KASHFORCE_VAT_RULES, where it was set, becomes the first version of the VAT rules (the
+    migration that brought the VAT rules page runs this). True if it imported something."""
+    from django.conf import settings
+
+    rules = settings.KASHFORCE["VAT_RULES"] or {}
+    vat_rule_set = apps.get_model("integration", "VatRuleSet")
+    if not rules or vat_rule_set.objects.exists():
+        return False
+    vat_rule_set.objects.create(
+        version=1,
+        is_active=True,
+        rules={
+            "countries": {str(k).upper(): str(v) for k, v in rules.get("countries", {}).items()},
+            "products": {str(k): str(v) for k, v in rules.get("products", {}).items()},
+        },
+        note="Imported from KASHFORCE_VAT_RULES",
+    )
+    return True

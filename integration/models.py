@@ -689,11 +689,13 @@ class Outcome:
     target_id: str = ""
     content_hash: str = ""
     message: str = ""
+    warning: bool = False  # synced, but with something a person should look at
 
     def apply(self, now: datetime) -> None:
         """Show the outcome on the event in memory, as the UPDATE wrote it."""
         event = self.event
         event.status, event.finished_at, event.claimed_at = self.status, now, None
+        event.warning = self.warning
         event.next_attempt_at, event.error_class, event.error_code = None, "", ""
         event.message, event.updated_at = self.message, now
         if self.target_id:
@@ -718,6 +720,10 @@ class SyncEventQuerySet(models.QuerySet):
 
     def retrying(self) -> SyncEventQuerySet:
         return self.filter(status=SyncEvent.Status.FAILED_TRANSIENT)
+
+    def with_warnings(self) -> SyncEventQuerySet:
+        """Synced, but with something a person should look at."""
+        return self.filter(status=SyncEvent.Status.SUCCEEDED, warning=True)
 
     def supersede(self, now=None) -> int:
         """Set aside events a newer change of their record replaced (never written)."""
@@ -897,9 +903,11 @@ def _split_values(group: list[Outcome]) -> tuple[dict, dict[str, dict]]:
     """A group's message, target id and content hash: those shared by every event as plain
     values, the others by event pk. An empty target id or hash leaves the event's own."""
     shared, per_row = {}, {}
-    for name in ("message", "target_id", "content_hash"):
+    for name in ("message", "target_id", "content_hash", "warning"):
         values = {
-            o.event.pk: getattr(o, name) for o in group if getattr(o, name) or name == "message"
+            o.event.pk: getattr(o, name)
+            for o in group
+            if getattr(o, name) or name in ("message", "warning")
         }
         if len(values) == len(group) and len(set(values.values())) == 1:
             shared[name] = next(iter(values.values()))
@@ -968,6 +976,9 @@ class SyncEvent(models.Model):
     created_at = models.DateTimeField(default=timezone.now)
     updated_at = models.DateTimeField(auto_now=True)
     finished_at = models.DateTimeField(null=True, blank=True)
+    # Synced, but with something a person should look at (the message says what): an invoice
+    # on the default nominal code, say. Shown as "Synced with a warning".
+    warning = models.BooleanField(default=False)
 
     objects = SyncEventQuerySet.as_manager()
 
@@ -991,6 +1002,10 @@ class SyncEvent(models.Model):
             # The mapping editor's recent records of an object (and a record's newest event).
             models.Index(
                 fields=["flow", "source_object", "-created_at"], name="event_object_recent"
+            ),
+            # Synced with a warning: few rows among the many synced ones.
+            models.Index(
+                fields=["-created_at"], condition=Q(warning=True), name="event_warning_recent"
             ),
         ]
         permissions = [
@@ -1023,6 +1038,12 @@ class SyncEvent(models.Model):
     def is_error(self) -> bool:
         return self.status in (self.Status.FAILED_TRANSIENT, self.Status.FAILED_PERMANENT)
 
+    @property
+    def status_label(self) -> str:
+        if self.warning and self.status == self.Status.SUCCEEDED:
+            return "Synced with a warning"
+        return self.get_status_display()
+
     def claim(self) -> bool:
         """Take this event for work; False if it is not due or another worker took it."""
         now = timezone.now()
@@ -1052,9 +1073,14 @@ class SyncEvent(models.Model):
             self.claimed_at = now
         return bool(held)
 
-    def succeeded(self, target_id: str = "", content_hash: str = "", message: str = "") -> Outcome:
-        """This event synced, as an outcome to record with its batch's (`finish`)."""
-        return Outcome(self, self.Status.SUCCEEDED, target_id, content_hash, _clean(message))
+    def succeeded(
+        self, target_id: str = "", content_hash: str = "", message: str = "", warning: bool = False
+    ) -> Outcome:
+        """This event synced, as an outcome to record with its batch's (`finish`); `warning`
+        marks a sync a person should look at (shown as "Synced with a warning")."""
+        return Outcome(
+            self, self.Status.SUCCEEDED, target_id, content_hash, _clean(message), warning
+        )
 
     def skipped(
         self, message: str = "Unchanged since the last sync.", target_id: str = ""
@@ -1063,10 +1089,11 @@ class SyncEvent(models.Model):
         return Outcome(self, self.Status.SKIPPED, target_id, "", _clean(message))
 
     def mark_succeeded(
-        self, target_id: str = "", content_hash: str = "", message: str = ""
+        self, target_id: str = "", content_hash: str = "", message: str = "", warning=False
     ) -> bool:
         """Record that this event synced; False when this worker no longer holds it (`finish`)."""
-        return bool(SyncEvent.objects.finish([self.succeeded(target_id, content_hash, message)]))
+        outcome = self.succeeded(target_id, content_hash, message, warning)
+        return bool(SyncEvent.objects.finish([outcome]))
 
     def mark_skipped(
         self, message: str = "Unchanged since the last sync.", target_id: str = ""
@@ -1203,12 +1230,14 @@ class AuditEntry(models.Model):
         ERROR_RETRIED = "error_retried", "Error retried"
         ERROR_IGNORED = "error_ignored", "Error ignored"
         GROUP_RETRIED = "group_retried", "Group of errors retried"
+        VAT_RULES_SAVED = "vat_rules_saved", "VAT rules saved"
 
     class ObjectType(models.TextChoices):
         CONNECTION = "connection", "Connection"
         MAPPING = "mapping", "Mapping"
         EVENT = "event", "Sync event"
         RUN = "run", "Run"
+        VAT_RULES = "vat_rules", "VAT rules"
 
     created_at = models.DateTimeField(default=timezone.now)
     user = models.ForeignKey(
@@ -1452,3 +1481,90 @@ class AlertDelivery(models.Model):
         self.status = status
         for name, value in values.items():
             setattr(self, name, value)
+
+
+# --------------------------------------------------------------------------------------------
+# VAT rules
+
+
+class VatRuleSetQuerySet(models.QuerySet):
+    def active(self) -> VatRuleSetQuerySet:
+        return self.filter(is_active=True)
+
+
+class VatRuleSet(models.Model):
+    """One version of the VAT rules an admin keeps on the VAT rules page.
+
+    The KashFlow product's own VATRate comes first; these rules fill in where it cannot (see
+    `mapping.vat_decision`): `{"countries": {"NO": "25"}, "products": {"BOO-0001": "0"}}`, rates
+    as text percentages, product codes KashFlow's. Saving makes a new version, like mappings:
+    old versions stay for the history, exactly one is active, and the audit trail says who
+    changed what.
+    """
+
+    version = models.PositiveIntegerField(unique=True)
+    is_active = models.BooleanField(default=False)
+    rules = models.JSONField(default=dict, blank=True)
+    note = models.CharField(max_length=255, blank=True)
+    created_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    created_at = models.DateTimeField(default=timezone.now)
+
+    objects = VatRuleSetQuerySet.as_manager()
+
+    class Meta:
+        ordering = ["-version"]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["is_active"], condition=Q(is_active=True), name="one_active_vat_rules"
+            )
+        ]
+
+    def __str__(self) -> str:
+        return f"VAT rules v{self.version}"
+
+    @classmethod
+    def current_rules(cls) -> dict:
+        """The active version's rules ({} before anyone saved any)."""
+        active = cls.objects.active().first()
+        return dict(active.rules) if active else {}
+
+    @classmethod
+    @transaction.atomic
+    def save_new_version(cls, rules: dict, user=None, note: str = "") -> VatRuleSet:
+        """Make and activate the next version; the audit trail names each rule changed."""
+        versions = cls.objects.select_for_update().all()
+        previous = versions.filter(is_active=True).first()
+        next_version = (versions.aggregate(v=models.Max("version"))["v"] or 0) + 1
+        versions.filter(is_active=True).update(is_active=False)
+        new = cls.objects.create(
+            version=next_version, is_active=True, rules=rules, note=note, created_by=user
+        )
+        what = describe_vat_rule_changes(previous.rules if previous else {}, rules)
+        against = f"Against v{previous.version if previous else 0}: {what}."
+        AuditEntry.record(
+            user,
+            AuditEntry.Action.VAT_RULES_SAVED,
+            AuditEntry.ObjectType.VAT_RULES,
+            new.pk,
+            str(new),
+            f"{note}. {against}" if note else against,
+        )
+        return new
+
+
+def describe_vat_rule_changes(before: dict, after: dict) -> str:
+    """ "customers in NO: 25% added; BOO-0001: 0% → 5%" — the rules that differ, in words."""
+    parts = []
+    for kind, label in (("countries", "customers in {}"), ("products", "product {}")):
+        old, new = before.get(kind, {}), after.get(kind, {})
+        for key in sorted(set(old) | set(new)):
+            name = label.format(key)
+            if key not in old:
+                parts.append(f"{name}: {new[key]}% added")
+            elif key not in new:
+                parts.append(f"{name}: {old[key]}% removed")
+            elif str(old[key]) != str(new[key]):
+                parts.append(f"{name}: {old[key]}% → {new[key]}%")
+    return "; ".join(parts) or "no rule changed"

@@ -28,6 +28,7 @@ urlpatterns = [
     path("mappings/<int:pk>/preview/", views.mapping_preview, name="mapping_preview"),
     path("mappings/<int:pk>/history/", views.mapping_history, name="mapping_history"),
     path("mappings/<int:pk>/rollback/", views.mapping_rollback, name="mapping_rollback"),
+    path("vat-rules/", views.vat_rules, name="vat_rules"),
     path("audit/", views.audit, name="audit"),
     path("alerts/", alert_views.alerts, name="alerts"),
     path("alerts/mail/", alert_views.alert_outbox, name="alert_outbox"),

@@ -31,6 +31,7 @@ from integration.forms import (
     MappingFormSet,
     MappingVersionForm,
     RunFilterForm,
+    VatRulesForm,
 )
 from integration.links import RecordLinks, salesforce_id18
 from integration.models import (
@@ -42,6 +43,8 @@ from integration.models import (
     SyncEvent,
     SyncRun,
     Trigger,
+    VatRuleSet,
+    describe_vat_rule_changes,
 )
 from integration.paging import keyset_page
 
@@ -221,6 +224,9 @@ def overview(request):
         "flows": flows,
         "causes": causes,
         "open_errors": sum(c["count"] for c in causes),
+        "warnings_this_week": SyncEvent.objects.with_warnings()
+        .filter(created_at__gte=_start_of(week_start))
+        .count(),
         "failing_connections": [c for c in connections if c.status == Connection.Status.FAILING],
         "salesforce_usage": [c for c in connections if c.kind == Connection.Kind.SALESFORCE],
         "silent_since": latest if latest and latest < now - stale_after else None,
@@ -341,7 +347,7 @@ def sync_now(request):
 @viewer_required
 def errors(request):
     form = ErrorFilterForm(request.GET or None)
-    queue = SyncEvent.objects.filter(status=form.status)
+    queue = form.queue()
     filters = form.filters()
     # Filters other than the cause stay when a person picks a cause or retries a whole group.
     carry = [
@@ -387,7 +393,7 @@ def errors(request):
 @viewer_required
 def errors_csv(request):
     form = ErrorFilterForm(request.GET or None)
-    queryset = SyncEvent.objects.filter(status=form.status).matching(form.filters())
+    queryset = form.queue().matching(form.filters())
     columns = [
         "pk",
         "flow",
@@ -862,6 +868,34 @@ def mapping_rollback(request, pk: int):
         f"Rolled back: version {new.version} now has the rows of version {mapping_set.version}.",
     )
     return redirect("dashboard:mapping_history", pk=new.pk)
+
+
+# --------------------------------------------------------------------------------------------
+# VAT rules (Integration admins only)
+
+
+@admin_required
+def vat_rules(request):
+    """The VAT rules: kept in versions like mappings, each save audited."""
+    current = VatRuleSet.objects.active().first()
+    rules = current.rules if current else {}
+    form = VatRulesForm(request.POST or None, initial=VatRulesForm.initial_for(rules))
+    if request.method == "POST" and form.is_valid():
+        new = VatRuleSet.save_new_version(
+            form.rules(), user=request.user, note=form.cleaned_data["note"]
+        )
+        messages.success(request, f"VAT rules saved as version {new.version}.")
+        return redirect("dashboard:vat_rules")
+    versions = list(VatRuleSet.objects.select_related("created_by")[:50])
+    history = [
+        {"version": v, "changes": describe_vat_rule_changes(older.rules if older else {}, v.rules)}
+        for v, older in zip(versions, [*versions[1:], None][: len(versions)], strict=True)
+    ]
+    return render(
+        request,
+        "integration/vat_rules.html",
+        {"form": form, "current": current, "history": history},
+    )
 
 
 # --------------------------------------------------------------------------------------------

@@ -377,8 +377,15 @@ KASHFORCE = {
         "bank_account": _read("KASHFORCE_DEFAULT_BANK_ACCOUNT", env.str, ""),
         "invoice_prefix": _read("KASHFORCE_INVOICE_PREFIX", env.str, ""),
     },
-    # VAT rates by country code or KashFlow product code, e.g. "countries": {"IE": "23"}.
+    # Deprecated: VAT rules are kept on the VAT rules page (versioned and audited). Read only
+    # to import them once, into the first version, by migration 0009; a system check warns.
     "VAT_RULES": _read("KASHFORCE_VAT_RULES", env.json, {}),
+    # An invoice line whose Salesforce product is not linked to a KashFlow product yet waits
+    # for the products sync (then Needs attention), unless an admin chooses, on purpose, to
+    # invoice it on the default nominal code with no product code (a warning on the record).
+    "DEFAULT_NOMINAL_FOR_UNLINKED_PRODUCTS": _read(
+        "KASHFORCE_DEFAULT_NOMINAL_FOR_UNLINKED_PRODUCTS", env.bool, False
+    ),
     # How far back (days, by issue date) the payments flow looks at invoices for new payments.
     # KashFlow has no modified-since filter on invoices; a full run reads every invoice.
     "PAYMENTS_LOOKBACK_DAYS": _read("KASHFORCE_PAYMENTS_LOOKBACK_DAYS", env.int, 400),

@@ -725,6 +725,10 @@ def faults_campaign(args) -> dict:
             for cluster in clusters:
                 cluster.wait_ready()
             killer.start()
+            # The first minute of a trial: the products sync links the products, which an
+            # invoice waits for (its lines would otherwise go on the default nominal code).
+            start("products")
+            sweep_until(lambda: open_work() == 0, 60)
 
             # Round 1: invoices and customers together, under faults and kills.
             _say(f"round 1: {len(deals['won'])} won deals, faults at {args.fault_rate:.0%}")
@@ -799,8 +803,8 @@ def scale_out(args) -> dict:
         try:
             salesforce, kashflow = connect(sandbox)
             deals = make_deals(salesforce, args.opportunities, 0, 0, rng)
-            # Make the customers first so the backlog is invoices alone.
-            start("customers")
+            # Make the customers (and link the products) first so the backlog is invoices alone.
+            start("customers", "products")
             for cluster in clusters:
                 cluster.start()
             for cluster in clusters:

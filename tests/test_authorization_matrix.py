@@ -115,6 +115,7 @@ TABLE = {
     # Anyone signed in may turn on two-step sign-in for themselves; a POST without an action
     # only shows the page.
     "dashboard:two_factor": Url(get=row(LOGIN, OK, OK, OK, OK), post=row(LOGIN, OK, OK, OK, OK)),
+    "dashboard:vat_rules": Url(get=ADMIN_PAGE, post=ADMINISTER, data={"countries": "NO 25"}),
     # Its own authentication (the secret path, then the org id): a wrong secret is a 404 for
     # everyone, signed in or not, and CSRF does not apply (Salesforce cannot send a token).
     "dashboard:salesforce_outbound": Url(get=everyone(NOT_ALLOWED), post=everyone(NOT_FOUND)),

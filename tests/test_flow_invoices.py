@@ -26,9 +26,20 @@ SEED = "customers=3,accounts=6,products=12,opportunities=40,won_uninvoiced=6"
 def org(sandbox):
     sandbox.reset(SEED)
     salesforce, kashflow = connect_both(sandbox)
+    link_products()
     return SimpleNamespace(
         sandbox=sandbox, salesforce=SalesforceClient(salesforce), kashflow=KashFlowClient(kashflow)
     )
+
+
+def link_products() -> None:
+    """The products sync links each Product2 to its KashFlow product, as it does in the first
+    minute of a trial: an invoice waits for its products' links (see the tests below)."""
+    run = engine.start_run("products", Trigger.MANUAL)
+    engine.execute_run(run.pk)
+    assert CrossRef.objects.filter(object_type="product").count() == 12
+    SyncEvent.objects.all().delete()  # the tests below look at the invoices' ledger only
+    SyncRun.objects.all().delete()
 
 
 def run_invoices(**kwargs) -> SyncRun:
@@ -289,8 +300,9 @@ def test_a_pushed_deal_is_invoiced_without_polling_salesforce_again(org, client)
     )
     assert len(invoices_for(org, opportunity["Id"])) == 1
     # One query reads the deal and its lines, one its Account (first invoiced, it becomes a
-    # KashFlow customer); none polls for the changes the message brought.
-    assert calls(org.sandbox, "salesforce", "/query") == 2
+    # KashFlow customer), one the org's currency (then kept a while); none polls for the
+    # changes the message brought.
+    assert calls(org.sandbox, "salesforce", "/query") == 3
 
 
 def test_dry_run_shows_the_invoices_and_writes_nothing(org):
@@ -300,7 +312,8 @@ def test_dry_run_shows_the_invoices_and_writes_nothing(org):
     assert all(p.payload["CustomerReference"] == p.source_id for p in created)
     assert all(p.payload["LineItems"] for p in created)
     assert list(org.kashflow.invoices()) == []
-    assert SyncEvent.objects.count() == 0 and CrossRef.objects.count() == 0
+    assert SyncEvent.objects.count() == 0
+    assert not CrossRef.objects.exclude(object_type="product").exists()
 
 
 def test_an_account_that_cannot_become_a_customer_keeps_that_reason(org, monkeypatch):
@@ -409,7 +422,7 @@ def test_a_batch_s_invoices_are_recorded_together_each_under_its_own_renewed_cla
         [summary] = invoices_for(org, event.source_id)
         assert event.status == SyncEvent.Status.SUCCEEDED and event.claimed_at is None
         assert event.target_id == str(summary["Number"])
-        assert event.message.startswith(f"Invoice {summary['Number']} made in KashFlow.")
+        assert event.message.startswith(f"Invoice {summary['Number']} made in KashFlow in GBP.")
 
 
 def test_the_marker_is_the_engine_s_whatever_the_mapping_says(org):

@@ -450,29 +450,50 @@ VAT_RULES = {"products": {"BOO-0003": "0", "ENE-0007": "5"}, "countries": {"NO":
 
 
 @pytest.mark.parametrize(
-    ("country", "product", "expected"),
+    ("country", "product", "vat_number", "product_rate", "expected"),
     [
-        ("GB", "CON-0001", "20"),
-        ("United Kingdom", "CON-0001", "20"),
-        ("GB", "BOO-0003", "0"),  # zero-rated books
-        ("GB", "ENE-0007", "5"),
-        ("IE", "CON-0001", "0"),  # EU business customer: reverse charge
-        ("US", "ENE-0007", "0"),  # export: the product's UK rate does not apply
-        ("NO", "CON-0001", "25"),  # a rule for the country wins
-        (None, "BOO-0003", "0"),
-        (None, "CON-0001", "17.5"),  # unknown country and product: the company default
+        ("GB", "CON-0001", "", None, "20"),
+        ("United Kingdom", "CON-0001", "", None, "20"),
+        ("GB", "BOO-0003", "", None, "0"),  # zero-rated books, by rule
+        ("GB", "ENE-0007", "", None, "5"),
+        ("GB", "CON-0001", "", "5", "5"),  # the KashFlow product's own rate
+        ("GB", "BOO-0003", "", "20", "20"),  # ... comes before a rule
+        ("IE", "CON-0001", "IE1234567W", "20", "0"),  # EU business customer: reverse charge
+        ("IE", "CON-0001", "", None, "20"),  # EU consumer (no VAT number): UK VAT
+        ("FR", "ENE-0007", "", "5", "5"),
+        ("US", "ENE-0007", "", "5", "0"),  # export: the product's UK rate does not apply
+        ("NO", "CON-0001", "", None, "25"),  # a rule for the country wins
+        (None, "BOO-0003", "", None, "0"),
+        (None, "CON-0001", "", None, "17.5"),  # unknown country and product: the default
     ],
 )
-def test_vat_rate_by_country_then_product(country, product, expected):
+def test_vat_rate_by_customer_then_product_then_rules(
+    country, product, vat_number, product_rate, expected
+):
     vat = row("VATLevel", transform="vat_rate", country_path="Country", product_path="Product")
-    source = {"Country": country, "Product": product}
+    source = {
+        "Country": country,
+        "Product": product,
+        "Customer": {"VATNumber": vat_number},
+        "KashFlowProduct": {"VATRate": product_rate},
+    }
     rate = value_of(vat, source, vat_rules=VAT_RULES, defaults={"vat_rate": "17.5"})
     assert rate == Decimal(expected)
 
 
+def test_the_vat_rule_applied_is_said_in_words():
+    vat = row("VATLevel", transform="vat_rate", country_path="Country")
+    source = {"Country": "IE", "Customer": {"VATNumber": "IE1234567W"}}
+    result = apply([vat], source)
+    assert result.notes == {
+        "VATLevel": "EU business customer (IE, VAT number IE1234567W): reverse charge"
+    }
+
+
 def test_vat_rate_reads_country_names_and_warns_about_unknown_ones():
     vat = row("VATLevel", transform="vat_rate", country_path="Country", eu_rate="21")
-    assert value_of(vat, {"Country": "Republic of Ireland"}) == Decimal("21")
+    b2b = {"Customer": {"VATNumber": "IE1234567W"}}
+    assert value_of(vat, {"Country": "Republic of Ireland", **b2b}) == Decimal("21")
     result = apply([vat], {"Country": "Narnia"}, defaults={"vat_rate": "20"})
     assert result.payload == {"VATLevel": Decimal("20")}
     assert result.warnings == [
@@ -480,9 +501,9 @@ def test_vat_rate_reads_country_names_and_warns_about_unknown_ones():
     ]
 
 
-def test_vat_rate_for_eu_customers_can_be_set():
+def test_vat_rate_for_eu_business_customers_can_be_set():
     vat = row("VATLevel", transform="vat_rate", country_path="Country", eu_rate="21")
-    assert value_of(vat, {"Country": "NL"}) == Decimal("21")
+    assert value_of(vat, {"Country": "NL", "Customer": {"VATNumber": "NL1"}}) == Decimal("21")
 
 
 # Countries ---------------------------------------------------------------------------------

@@ -14,6 +14,7 @@ from hypothesis import strategies as st
 
 from integration.mapping import (
     COUNTRY_NAMES,
+    EU_COUNTRIES,
     KASHFLOW_NO_DATE,
     KASHFLOW_ZONE,
     MappingContext,
@@ -21,8 +22,10 @@ from integration.mapping import (
     line_vat_amount,
     round_decimal,
     to_decimal,
+    vat_decision,
 )
 from integration.mapping_defaults import ACCOUNT_TO_CUSTOMER, CUSTOMER_TO_ACCOUNT, row
+from integration.sync.invoices import currency_problem
 
 CONTEXT = MappingContext()
 
@@ -312,3 +315,77 @@ def test_every_default_mapping_takes_any_record_without_raising(template, record
 def test_every_default_mapping_takes_a_usual_field_of_the_wrong_type(template, field, value):
     result = apply_mapping(template.rows, {field: value}, CONTEXT)
     assert isinstance(result.payload, dict)
+
+
+# VAT rules and currencies ----------------------------------------------------------------------
+
+rates = st.decimals(min_value=0, max_value=100, places=2).map(str)
+codes = st.sampled_from(sorted(COUNTRY_NAMES))
+vat_rules = st.fixed_dictionaries(
+    {
+        "countries": st.dictionaries(codes, rates, max_size=5),
+        "products": st.dictionaries(st.sampled_from(["BOO-1", "ENE-2", "CON-3"]), rates),
+    }
+)
+vat_numbers = st.one_of(st.just(""), st.from_regex(r"[A-Z]{2}[0-9]{6,9}", fullmatch=True))
+product_rates = st.one_of(st.none(), rates)
+products = st.sampled_from(["BOO-1", "ENE-2", "CON-3", ""])
+
+
+@given(st.one_of(codes, st.none()), products, vat_rules, vat_numbers, product_rates)
+def test_every_line_gets_a_rate_from_0_to_100_and_a_rule_in_words(
+    country, product, rules, vat_number, product_rate
+):
+    decision = vat_decision(
+        country, product, rules, "20", vat_number=vat_number, product_rate=product_rate
+    )
+    assert isinstance(decision.rate, Decimal)
+    assert Decimal(0) <= decision.rate <= Decimal(100)
+    assert decision.rule and "None" not in decision.rule  # said in words, with no gaps
+
+
+@given(st.sampled_from(sorted(EU_COUNTRIES)), products, vat_rules, vat_numbers, product_rates)
+def test_an_eu_customer_is_zero_rated_exactly_when_they_have_a_vat_number(
+    country, product, rules, vat_number, product_rate
+):
+    rules["countries"].pop(country, None)
+    decision = vat_decision(
+        country, product, rules, "20", vat_number=vat_number, product_rate=product_rate
+    )
+    as_uk = vat_decision("GB", product, rules, "20", product_rate=product_rate)
+    if vat_number:
+        assert decision.rate == 0 and "reverse charge" in decision.rule
+    else:
+        assert decision.rate == as_uk.rate  # charged UK VAT, like a UK customer
+
+
+@given(products, vat_rules, rates)
+def test_the_kashflow_product_s_rate_wins_over_the_rules_for_a_uk_customer(
+    product, rules, product_rate
+):
+    decision = vat_decision("GB", product, rules, "20", product_rate=product_rate)
+    assert decision.rate == Decimal(product_rate)
+
+
+@given(codes.filter(lambda c: c != "GB" and c not in EU_COUNTRIES), products, vat_rules,
+       vat_numbers, product_rates)  # fmt: skip
+def test_a_customer_outside_the_uk_and_eu_pays_no_uk_vat_unless_a_rule_says(
+    country, product, rules, vat_number, product_rate
+):
+    decision = vat_decision(
+        country, product, rules, "20", vat_number=vat_number, product_rate=product_rate
+    )
+    assert decision.rate == Decimal(rules["countries"].get(country, "0"))
+
+
+currency_codes = st.sampled_from(["GBP", "EUR", "USD", "gbp", "eur", " EUR"])
+
+
+@given(currency_codes, st.one_of(st.none(), currency_codes))
+def test_a_deal_is_invoiced_only_in_its_customer_s_currency(deal, customer):
+    problem = currency_problem(deal, "ACME01", {"Currency": {"Code": customer}})
+    if customer is None or deal.strip().upper() == customer.strip().upper():
+        assert problem is None
+    else:
+        assert problem.startswith(f"This deal is in {deal} but the KashFlow customer ACME01 ")
+        assert customer.strip().upper() in problem

@@ -24,6 +24,7 @@ from datetime import timedelta
 from decimal import Decimal
 
 from django.conf import settings
+from django.core.cache import cache
 
 from integration.clients.errors import ApiError
 from integration.mapping import apply_mapping, line_vat_amount, payload_hash
@@ -32,6 +33,7 @@ from integration.sync import engine
 from integration.sync.links import Links
 from integration.sync.mappings import MappingMissing, active_rows, context, salesforce_fields
 from integration.sync.new_customers import ensure_customers
+from integration.sync.products import product_key
 
 SOURCE = "salesforce.Opportunity"
 TARGET = "kashflow.Invoice"
@@ -87,7 +89,7 @@ class InvoicesFlow:
             return
         try:
             rows = _Rows.load(ctx)
-            opportunities = _read_opportunities(ctx, [event.source_id for event in events])
+            opportunities = _read_opportunities(ctx, [event.source_id for event in events], rows)
         except MappingMissing as exc:
             return engine.fail_events(events, str(exc), permanent=True, code="MAPPING_MISSING")
         except ApiError as exc:
@@ -101,17 +103,20 @@ class InvoicesFlow:
         if not invoices:
             return
         _prefetch_links(links, invoices)
+        to_make = [i for i in invoices if not i.ref or not i.ref.kashflow_key]
+        to_make = [i for i in to_make if not _waits_for_products(i, links)]
         try:
-            ensure_customers(
-                ctx, links, [i for i in invoices if not i.ref or not i.ref.kashflow_key]
-            )
+            for invoice in to_make:
+                invoice.currency = _deal_currency(ctx, invoice.opportunity)
+            ensure_customers(ctx, links, to_make)
+            customers = _kashflow_customers(ctx, links, to_make)
+            products = _kashflow_products(ctx, links, to_make)
         except ApiError as exc:
-            return engine.fail_events(
-                [i.event for i in invoices], exc.message, exc.permanent, exc.code
-            )
+            waiting = [i.event for i in invoices if not i.event.is_error]  # keep their reason
+            return engine.fail_events(waiting, exc.message, exc.permanent, exc.code)
         for invoice in invoices:
             if not invoice.event.is_error:  # its customer could not be made: keep that reason
-                _map(invoice, rows, links)
+                _map(invoice, rows, links, customers, products)
         ready = [i for i in invoices if not i.event.is_error]
         if ctx.dry_run:
             return _plan(ctx, ready)
@@ -171,6 +176,8 @@ class _Invoice:
     payload: dict = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
     created: dict | None = None  # the KashFlow invoice, once made or found
+    currency: str = ""  # the deal's: the Opportunity's CurrencyIsoCode, else the org's
+    vat: list[tuple[int, object, str]] = field(default_factory=list)  # (line, rate, rule)
 
     @property
     def opportunity_id(self) -> str:
@@ -198,13 +205,15 @@ def _rule() -> str:
     return settings.KASHFORCE["INVOICE_WHEN"]
 
 
-def _read_opportunities(ctx, ids: list[str]) -> dict[str, dict]:
+def _read_opportunities(ctx, ids: list[str], rows: _Rows) -> dict[str, dict]:
     """The batch's Opportunities that still match the rule, with their lines: one query."""
     quoted = ", ".join(f"'{opportunity_id}'" for opportunity_id in ids if _is_id(opportunity_id))
     if not quoted:
         return {}
+    # CurrencyIsoCode exists only in an org with multi-currency on (its describe says).
+    fields = OPPORTUNITY_FIELDS + (", CurrencyIsoCode" if "CurrencyIsoCode" in rows.fields else "")
     soql = (
-        f"SELECT {OPPORTUNITY_FIELDS}, (SELECT {LINE_FIELDS} FROM OpportunityLineItems "
+        f"SELECT {fields}, (SELECT {LINE_FIELDS} FROM OpportunityLineItems "
         f"ORDER BY SortOrder) FROM Opportunity WHERE Id IN ({quoted}) AND ({_rule()})"
     )
     return {record["Id"]: record for record in ctx.salesforce.query(soql)}
@@ -262,30 +271,182 @@ def _lines(opportunity: dict) -> list[dict]:
 # Mapping ---------------------------------------------------------------------------------------
 
 
-def _map(invoice: _Invoice, rows: _Rows, links: Links) -> None:
+def _deal_currency(ctx, opportunity: dict) -> str:
+    """The Opportunity's currency: its CurrencyIsoCode in a multi-currency org, else the org's
+    one currency (Organization.DefaultCurrencyIsoCode, read once a while)."""
+    if opportunity.get("CurrencyIsoCode"):
+        return opportunity["CurrencyIsoCode"]
+    key = f"kashforce:org-currency:{ctx.salesforce.connection.pk}"
+    currency = cache.get(key)
+    if currency is None:
+        found = list(ctx.salesforce.query("SELECT DefaultCurrencyIsoCode FROM Organization"))
+        currency = (found[0].get("DefaultCurrencyIsoCode") or "") if found else ""
+        if not currency:
+            raise ApiError(
+                "Salesforce did not say the organisation's currency, so kashforce cannot tell "
+                "which currency to invoice in.",
+                permanent=False,
+                system="salesforce",
+                code="NO_ORG_CURRENCY",
+            )
+        cache.set(key, currency, 15 * 60)
+    return currency
+
+
+def _kashflow_customers(ctx, links: Links, invoices: list[_Invoice]) -> dict[str, dict]:
+    """The KashFlow customers of the invoices still to make, by code: one GET each, for their
+    currency and VAT number (a customer summary does not say them for certain)."""
+    customers = {}
+    for invoice in invoices:
+        code = links.lookup("customer", "salesforce", invoice.opportunity["AccountId"])
+        if invoice.event.is_error or not code or code in customers:
+            continue
+        try:
+            customers[code] = ctx.kashflow.get_customer(code)
+        except ApiError as exc:
+            if exc.status != 404:  # 404: a customer a dry run only plans to make
+                raise
+    return customers
+
+
+def _kashflow_products(ctx, links: Links, invoices: list[_Invoice]) -> dict[str, dict]:
+    """KashFlow's products by key, for the VATRate of the linked ones: read once per task
+    (one call per 100 products), and only when a line has a linked product."""
+    linked = any(
+        links.lookup("product", "salesforce", line.get("Product2Id") or "")
+        for invoice in invoices
+        for line in _lines(invoice.opportunity)
+    )
+    if not linked:
+        return {}
+    if "kashflow_products" not in ctx.cache:
+        ctx.cache["kashflow_products"] = {product_key(p): p for p in ctx.kashflow.products()}
+    return ctx.cache["kashflow_products"]
+
+
+def _map(invoice: _Invoice, rows: _Rows, links: Links, customers: dict, products: dict) -> None:
     """Build the KashFlow invoice; a mapping problem fails the event with the rows' reasons."""
     if invoice.ref and invoice.ref.kashflow_key:
         return  # made already: only the write-back is left
     opportunity = invoice.opportunity
+    name = opportunity.get("Name") or invoice.opportunity_id
+    code = links.lookup("customer", "salesforce", opportunity["AccountId"])
+    customer = customers.get(code) or {}
+    if _currency_differs(invoice, code, customer):
+        return
+    unlinked = _unlinked_products(opportunity, links)
     mapping_context = context(links)
     header = apply_mapping(rows.invoice, opportunity, mapping_context)
     problems = [error.message for error in header.errors]
     lines = []
     for number, line in enumerate(_lines(opportunity), start=1):
-        mapped = apply_mapping(rows.line, _line_source(line, opportunity), mapping_context)
+        source = _line_source(line, opportunity)
+        source["Customer"] = _vat_facts(customer)
+        key = links.lookup("product", "salesforce", line.get("Product2Id") or "")
+        source["KashFlowProduct"] = products.get(key) or {}
+        mapped = apply_mapping(rows.line, source, mapping_context)
         problems += [f"Line {number}: {error.message}" for error in mapped.errors]
         invoice.warnings += mapped.warnings
+        if "VATLevel" in mapped.notes:
+            invoice.vat.append((number, mapped.payload.get("VATLevel"), mapped.notes["VATLevel"]))
         lines.append(_finish_line(mapped.payload, number))
     if problems:
         invoice.event.mark_failed(
-            f"Opportunity {opportunity.get('Name') or invoice.opportunity_id} cannot be invoiced. "
-            + "; ".join(problems),
+            f"Opportunity {name} cannot be invoiced. " + "; ".join(problems),
             permanent=True,
             code="MAPPING",
         )
         return
-    invoice.payload = {**header.payload, MARKER: invoice.opportunity_id, "LineItems": lines}
+    if unlinked:
+        invoice.warnings.append(
+            f"Products not linked to KashFlow yet ({', '.join(unlinked)}) were invoiced on the "
+            "default nominal code with no product code, as set (KASHFORCE_DEFAULT_NOMINAL_FOR_"
+            "UNLINKED_PRODUCTS)."
+        )
+    invoice.payload = {
+        **header.payload,
+        MARKER: invoice.opportunity_id,
+        "Currency": {"Code": invoice.currency},
+        "LineItems": lines,
+    }
     invoice.warnings += header.warnings
+
+
+def currency_problem(deal_currency: str, customer_code: str, customer: dict) -> str | None:
+    """Why the deal cannot be invoiced to this KashFlow customer, currency-wise, or None.
+
+    KashFlow invoices a customer in the customer's currency: sent another, it would take the
+    customer's, and a £1,000 deal would become a €1,000 invoice."""
+    theirs = ((customer.get("Currency") or {}).get("Code") or "").strip().upper()
+    if not theirs or theirs == deal_currency.strip().upper():
+        return None
+    return (
+        f"This deal is in {deal_currency} but the KashFlow customer {customer_code} invoices in "
+        f"{theirs}; change the customer's currency in KashFlow or the deal's currency, then retry."
+    )
+
+
+def _currency_differs(invoice: _Invoice, code: str | None, customer: dict) -> bool:
+    """Stop, saying so, when the KashFlow customer invoices in another currency than the deal."""
+    problem = currency_problem(invoice.currency, code or "", customer)
+    if problem:
+        invoice.event.mark_failed(problem, permanent=True, code="CURRENCY_MISMATCH")
+    return bool(problem)
+
+
+def _waits_for_products(invoice: _Invoice, links: Links) -> bool:
+    """An invoice whose products are not linked to KashFlow products yet waits for them
+    (retried, then Needs attention), and nothing is written for it meanwhile: on the default
+    nominal code with no product code it would reach the wrong sales account, silently. Unless
+    an admin chose the default nominal code on purpose."""
+    unlinked = _unlinked_products(invoice.opportunity, links)
+    if not unlinked or settings.KASHFORCE["DEFAULT_NOMINAL_FOR_UNLINKED_PRODUCTS"]:
+        return False
+    name = invoice.opportunity.get("Name") or invoice.opportunity_id
+    invoice.event.mark_failed(
+        f"Opportunity {name} waits for its products to be linked to KashFlow products "
+        f"({', '.join(unlinked)}), which the products sync does; without the link its lines "
+        "would go on the default nominal code with no product code. If the products sync "
+        "cannot link them, check those products in both systems, then retry.",
+        permanent=False,
+        code="PRODUCTS_NOT_LINKED",
+    )
+    return True
+
+
+def _unlinked_products(opportunity: dict, links: Links) -> list[str]:
+    """The names of the deal's products not linked to a KashFlow product yet."""
+    names = []
+    for line in _lines(opportunity):
+        product_id = line.get("Product2Id")
+        if product_id and not links.lookup("product", "salesforce", product_id):
+            name = (line.get("Product2") or {}).get("Name") or line.get("ProductCode") or product_id
+            if name not in names:
+                names.append(name)
+    return names
+
+
+def _vat_facts(customer: dict) -> dict:
+    """What VAT needs from the KashFlow customer: its VAT number and country."""
+    addresses = customer.get("Addresses") or [{}]
+    return {
+        "VATNumber": customer.get("VATNumber") or "",
+        "CountryCode": (addresses[0] or {}).get("CountryCode") or "",
+    }
+
+
+def _vat_summary(invoice: _Invoice) -> str:
+    """ "VAT: line 1 at 0% (the KashFlow product's VAT rate); lines 2, 3 at 20% (…)"."""
+    groups: dict[tuple[str, str], list[int]] = {}
+    for number, rate, rule in invoice.vat:
+        shown = _plain(Decimal(str(rate))) if rate is not None else "no"
+        groups.setdefault((shown, rule), []).append(number)
+    parts = [
+        f"{'lines' if len(numbers) > 1 else 'line'} {', '.join(map(str, numbers))} at {rate}% "
+        f"({rule})"
+        for (rate, rule), numbers in groups.items()
+    ]
+    return f"VAT: {'; '.join(parts)}." if parts else ""
 
 
 def _line_source(line: dict, opportunity: dict) -> dict:
@@ -406,11 +567,16 @@ def _write_back(ctx, invoices: list[_Invoice], rows: _Rows) -> None:
     for invoice, result in zip(invoices, results, strict=True):
         if result.success:
             number = str(invoice.created["Number"])
+            made = f"Invoice {number} made in KashFlow"
+            if invoice.currency:
+                made += f" in {invoice.currency}"
+            message = [f"{made}.", *invoice.warnings, _vat_summary(invoice)]
             written.append(
                 invoice.event.succeeded(
                     target_id=number,
                     content_hash=payload_hash(invoice.payload),
-                    message=" ".join([f"Invoice {number} made in KashFlow.", *invoice.warnings]),
+                    message=" ".join(part for part in message if part),
+                    warning=bool(invoice.warnings),
                 )
             )
         else:

@@ -6,7 +6,7 @@ from django.conf import settings
 from django.core.cache import cache
 
 from integration.mapping import FieldInfo, MappingContext, salesforce_fields_from_describe
-from integration.models import MappingSet
+from integration.models import MappingSet, VatRuleSet
 from integration.sync.links import Links
 
 DESCRIBE_CACHE_SECONDS = 15 * 60
@@ -49,6 +49,6 @@ def context(links: Links, target_fields: dict[str, FieldInfo] | None = None) -> 
     return MappingContext(
         lookup=links.lookup,
         defaults=dict(settings.KASHFORCE["DEFAULTS"]),
-        vat_rules=dict(settings.KASHFORCE["VAT_RULES"]),
+        vat_rules=VatRuleSet.current_rules(),  # the VAT rules page's active version
         target_fields=target_fields,
     )

@@ -44,7 +44,7 @@ def ensure_customers(ctx, links: Links, invoices: list) -> None:
         account = accounts.get(account_id)
         try:
             problem = (
-                _make_customer(ctx, links, rows, account)
+                _make_customer(ctx, links, rows, account, _currency(account_invoices))
                 if account
                 else f"Account {account_id} was not found in Salesforce."
             )
@@ -57,6 +57,12 @@ def ensure_customers(ctx, links: Links, invoices: list) -> None:
         if problem:
             for invoice in account_invoices:
                 invoice.event.mark_failed(problem, permanent=True, code="CUSTOMER")
+
+
+def _currency(invoices: list) -> str:
+    """The currency a new customer invoices in: its first deal's (so the deal's invoice can be
+    raised in it); "" leaves KashFlow's default."""
+    return next((i.currency for i in invoices if getattr(i, "currency", "")), "")
 
 
 def _confirmed(ref: CrossRef | None) -> bool:
@@ -85,7 +91,9 @@ def _read_accounts(ctx, rows: list[dict], account_ids: list[str]) -> dict[str, d
     return accounts
 
 
-def _make_customer(ctx, links: Links, rows: list[dict], account: dict) -> str | None:
+def _make_customer(
+    ctx, links: Links, rows: list[dict], account: dict, currency: str = ""
+) -> str | None:
     """Create the Account's customer; returns the reason it cannot be made, or None.
 
     Raises ApiError when an API call fails (transient ones are retried later)."""
@@ -93,6 +101,8 @@ def _make_customer(ctx, links: Links, rows: list[dict], account: dict) -> str | 
     if mapped.errors:
         problems = "; ".join(error.message for error in mapped.errors)
         return f"Account {account['Name']} cannot become a KashFlow customer. {problems}"
+    if currency and "Currency" not in mapped.payload:
+        mapped.payload["Currency"] = {"Code": currency}
     # Read afresh: the customers flow may have linked this Account to its KashFlow namesake since
     # the batch began, and a code chosen from the stale view would make the company twice.
     ref = links.reload("customer", "salesforce", account["Id"])

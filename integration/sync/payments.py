@@ -216,6 +216,11 @@ class _Invoice:
                 problems += [f"payment {line.get('Id')}: {e.message}" for e in mapped.errors]
                 continue
             self.warnings += mapped.warnings
+            currency = (self.invoice.get("Currency") or {}).get("Code")
+            if currency and "CurrencyIsoCode" in (payment_context.target_fields or {}):
+                # Multi-currency org: the record's amount is in its CurrencyIsoCode, which
+                # would otherwise be the API user's currency, not the invoice's.
+                mapped.payload["CurrencyIsoCode"] = currency
             if full or record is None or mapped.diff:
                 self.upserts.append(
                     {

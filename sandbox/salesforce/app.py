@@ -11,7 +11,7 @@ from pathlib import Path
 from urllib.parse import unquote
 
 from sandbox.core import Request, Response
-from sandbox.salesforce import bulk, composite, credentials, rest, seed
+from sandbox.salesforce import bulk, composite, credentials, rest, schema, seed
 from sandbox.salesforce.auth import Authenticator, Sessions, bearer_token
 from sandbox.salesforce.errors import ApiError
 from sandbox.salesforce.org import Org
@@ -89,6 +89,7 @@ class SalesforceApp:
         self.daily_api_limit = int(self.options["daily_api_limit"])
         self._usage_lock = threading.Lock()
         self.base_url = ""  # set by the runner once the server has its port
+        self.multi_currency = bool(self.store.get_meta("multi_currency", False))
 
     @property
     def is_new(self) -> bool:
@@ -113,6 +114,7 @@ class SalesforceApp:
     # -- the core's app protocol ---------------------------------------------------------------
 
     def handle(self, request: Request) -> Response:
+        schema.MULTI_CURRENCY.set(self.multi_currency)  # per request: each has its own thread
         if request.method == "POST" and SOAP_LOGIN.match(request.path):
             return self.auth.soap_login(request, SOAP_LOGIN.match(request.path)["version"])
         if request.method == "POST" and request.path.rstrip("/") == "/services/oauth2/token":
@@ -205,8 +207,10 @@ class SalesforceApp:
         seed.parse(seed_name)  # fail before wiping on a malformed seed
         with self.store.lock:
             self.store.wipe()
+            self.store.set_meta("multi_currency", False)  # one currency, unless the seed says
             seed.apply(self.store, seed_name)
             self.store.set_meta("seed", seed_name)
+            self.multi_currency = bool(self.store.get_meta("multi_currency", False))
         self.cursors.clear()
         self.jobs.clear()
         self.outbound.reset()
@@ -224,12 +228,54 @@ class SalesforceApp:
             if request.method == "POST":
                 return Response.json(200, self.outbound.configure(payload))
             return Response.json(200, self.outbound.status())
+        if subpath == "currencies":
+            if request.method == "POST":
+                try:
+                    self._enable_multi_currency(payload)
+                except ApiError as error:
+                    return Response.json(error.status, [error.as_dict()])
+            return Response.json(200, self._currencies())
         if subpath == "limits":
             if request.method == "POST":
                 self._set_usage(payload)
             used, maximum = self.api_usage()
             return Response.json(200, {"used": used, "daily_api_limit": maximum})
         return None
+
+    def _enable_multi_currency(self, payload: dict) -> None:
+        """Turn multi-currency on: `{"multi_currency": true, "corporate": "GBP",
+        "rates": {"EUR": "1.17"}}`. As on a real org it cannot be turned off again (a reset
+        gives a single-currency org), and existing records take the corporate currency."""
+        if not payload.get("multi_currency"):
+            raise ApiError(400, "CANNOT_DISABLE", "Multi-currency cannot be turned off once on.")
+        corporate = str(payload.get("corporate") or "GBP").upper()
+        rates = {corporate: 1, **{k.upper(): v for k, v in (payload.get("rates") or {}).items()}}
+        with self.store.transaction():
+            known = {r["IsoCode"] for r in self.store.all("CurrencyType")}
+            for code, rate in rates.items():
+                if code in known:
+                    continue
+                stamp = self.store.next_modstamp()
+                self.store.put("CurrencyType", {
+                    "Id": self.store.new_id(schema.CURRENCY_TYPE.prefix), "IsDeleted": False,
+                    "CreatedDate": stamp, "LastModifiedDate": stamp, "SystemModstamp": stamp,
+                    "IsoCode": code, "ConversionRate": float(rate), "DecimalPlaces": 2,
+                    "IsActive": True, "IsCorporate": code == corporate,
+                })  # fmt: skip
+            if not self.multi_currency:
+                for name in schema.CURRENCY_OBJECTS:
+                    for record in self.store.all(name):
+                        if not record.get("CurrencyIsoCode"):
+                            self.store.put(name, {**record, "CurrencyIsoCode": corporate})
+            self.store.set_meta("multi_currency", True)
+        self.multi_currency = True
+
+    def _currencies(self) -> dict:
+        rows = self.store.all("CurrencyType") if self.multi_currency else []
+        return {
+            "multi_currency": self.multi_currency,
+            "currencies": {r["IsoCode"]: r["ConversionRate"] for r in rows},
+        }
 
     def _set_usage(self, payload: dict) -> None:
         if "daily_api_limit" in payload:

@@ -267,7 +267,30 @@ class Org:
 
     # -- automation ----------------------------------------------------------------------------
 
+    def _currency(self, sobj: schema.SObject, before: dict | None, record: dict) -> None:
+        """Multi-currency: CurrencyIsoCode is a restricted picklist of the org's active
+        currencies, the corporate one by default; a line item takes its Opportunity's."""
+        if sobj.field("CurrencyIsoCode") is None:
+            return
+        currencies = [r for r in self.store.all("CurrencyType") if r["IsActive"]]
+        if sobj.name == "OpportunityLineItem":
+            parent = self.store.get("Opportunity", record["OpportunityId"]) or {}
+            record["CurrencyIsoCode"] = parent.get("CurrencyIsoCode")
+            return
+        code = record.get("CurrencyIsoCode")
+        if code is None:
+            corporate = next((r["IsoCode"] for r in currencies if r["IsCorporate"]), None)
+            record["CurrencyIsoCode"] = (before or {}).get("CurrencyIsoCode") or corporate
+        elif code not in {r["IsoCode"] for r in currencies}:
+            raise ApiError(
+                400,
+                "INVALID_OR_NULL_FOR_RESTRICTED_PICKLIST",
+                f"Currency ISO Code: bad value for restricted picklist field: {code}",
+                ["CurrencyIsoCode"],
+            )
+
     def _automate(self, sobj: schema.SObject, before: dict | None, record: dict) -> None:
+        self._currency(sobj, before, record)
         automation = {
             "Opportunity": self._opportunity_rules,
             "OpportunityLineItem": self._line_item_rules,

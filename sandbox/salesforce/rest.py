@@ -41,7 +41,7 @@ def describe_global(app, request: Request, version: str) -> Response:
         {
             "encoding": "UTF-8",
             "maxBatchSize": 200,
-            "sobjects": [schema.describe_summary(s, version) for s in schema.OBJECTS],
+            "sobjects": [schema.describe_summary(s, version) for s in schema.objects()],
         },
     )
 

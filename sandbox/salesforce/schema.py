@@ -4,7 +4,8 @@ Field and object names are case-insensitive in Salesforce (SOQL, JSON bodies, UR
 go through lower-cased maps, and responses use the canonical spelling.
 """
 
-from dataclasses import dataclass, field
+import contextvars
+from dataclasses import dataclass, field, replace
 
 TEXT_TYPES = {"string", "textarea", "email", "phone", "url", "picklist", "id", "reference"}
 NUMBER_TYPES = {"currency", "double", "percent", "int"}
@@ -365,13 +366,78 @@ OBJECTS = [
     ),
 ]
 
-SCHEMA = {sobject.name.lower(): sobject for sobject in OBJECTS}
-BY_PREFIX = {sobject.prefix: sobject for sobject in OBJECTS}
 ORG_PREFIX, USER_PREFIX = "00D", "005"
+# The org's one row. DefaultCurrencyIsoCode is the currency of a single-currency org; with
+# multi-currency on, the corporate currency is CurrencyType's IsCorporate row instead, and the
+# field is left out (the least forgiving reading: the docs tie it to single-currency orgs).
+ORGANIZATION = _object(
+    "Organization",
+    ORG_PREFIX,
+    "Organization",
+    [
+        _readonly(_string("Name", 80)),
+        _readonly(Field("DefaultCurrencyIsoCode", "picklist", length=3, label="Locale Currency")),
+    ],
+)
+OBJECTS.append(ORGANIZATION)
+
+# Multi-currency (an org switch, `MULTI_CURRENCY`): these objects gain CurrencyIsoCode, and
+# CurrencyType exists. In a single-currency org neither does: SOQL naming them is INVALID_FIELD /
+# INVALID_TYPE, as on a real org. A line item's currency is its Opportunity's (read-only).
+CURRENCY_OBJECTS = (
+    "Account", "Contact", "Opportunity", "OpportunityLineItem", "Product2", "PricebookEntry",
+    "KashFlow_Payment__c",
+)  # fmt: skip
+CURRENCY_FIELD = Field("CurrencyIsoCode", "picklist", length=3, label="Currency ISO Code")
+# CurrencyType's key prefix is not in our reference; "02H" is a stand-in.
+CURRENCY_TYPE = _object(
+    "CurrencyType",
+    "02H",
+    "Currency Type",
+    [
+        _string("IsoCode", 3, required=True, updateable=False, label="Currency ISO Code"),
+        Field("ConversionRate", "double", precision=18, scale=6, label="Conversion Rate"),
+        Field("DecimalPlaces", "int", precision=2, label="Decimal Places"),
+        Field("IsActive", "boolean", label="Active"),
+        _readonly(Field("IsCorporate", "boolean", label="Corporate Currency")),
+    ],
+)
+MULTI_CURRENCY = contextvars.ContextVar("multi_currency", default=False)
+
+
+def _with_currency(sobj: SObject) -> SObject:
+    if sobj.name == "Organization":
+        fields = {n: f for n, f in sobj.fields.items() if n != "DefaultCurrencyIsoCode"}
+        return replace(sobj, fields=fields)
+    if sobj.name not in CURRENCY_OBJECTS:
+        return sobj
+    currency = CURRENCY_FIELD
+    if sobj.name == "OpportunityLineItem":
+        currency = _readonly(currency)
+    return replace(sobj, fields={**sobj.fields, "CurrencyIsoCode": currency})
+
+
+SCHEMA = {sobject.name.lower(): sobject for sobject in OBJECTS}
+MULTI_CURRENCY_SCHEMA = {
+    **{name: _with_currency(sobj) for name, sobj in SCHEMA.items()},
+    "currencytype": CURRENCY_TYPE,
+}
+BY_PREFIX = {sobject.prefix: sobject for sobject in [*OBJECTS, CURRENCY_TYPE]}
 
 
 def sobject(name: str) -> SObject | None:
-    return SCHEMA.get(name.lower())
+    schema = MULTI_CURRENCY_SCHEMA if MULTI_CURRENCY.get() else SCHEMA
+    return schema.get(name.lower())
+
+
+def any_sobject(name: str) -> SObject | None:
+    """The object with every field it can have, whatever the switch (for the store's indexes)."""
+    return MULTI_CURRENCY_SCHEMA.get(name.lower())
+
+
+def objects() -> list[SObject]:
+    """The org's objects, as describe lists them (CurrencyType only with multi-currency on)."""
+    return list((MULTI_CURRENCY_SCHEMA if MULTI_CURRENCY.get() else SCHEMA).values())
 
 
 def describe_object(sobj: SObject, version: str) -> dict:

@@ -21,7 +21,15 @@ from sandbox import fake
 from sandbox.salesforce import schema
 from sandbox.salesforce.store import Store, format_datetime
 
-DEMO = {"customers": 150, "products": 60, "opportunities": 400, "won_uninvoiced": 8}
+DEMO = {
+    "customers": 150, "products": 60, "opportunities": 400, "won_uninvoiced": 8,
+    "multicurrency": 1,
+}  # fmt: skip
+# With `multicurrency=1` (the demo) the org has multi-currency on, and a deal is in the currency
+# its company has as a KashFlow customer (the KashFlow seed's rule: GBP in the UK, USD in the
+# US, EUR elsewhere), at the KashFlow simulator's rates.
+CURRENCY_BY_COUNTRY = {"United Kingdom": "GBP", "United States": "USD"}
+RATES = {"GBP": 1.0, "EUR": 1.17, "USD": 1.27}
 COUNTRIES = {
     "GB": "United Kingdom",
     "IE": "Ireland",
@@ -78,6 +86,14 @@ def _build(store: Store, seed: str, counts: dict) -> str:
         IsStandard=True,
     )
     rows.append(("Pricebook2", pricebook))
+    organization = _record(
+        "Organization",
+        store.new_id(schema.ORG_PREFIX),
+        stamps(),
+        Name="Sandbox Ltd",
+        DefaultCurrencyIsoCode="GBP",
+    )
+    rows.append(("Organization", organization))
     entries = _products(
         store, rows, stamps, pricebook, counts.get("products", 0), counts.get("names", "demo")
     )
@@ -85,8 +101,35 @@ def _build(store: Store, seed: str, counts: dict) -> str:
     accounts = _accounts(store, rows, stamps, _account_count(counts), names, counts.get("contacts"))
     if accounts and entries:
         _opportunities(store, rows, stamps, rng, accounts, entries, pricebook, counts)
+    if counts.get("multicurrency"):
+        _multi_currency(store, rows, stamps)
     store.bulk_load(rows)
     return stamps.last
+
+
+def _multi_currency(store: Store, rows: list, stamps) -> None:
+    """Turn multi-currency on: the currency types, and CurrencyIsoCode on every record that has
+    one (a line item its deal's; a deal its Account's; the rest the corporate GBP)."""
+    for code, rate in RATES.items():
+        rows.append(("CurrencyType", {
+            "Id": store.new_id(schema.CURRENCY_TYPE.prefix), "IsDeleted": False,
+            "CreatedDate": stamps(), "LastModifiedDate": stamps.last,
+            "SystemModstamp": stamps.last, "IsoCode": code, "ConversionRate": rate,
+            "DecimalPlaces": 2, "IsActive": True, "IsCorporate": code == "GBP",
+        }))  # fmt: skip
+    by_id = {record["Id"]: record for _, record in rows}
+    for type_name, record in rows:
+        if type_name not in schema.CURRENCY_OBJECTS:
+            continue
+        code = "GBP"
+        if type_name == "Opportunity" and record.get("AccountId"):
+            country = by_id[record["AccountId"]].get("BillingCountry")
+            code = CURRENCY_BY_COUNTRY.get(country, "EUR")
+        record["CurrencyIsoCode"] = code
+    for type_name, record in rows:
+        if type_name == "OpportunityLineItem":
+            record["CurrencyIsoCode"] = by_id[record["OpportunityId"]]["CurrencyIsoCode"]
+    store.set_meta("multi_currency", True)
 
 
 def _account_count(counts: dict) -> int:

@@ -164,7 +164,7 @@ class Store:
 
     def _remember(self, type_name: str, record_id: str, record: dict) -> None:
         self.records[type_name][record_id] = record
-        for f in schema.sobject(type_name).external_id_fields():
+        for f in schema.any_sobject(type_name).external_id_fields():
             if record.get(f.name) is not None:
                 self._ext_index[(type_name, f.name)][str(record[f.name]).lower()].add(record_id)
 
@@ -172,7 +172,7 @@ class Store:
         record = self.records[type_name].pop(record_id, None)
         if record is None:
             return
-        for f in schema.sobject(type_name).external_id_fields():
+        for f in schema.any_sobject(type_name).external_id_fields():
             if record.get(f.name) is not None:
                 self._ext_index[(type_name, f.name)][str(record[f.name]).lower()].discard(record_id)
 

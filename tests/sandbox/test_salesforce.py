@@ -758,3 +758,69 @@ def test_outbound_message_on_closed_won_is_retried_until_acked(sandbox, sf):
         assert sandbox.salesforce.creds["organization_id"] in body
     finally:
         receiver.shutdown()
+
+
+# -- multi-currency -----------------------------------------------------------------------------
+
+
+def enable_multi_currency(sandbox, **rates):
+    return control(
+        sandbox.info["control"]["salesforce"],
+        "currencies",
+        {"multi_currency": True, "corporate": "GBP", "rates": rates},
+    )
+
+
+def test_a_single_currency_org_has_no_currency_fields_and_says_its_currency(sf):
+    [organization] = sf.query("SELECT Id, DefaultCurrencyIsoCode FROM Organization")["records"]
+    assert organization["DefaultCurrencyIsoCode"] == "GBP"
+    fields = {f["name"] for f in sf.Opportunity.describe()["fields"]}
+    assert "CurrencyIsoCode" not in fields
+    with pytest.raises(SalesforceMalformedRequest) as raised:
+        sf.query("SELECT CurrencyIsoCode FROM Opportunity")
+    assert raised.value.content[0]["errorCode"] == "INVALID_FIELD"
+    with pytest.raises(SalesforceMalformedRequest) as raised:
+        sf.query("SELECT IsoCode FROM CurrencyType")
+    assert raised.value.content[0]["errorCode"] == "INVALID_TYPE"
+
+
+def test_multi_currency_adds_currency_iso_code_and_currency_type(sandbox, sf, catalogue):
+    before = sf.Account.create({"Name": "Made before the switch"})
+    assert enable_multi_currency(sandbox, EUR="1.17")["multi_currency"] is True
+    currencies = sf.query("SELECT IsoCode, ConversionRate, IsCorporate FROM CurrencyType")
+    assert {(c["IsoCode"], c["IsCorporate"]) for c in currencies["records"]} == {
+        ("GBP", True),
+        ("EUR", False),
+    }
+    assert sf.Account.get(before["id"])["CurrencyIsoCode"] == "GBP"  # the corporate currency
+    assert "CurrencyIsoCode" in {f["name"] for f in sf.Opportunity.describe()["fields"]}
+    deal = sf.Opportunity.create(
+        {"Name": "Euro deal", "StageName": "Prospecting", "CloseDate": "2026-01-31",
+         "CurrencyIsoCode": "EUR"}
+    )  # fmt: skip
+    line = sf.OpportunityLineItem.create(
+        {"OpportunityId": deal["id"], "PricebookEntryId": catalogue["entry"], "Quantity": 1,
+         "UnitPrice": 10}
+    )  # fmt: skip
+    assert sf.OpportunityLineItem.get(line["id"])["CurrencyIsoCode"] == "EUR"  # its deal's
+    assert (
+        sf.Account.create({"Name": "New"})
+        and sf.query("SELECT CurrencyIsoCode FROM Account WHERE Name = 'New'")["records"][0][
+            "CurrencyIsoCode"
+        ]
+        == "GBP"
+    )
+    with pytest.raises(SalesforceMalformedRequest) as raised:
+        sf.Account.create({"Name": "Yen", "CurrencyIsoCode": "JPY"})
+    assert raised.value.content[0]["errorCode"] == "INVALID_OR_NULL_FOR_RESTRICTED_PICKLIST"
+    with pytest.raises(SalesforceMalformedRequest) as raised:
+        sf.query("SELECT DefaultCurrencyIsoCode FROM Organization")  # single-currency only
+    assert raised.value.content[0]["errorCode"] == "INVALID_FIELD"
+
+
+def test_multi_currency_cannot_be_turned_off_and_a_reset_gives_one_currency(sandbox, sf):
+    enable_multi_currency(sandbox)
+    with pytest.raises(requests.HTTPError):
+        control(sandbox.info["control"]["salesforce"], "currencies", {"multi_currency": False})
+    sandbox.reset("empty")
+    assert control(sandbox.info["control"]["salesforce"], "currencies")["multi_currency"] is False

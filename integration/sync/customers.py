@@ -108,26 +108,25 @@ class _Feed:
         self.full_needed = self.fields is None or any(
             needs_full_record(SOURCE, name) for name in self.fields
         )
-        self.entries = {
-            entry.code: entry
-            for entry in CustomerFeedEntry.objects.filter(connection=self.connection)
-        }
+        self.known = CustomerFeedEntry.objects.filter(connection=self.connection)
         self.refresh = self._due() if self.full_needed and not ctx.run.full else set()
         self.seen: set[str] = set()
+        self.entries: dict[str, CustomerFeedEntry] = {}
         self.dirty: list[CustomerFeedEntry] = []
         self.deferred = 0
 
     def _due(self) -> set[str]:
         """The customers whose full record is due for its rolling re-read (oldest first)."""
-        due = [
-            e for e in self.entries.values() if e.refresh_due_at and e.refresh_due_at <= self.now
-        ]
-        due.sort(key=lambda entry: entry.refresh_due_at)
-        return {entry.code for entry in due[: engine._setting("CUSTOMER_REFRESH_PER_RUN")]}
+        due = self.known.filter(refresh_due_at__lte=self.now).order_by("refresh_due_at", "pk")
+        limit = engine._setting("CUSTOMER_REFRESH_PER_RUN")
+        return set(due.values_list("code", flat=True)[:limit])
 
     def changes(self, summaries: list[dict]) -> list[engine.Change]:
         """The page's new and changed customers, read in full where the mappings need it."""
         found = []
+        # What the last walks saw of this page's customers: one query a page, whatever N.
+        codes = [summary.get("Code") for summary in summaries if summary.get("Code")]
+        self.entries = {entry.code: entry for entry in self.known.filter(code__in=codes)}
         for summary in summaries:
             code = summary.get("Code")
             if not code or code in self.seen:  # a customer added meanwhile shifted the pages
@@ -192,7 +191,8 @@ class _Feed:
                 "customers: %s full records left for the next run (time slice used up)",
                 self.deferred,
             )
-        gone = [entry.pk for code, entry in self.entries.items() if code not in self.seen]
+        rows = self.known.values_list("pk", "code").iterator(chunk_size=2000)
+        gone = [pk for pk, code in rows if code not in self.seen]
         if gone and not self.ctx.dry_run:
             for start in range(0, len(gone), 500):
                 CustomerFeedEntry.objects.filter(pk__in=gone[start : start + 500]).delete()

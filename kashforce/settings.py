@@ -297,6 +297,8 @@ KASHFORCE = {
     # over the runs, and at most this many customers a run.
     "CUSTOMER_REFRESH_HOURS": _read("KASHFORCE_CUSTOMER_REFRESH_HOURS", env.float, 24.0),
     "CUSTOMER_REFRESH_PER_RUN": _read("KASHFORCE_CUSTOMER_REFRESH_PER_RUN", env.int, 200),
+    # Full KashFlow records read at once (threads), as production integrations do (4 to 8).
+    "KASHFLOW_READ_THREADS": _read("KASHFORCE_KASHFLOW_READ_THREADS", env.int, 4),
     # Days to keep successful ledger rows (errors are kept until resolved).
     "LEDGER_RETENTION_DAYS": _read("KASHFORCE_LEDGER_RETENTION_DAYS", env.int, 90),
     # Values the mappings fall back on (an invoice line's nominal code, a payment's method...).

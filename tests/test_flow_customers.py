@@ -435,7 +435,8 @@ def test_a_deleted_customer_is_forgotten_by_the_feed(org):
     assert customers.CustomerFeedEntry.objects.count() == 4
 
 
-def test_full_reads_stop_when_the_task_s_time_is_up_and_the_next_run_carries_on(org):
+def test_full_reads_stop_when_the_task_s_time_is_up_and_the_next_run_carries_on(org, settings):
+    settings.KASHFORCE = {**settings.KASHFORCE, "KASHFLOW_READ_THREADS": 1}  # 4 reads a step
     org.sandbox.reset("customers=12,accounts=0")
     run = engine.start_run("customers", Trigger.MANUAL)
     ctx = engine.RunContext(run=run, deadline=float("inf"))
@@ -455,3 +456,29 @@ def test_full_reads_stop_when_the_task_s_time_is_up_and_the_next_run_carries_on(
     rest = run_customers()
     assert rest.read_count == 8, rest.summary
     assert customers.CustomerFeedEntry.objects.count() == 12
+
+
+def test_a_full_run_cut_short_leaves_the_rest_to_be_read_next_run(org, settings):
+    settings.KASHFORCE = {**settings.KASHFORCE, "KASHFLOW_READ_THREADS": 1}  # 4 reads a step
+    org.sandbox.reset("customers=6,accounts=0")
+    run_customers()
+    code = sorted(c["Code"] for c in org.kashflow.customers())[-1]
+    org.kashflow.update_customer(code, {"TelephoneNumber": "020 7946 0777"})  # not in summary
+    run = engine.start_run("customers", Trigger.MANUAL, full=True)
+    ctx = engine.RunContext(run=run, deadline=float("inf"))
+    read, reads = ctx.kashflow.get_customer, []
+
+    def slow_read(customer_code):
+        reads.append(customer_code)
+        if len(reads) == 2:
+            ctx.deadline = 0
+        return read(customer_code)
+
+    ctx.kashflow.get_customer = slow_read
+    engine.get_flow("customers").collect(ctx)
+    assert len(reads) == 4  # the step in hand is finished, then the reads stop
+    run.fail("test")
+    reset_stats(org.sandbox)
+    rest = run_customers()
+    assert kashflow_calls(org.sandbox) == {"lists": 1, "reads": 2}
+    assert account_of(org, code)["Phone"] == "020 7946 0777", rest.summary

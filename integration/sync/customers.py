@@ -18,6 +18,7 @@ Salesforce holds now, so drift made by hand in Salesforce is found and put right
 from __future__ import annotations
 
 import logging
+from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
 
 from django.db import transaction
@@ -123,10 +124,10 @@ class _Feed:
 
     def changes(self, summaries: list[dict]) -> list[engine.Change]:
         """The page's new and changed customers, read in full where the mappings need it."""
-        found = []
         # What the last walks saw of this page's customers: one query a page, whatever N.
         codes = [summary.get("Code") for summary in summaries if summary.get("Code")]
         self.entries = {entry.code: entry for entry in self.known.filter(code__in=codes)}
+        wanted = []  # (summary, entry, digest, changed): what this page must look at
         for summary in summaries:
             code = summary.get("Code")
             if not code or code in self.seen:  # a customer added meanwhile shifted the pages
@@ -134,22 +135,43 @@ class _Feed:
             self.seen.add(code)
             entry = self.entries.get(code)
             digest = content_hash(_relevant(summary, self.fields))
-            changed = self.ctx.run.full or entry is None or entry.summary_hash != digest
-            if not changed and code not in self.refresh:
-                continue
-            if self.full_needed and self.ctx.time_left() <= 0:
-                # This task's time is up (a first load of thousands): the customer stays unseen,
-                # so the next run reads it. The list walk itself goes on (it is cheap).
+            listed_change = entry is None or entry.summary_hash != digest
+            if listed_change or self.ctx.run.full or code in self.refresh:
+                wanted.append((summary, entry, digest, listed_change))
+        records = self._full_records([s["Code"] for s, *_ in wanted]) if self.full_needed else {}
+        found = []
+        for summary, entry, digest, listed_change in wanted:
+            code = summary["Code"]
+            if self.full_needed and code not in records:
+                # This task's time was up (a first load of thousands): the customer stays
+                # unseen, so the next run reads it. The list walk itself goes on (it is cheap).
                 self.deferred += 1
+                if not listed_change:  # a full run's or a due re-read: read it next run
+                    entry.summary_hash = ""
+                    self.dirty.append(entry)
                 continue
-            record = self._full_record(code) if self.full_needed else summary
+            record = records[code] if self.full_needed else summary
             if record is None:
                 continue  # deleted between the list and the read: the next walk forgets it
             full_digest = content_hash(_relevant(record, self.fields)) if self.full_needed else ""
-            if changed or full_digest != entry.full_hash:
+            if listed_change or self.ctx.run.full or full_digest != entry.full_hash:
                 found.append(_change(self.ctx, record, full_digest or digest))
             self._remember(code, entry, digest, full_digest)
         return found
+
+    def _full_records(self, codes: list[str]) -> dict[str, dict | None]:
+        """The full records of `codes` (None for one deleted meanwhile), a few at a time, in a
+        few threads: a first load reads thousands. Stops when the task's time is up."""
+        records: dict[str, dict | None] = {}
+        threads = max(1, engine._setting("KASHFLOW_READ_THREADS"))
+        step = threads * 4
+        with ThreadPoolExecutor(max_workers=threads) as pool:
+            for start in range(0, len(codes), step):
+                if self.ctx.time_left() <= 0:
+                    break
+                chunk = codes[start : start + step]
+                records.update(zip(chunk, pool.map(self._full_record, chunk), strict=True))
+        return records
 
     def _full_record(self, code: str) -> dict | None:
         try:
@@ -176,11 +198,20 @@ class _Feed:
     def save(self) -> None:
         """Keep what this page showed, once its changes are in the ledger."""
         if self.dirty and not self.ctx.dry_run:
+            fields = ["summary_hash", "full_hash", "full_read_at", "refresh_due_at"]
+            rows = [  # without their ids: an upsert on (connection, code), new or known
+                CustomerFeedEntry(
+                    connection=self.connection,
+                    code=entry.code,
+                    **{name: getattr(entry, name) for name in fields},
+                )
+                for entry in self.dirty
+            ]
             CustomerFeedEntry.objects.bulk_create(
-                self.dirty,
+                rows,
                 update_conflicts=True,
                 unique_fields=["connection", "code"],
-                update_fields=["summary_hash", "full_hash", "full_read_at", "refresh_due_at"],
+                update_fields=fields,
             )
         self.dirty = []
 

@@ -1291,6 +1291,57 @@ KASHFLOW_FIELDS: dict[str, dict[str, FieldInfo]] = {
 }
 
 
+# What a KashFlow list answers for each record (reference §4.1): a summary. A mapped source
+# field outside it is read from the full record (GET /customers/{code}) by the flow.
+KASHFLOW_SUMMARY_FIELDS: dict[str, frozenset[str]] = {
+    "Customer": frozenset(
+        [
+            "Id",
+            "Code",
+            "Name",
+            "TotalPaidAmount",
+            "OutstandingBalance",
+            "IsSchedule",
+            "SourceName",
+            "DefaultNominalCode",
+            "IsArchived",
+            "VATNumber",
+            "TradeBorderType",
+            "IsCISReverseCharge",
+            "ApplyWithholdingTax",
+            "CustomerKey",
+            "Contacts",
+            "Addresses",
+            "Currency",
+        ]
+    ),
+}
+
+
+def source_paths(row: dict) -> list[str]:
+    """Every source path a mapping row reads: its source, `sources`, `fallbacks`, `when`."""
+    params = row.get("params") or {}
+    paths = [row.get("source_path") or ""]
+    paths += [item for item in params.get("sources") or [] if isinstance(item, str)]
+    paths += [item for item in params.get("fallbacks") or [] if isinstance(item, str)]
+    when = params.get("when") or []
+    paths += [c.get("path", "") for c in (when if isinstance(when, list) else [when])]
+    return [path for path in paths if path]
+
+
+def top_field(path: str) -> str:
+    """The record field a path starts from: "Contacts[?IsPrimary].Email" -> "Contacts"."""
+    return re.split(r"[.\[]", path, maxsplit=1)[0]
+
+
+def needs_full_record(source_object: str, path: str) -> bool:
+    """True when `path` of a KashFlow record is not in its list summary (only the full record
+    has it); False for summary fields and for objects listed whole."""
+    system, _, name = source_object.partition(".")
+    summary = KASHFLOW_SUMMARY_FIELDS.get(name) if system == "kashflow" else None
+    return bool(summary) and bool(path) and top_field(path) not in summary
+
+
 # --------------------------------------------------------------------------------------------
 # Preview helpers
 

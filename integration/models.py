@@ -1202,6 +1202,32 @@ class Cursor(models.Model):
         )
 
 
+class CustomerFeedEntry(models.Model):
+    """What the customers flow last read of one KashFlow customer: the memory of its change feed.
+
+    KashFlow's customer list has no dates and no modified-since filter, so each run walks the
+    summaries and compares each one's hash with `summary_hash`; only a new or changed customer
+    costs a read of its full record. `refresh_due_at` schedules the rolling re-read of fields
+    only the full record carries (TelephoneNumber, Email, Note, PaymentTerms...).
+    """
+
+    connection = models.ForeignKey(Connection, on_delete=models.CASCADE, related_name="+")
+    code = models.CharField(max_length=100)
+    summary_hash = models.CharField(max_length=64, blank=True)
+    # Hash of the full record as last read ("" when the flow maps the summary alone).
+    full_hash = models.CharField(max_length=64, blank=True)
+    full_read_at = models.DateTimeField(null=True, blank=True)
+    refresh_due_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["connection", "code"], name="customer_feed_unique")
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.connection_id}/{self.code}"
+
+
 # --------------------------------------------------------------------------------------------
 # The audit trail
 

@@ -1,6 +1,7 @@
 """Dashboard views: small functions. An action is POST → model or flow call → message → redirect."""
 
 import hmac
+import json
 import logging
 from datetime import datetime, time, timedelta
 
@@ -644,6 +645,7 @@ def _editor_context(mapping_set: MappingSet, formset, version_form) -> dict:
         .order_by("-created_at")
         .values_list("source_id", flat=True)[:200]
     )
+    _mark_full_record_rows(mapping_set.source_object, formset)
     return {
         "mapping_set": mapping_set,
         "active": mapping_set if mapping_set.is_active else history.filter(is_active=True).first(),
@@ -655,6 +657,28 @@ def _editor_context(mapping_set: MappingSet, formset, version_form) -> dict:
         "recent_records": list(dict.fromkeys(recent))[:20],
         "preview_available": _mapping_engine() is not None,
     }
+
+
+def _mark_full_record_rows(source_object: str, formset) -> None:
+    """Flag the rows that read a field KashFlow's list leaves out (`needs_full_record`): the
+    row says so, since such a field arrives on the rolling re-read of full records."""
+    mapping = _mapping_engine()
+    if mapping is None:
+        return
+    for form in formset.forms:
+        params = form["params"].value() or {}
+        if isinstance(params, str):
+            try:
+                params = json.loads(params or "{}")
+            except ValueError:
+                params = {}
+        row = {
+            "source_path": form["source_path"].value() or "",
+            "params": params if isinstance(params, dict) else {},
+        }
+        form.needs_full_record = any(
+            mapping.needs_full_record(source_object, path) for path in mapping.source_paths(row)
+        )
 
 
 def _field_info(object_name: str) -> dict | None:

@@ -367,6 +367,13 @@ KASHFORCE = {
     "STALE_AFTER_SECONDS": _read("KASHFORCE_STALE_AFTER_SECONDS", env.int, 900),
     # A run still queued after this long lost its queue message; the sweeper enqueues it again.
     "LOST_TASK_SECONDS": _read("KASHFORCE_LOST_TASK_SECONDS", env.int, 120),
+    # The customers flow re-reads each KashFlow customer's full record (the fields a list
+    # summary lacks: TelephoneNumber, Email, Note...) at least once in this many hours, spread
+    # over the runs, and at most this many customers a run.
+    "CUSTOMER_REFRESH_HOURS": _read("KASHFORCE_CUSTOMER_REFRESH_HOURS", env.float, 24.0),
+    "CUSTOMER_REFRESH_PER_RUN": _read("KASHFORCE_CUSTOMER_REFRESH_PER_RUN", env.int, 200),
+    # Full KashFlow records read at once (threads), as production integrations do (4 to 8).
+    "KASHFLOW_READ_THREADS": _read("KASHFORCE_KASHFLOW_READ_THREADS", env.int, 4),
     # Days to keep successful ledger rows (errors are kept until resolved).
     "LEDGER_RETENTION_DAYS": _read("KASHFORCE_LEDGER_RETENTION_DAYS", env.int, 90),
     # Values the mappings fall back on (an invoice line's nominal code, a payment's method...).

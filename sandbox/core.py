@@ -47,7 +47,9 @@ from urllib.parse import parse_qs, urlsplit
 log = logging.getLogger("sandbox")
 
 CONTROL_PREFIX = "/__sandbox__/"
-FAULT_KINDS = ("429", "500", "503", "timeout", "reset", "ambiguous", "expire_token")
+FAULT_KINDS = (
+    "429", "500", "503", "timeout", "reset", "ambiguous", "expire_token", "error_body",
+)  # fmt: skip
 IDLE_KEEPALIVE_SECONDS = 120
 
 
@@ -137,13 +139,18 @@ class FaultRule:
     seconds: float = 30.0
 
     def matches(self, request: Request) -> bool:
-        """`match` is "METHOD /prefix", "/prefix", "METHOD" or "" (all); method may be "*"."""
+        """`match` is "METHOD /prefix", "/prefix", "METHOD" or "" (all); method may be "*".
+        A prefix may end in "?name=value&..." to match only requests with those parameters."""
         method, _, prefix = self.match.strip().partition(" ")
         if method.startswith("/"):
             method, prefix = "*", method
         if method not in ("", "*") and method.upper() != request.method:
             return False
-        return request.path.startswith(prefix.strip())
+        prefix, _, query = prefix.strip().partition("?")
+        wanted = [pair.partition("=") for pair in query.split("&") if pair]
+        if any(value not in request.query.get(name, []) for name, _, value in wanted):
+            return False
+        return request.path.startswith(prefix)
 
     def as_dict(self) -> dict:
         return {"match": self.match, "rate": self.rate, "kind": self.kind, "seconds": self.seconds}
@@ -393,6 +400,10 @@ class SimulatorServer(socketserver.ThreadingMixIn, http.server.HTTPServer):
         if kind in ("500", "503"):
             message = "Internal server error." if kind == "500" else "Service unavailable."
             return self.app.error_response(int(kind), f"SANDBOX_FAULT_{kind}", message)
+        if kind == "error_body":
+            # 200 with ASP.NET's unhandled-error body and no data: what KashFlow sends on some
+            # server errors (issue #13 case 1).
+            return Response.json(200, {"Message": "An error has occurred."})
         if kind == "timeout":
             self.stopping.wait(rule.seconds)
             raise _Dropped

@@ -340,14 +340,10 @@ def test_validation_errors_are_permanent_and_say_what_failed(connection, api):
 # -- Reading --------------------------------------------------------------------------------------
 
 
-def test_customers_changed_since_reads_newest_first_and_stops_at_the_watermark(connection, api):
-    summaries = [
-        customer("CUST05", "2024-10-09 15:00:00"),
-        customer("CUST04", "2024-10-09 14:00:00"),
-        customer("CUST03", "2024-10-09 13:00:00"),
-        customer("CUST02", "2024-10-09 12:00:00"),
-        customer("CUST01", "2024-10-08 12:00:00"),
-    ]
+def test_customers_walk_every_page_by_code_200_a_call(connection, api):
+    summaries = [customer(f"CUST0{n}", "") for n in range(1, 6)]
+    for summary in summaries:
+        del summary["LastUpdatedDate"]  # summaries carry no dates (reference §4.1)
     api.on(
         "GET",
         "/v2/customers",
@@ -355,78 +351,116 @@ def test_customers_changed_since_reads_newest_first_and_stops_at_the_watermark(c
             200,
             page(summaries[:2], "https://api.kashflow.com/v2/customers?page=2", 5)
             if query_of(request)["page"] == "1"
-            else page(summaries[2:4], "https://api.kashflow.com/v2/customers?page=3", 5)
-            if query_of(request)["page"] == "2"
-            else page(summaries[4:], None, 5),
-        )(request),
-    )
-    api.on(
-        "GET",
-        "/v2/customers/(CUST0.)",
-        lambda request: reply(
-            200, next(s for s in summaries if request.url.endswith(s["Code"])) | {"Note": "full"}
+            else page(summaries[2:], None, 5),
         )(request),
     )
 
-    changed = list(
-        client_for(connection, api).customers_changed_since(datetime(2024, 10, 9, 13, 0))
-    )
+    codes = [c["Code"] for c in client_for(connection, api).customers()]
 
-    assert [c["Code"] for c in changed] == ["CUST05", "CUST04", "CUST03"]  # 13:00 included
-    assert all(c["Note"] == "full" for c in changed)
+    assert codes == [f"CUST0{n}" for n in range(1, 6)]
     lists = api.calls("GET", "/v2/customers")
-    assert [query_of(r)["page"] for r in lists] == ["1", "2"]  # page 3 never read
-    assert query_of(lists[0]) | {"page": "1"} == {
-        "sortby": "LastUpdatedDate",
-        "order": "desc",
-        "perpage": "200",
-        "page": "1",
-    }
-    assert len(api.calls("GET", "/v2/customers/.+")) == 3  # one GET per changed customer
-
-
-def test_summaries_only_walk_costs_list_calls_alone(connection, api):
-    summaries = [
-        customer("CUST02", "2024-10-09 12:00:00"),
-        customer("CUST01", "2024-10-08 12:00:00"),
+    # The spec's enum: 1 is Code. LastUpdatedDate is not a sort KashFlow offers.
+    assert [query_of(r) for r in lists] == [
+        {"sortby": "1", "order": "asc", "perpage": "200", "page": "1"},
+        {"sortby": "1", "order": "asc", "perpage": "200", "page": "2"},
     ]
-    api.on("GET", "/v2/customers", reply(200, page(summaries, None, 2)))
-    watermark = parse_kashflow_datetime("2024-10-09 00:00:00")
-    changed = list(
-        client_for(connection, api).customers_changed_since(watermark, full_records=False)
-    )
-    assert [c["Code"] for c in changed] == ["CUST02"]
     assert api.calls("GET", "/v2/customers/.+") == []
 
 
-def test_when_summaries_carry_no_dates_the_full_records_decide_where_to_stop(connection, api):
-    # The published spec's summaries have no LastUpdatedDate (the sandbox adds it).
-    full = {
-        "CUST03": customer("CUST03", "2024-10-09 13:00:00"),
-        "CUST02": customer("CUST02", "2024-10-09 12:00:00"),
-        "CUST01": customer("CUST01", "2024-10-08 12:00:00"),
-    }
-    summaries = [{"Code": code, "Name": c["Name"]} for code, c in full.items()]
-    api.on("GET", "/v2/customers", reply(200, page(summaries)))
+MALFORMED_PAGES = {
+    "an error body": {"Message": "An error has occurred."},
+    "no Data": {"MetaData": {"TotalRecords": 3, "NextPageUrl": None}},
+    "Data not a list": {"MetaData": {"TotalRecords": 3, "NextPageUrl": None}, "Data": {}},
+    "no MetaData": {"Data": [{"Code": "X"}]},
+    "MetaData without NextPageUrl": {"MetaData": {"TotalRecords": 3}, "Data": [{"Code": "X"}]},
+    "a bare array": [{"Code": "X"}],
+    "records that are not records": page(["X", "Y"]),
+    "an empty page that says more follow": page([], "https://api.kashflow.com/v2/x?page=3", 9),
+    "a JSON string": '"An error has occurred."',
+}
+LISTS = {
+    "/v2/customers": lambda client: client.customers(),
+    "/v2/invoices": lambda client: client.invoices(),
+    "/v2/products": lambda client: client.products(),
+}
+
+
+@pytest.mark.parametrize("path", LISTS)
+@pytest.mark.parametrize("answer", MALFORMED_PAGES.values(), ids=MALFORMED_PAGES)
+def test_a_list_page_that_is_not_a_well_formed_page_is_an_error_not_the_end(
+    connection, api, path, answer
+):
+    first = page([{"Code": "A", "Number": 1}], f"https://api.kashflow.com{path}?page=2", 9)
     api.on(
         "GET",
-        "/v2/customers/(CUST0.)",
-        lambda request: reply(200, full[request.url.rsplit("/", 1)[1]])(request),
+        path,
+        lambda request: reply(200, first if query_of(request)["page"] == "1" else answer)(request),
+    )
+    read = []
+
+    with pytest.raises(ApiError) as caught:
+        read.extend(LISTS[path](client_for(connection, api)))
+
+    assert len(read) == 1  # page 1 was read; page 2 ends the walk with an error, not quietly
+    assert caught.value.code == "unreadable_answer" and caught.value.transient
+    assert "cannot read" in caught.value.message and "page 2" in caught.value.message
+
+
+def test_an_error_body_says_what_kashflow_said(connection, api):
+    api.on("GET", "/v2/customers", reply(200, {"Message": "An error has occurred."}))
+    with pytest.raises(ApiError) as caught:
+        list(client_for(connection, api).customers())
+    assert caught.value.message == (
+        "KashFlow sent an answer kashforce cannot read when asked to list customers (page 1: it "
+        'has no list of records). KashFlow said: "An error has occurred.". Nothing was '
+        "skipped; kashforce will read it again on the next run."
     )
 
-    changed = client_for(connection, api).customers_changed_since(datetime(2024, 10, 9, 12))
 
-    assert [c["Code"] for c in changed] == ["CUST03", "CUST02"]
-    assert len(api.calls("GET", "/v2/customers/.+")) == 3  # one look past the watermark
+def test_a_200_that_is_not_json_is_an_unreadable_answer(connection, api):
+    api.on("GET", "/v2/customers", reply(200, "<html><body>Service Unavailable</body></html>"))
+    with pytest.raises(ApiError) as caught:
+        list(client_for(connection, api).customers())
+    assert caught.value.code == "unreadable_answer" and "not JSON" in caught.value.message
 
 
-def test_without_a_watermark_every_customer_is_read(connection, api):
-    api.on("GET", "/v2/customers", reply(200, page([customer("CUST01", "2024-10-08 12:00:00")])))
-    api.on("GET", "/v2/customers/CUST01", reply(200, customer("CUST01", "2024-10-08 12:00:00")))
+@pytest.mark.parametrize("answer", [{"Message": "An error has occurred."}, ["x"], "text"])
+def test_a_look_up_list_that_is_not_a_list_is_an_error(connection, api, answer):
+    api.on("GET", "/v2/vat/settings/vatrates", reply(200, answer))
+    with pytest.raises(ApiError) as caught:
+        client_for(connection, api).vat_rates()
+    assert caught.value.code == "unreadable_answer"
 
-    assert [c["Code"] for c in client_for(connection, api).customers_changed_since(None)] == [
-        "CUST01"
-    ]
+
+def test_a_look_up_list_is_a_bare_array_or_an_envelope(connection, api):
+    api.on("GET", "/v2/nominals", reply(200, [{"Code": 4000}]))
+    api.on("GET", "/v2/bankaccounts", reply(200, page([{"Id": 101}])))
+    client = client_for(connection, api)
+    assert client.nominals() == [{"Code": 4000}]
+    assert client.bank_accounts() == [{"Id": 101}]
+
+
+def test_update_customer_reads_merges_and_puts_the_whole_customer(connection, api):
+    stored = customer(
+        "CUST01",
+        "2024-10-09 12:00:00",
+        TelephoneNumber="020 7946 0000",
+        Contacts=[{"Id": 7, "Name": "Jo Bloggs", "IsPrimary": True}],
+        DisplayName="Customer CUST01",
+    )
+    api.on("GET", "/v2/customers/CUST01", reply(200, stored))
+    api.on("PUT", "/v2/customers/CUST01", reply(200, {**stored, "Name": "Renamed Ltd"}))
+
+    client_for(connection, api).update_customer("CUST01", {"Name": "Renamed Ltd"})
+
+    sent = body_of(api.calls("PUT", "/v2/customers/CUST01")[0])
+    assert sent["Name"] == "Renamed Ltd"
+    # Every field KashFlow holds goes back, or the PUT would clear it.
+    for name in ("Code", "Note", "PaymentTerms", "TelephoneNumber", "Contacts", "Id"):
+        assert sent[name] == stored[name] or str(sent[name]) == str(stored[name]), name
+    # Computed fields are KashFlow's, not ours to send.
+    for name in ("OutstandingBalance", "LastUpdatedDate", "DisplayName"):
+        assert name not in sent
 
 
 def test_customer_codes_are_one_path_segment(connection, api):
@@ -695,20 +729,27 @@ def test_sandbox_invoices_round_trip_money_and_dates_exactly(sandbox, sandbox_ka
     assert client.find_invoices_by_reference("SF-0061x000001") == []
 
 
-def test_sandbox_customers_changed_since_stops_at_the_watermark(sandbox, sandbox_kashflow):
+def test_sandbox_update_customer_keeps_every_field_it_does_not_change(sandbox, sandbox_kashflow):
     client = new_client(sandbox_kashflow)
-    clock = sandbox.info["control"]["kashflow"]
-    for code in ("CUST01", "CUST02", "CUST03"):
-        client.create_customer({"Code": code, "Name": f"Customer {code}"})
-        control(clock, "clock", {"advance_seconds": 60})
-    watermark = parse_kashflow_datetime(client.get_customer("CUST02")["LastUpdatedDate"])
-    control(sandbox.info["control"]["kashflow"], "stats/reset", {})
+    client.create_customer(
+        {
+            "Code": "CUST01",
+            "Name": "Customer One",
+            "Note": "Pays by BACS",
+            "VATNumber": "GB123456789",
+            "Contacts": [{"Name": "Jo Bloggs", "Email": "jo@example.org", "IsPrimary": True}],
+            "Addresses": [{"Line1": "1 High St", "PostCode": "EC1A 1AA"}],
+            "PaymentTerms": {"Days": 14, "Type": "AfterMonthEnd"},
+        }
+    )
+    before = client.get_customer("CUST01")
 
-    changed = list(client.customers_changed_since(watermark))
+    client.update_customer("CUST01", {"Name": "Customer One Ltd"})
 
-    assert [c["Code"] for c in changed] == ["CUST03", "CUST02"]
-    assert calls(sandbox, "kashflow", "GET /v2/customers/{code}") == 2
-    assert calls(sandbox, "kashflow", "GET /v2/customers") == 3  # one list page + two records
+    after = client.get_customer("CUST01")
+    assert after["Name"] == "Customer One Ltd"
+    for name in ("Note", "VATNumber", "Contacts", "Addresses", "PaymentTerms", "Currency"):
+        assert after[name] == before[name], name
 
 
 def test_sandbox_reference_data(sandbox, sandbox_kashflow):

@@ -56,8 +56,10 @@ def test_initial_load_upserts_accounts_and_contacts_in_batches_of_200(org):
     calls = stats(org.sandbox, "salesforce")["calls"]
     upserts = sum(n for route, n in calls.items() if "composite/sobjects" in route)
     assert upserts == 6  # 3 batches x (Accounts + Contacts)
-    kashflow_calls = stats(org.sandbox, "kashflow")["total"]
-    assert kashflow_calls <= 2 + 3  # sign-in (2) + 3 pages of 200
+    kashflow = stats(org.sandbox, "kashflow")["calls"]
+    # Sign-in (2), 3 pages of 200, and each new customer's full record (the default mapping
+    # reads TelephoneNumber and Email, which the summaries lack).
+    assert sum(kashflow.values()) == 2 + 3 + 450, kashflow
 
 
 def test_collect_records_the_customers_a_page_at_a_time(org):
@@ -271,3 +273,212 @@ def test_a_customer_swept_from_a_slow_worker_is_left_to_the_ledger_and_synced_la
     assert retry.written_count == 1, retry.summary
     event.refresh_from_db()
     assert event.status == SyncEvent.Status.SUCCEEDED and event.target_id == ref.salesforce_id
+
+
+# -- The change feed under the strict simulator (issues #12, #13 case 1, #21) -------------------
+
+
+def kashflow_calls(sandbox) -> dict[str, int]:
+    calls = stats(sandbox, "kashflow")["calls"]
+    return {
+        "lists": calls.get("GET /v2/customers", 0),
+        "reads": calls.get("GET /v2/customers/{code}", 0),
+    }
+
+
+def account_of(org, code: str) -> dict:
+    soql = f"SELECT Name, Phone, BillingPostalCode FROM Account WHERE ExternalID__c = '{code}'"
+    return next(org.salesforce.query(soql))
+
+
+def contact_of(org, code: str) -> dict:
+    soql = f"SELECT Email, Phone, LastName FROM Contact WHERE ExternalID__c = '{code}-primary'"
+    return next(org.salesforce.query(soql))
+
+
+def test_a_no_op_run_costs_one_list_call_per_200_customers_and_nothing_else(org):
+    org.sandbox.reset("customers=450,accounts=0")
+    run_customers()
+    reset_stats(org.sandbox)
+    again = run_customers()
+    assert again.status == SyncRun.Status.SUCCEEDED, again.summary
+    assert (again.read_count, again.written_count) == (0, 0)
+    assert kashflow_calls(org.sandbox) == {"lists": 3, "reads": 0}  # ⌈450/200⌉, no full reads
+    assert stats(org.sandbox, "kashflow")["total"] == 3
+    assert stats(org.sandbox, "salesforce")["total"] == 0
+
+
+def test_contact_email_phone_and_postcode_edited_in_kashflow_reach_salesforce_next_run(org):
+    org.sandbox.reset("customers=250,accounts=0")
+    run_customers()
+    code = sorted(c["Code"] for c in org.kashflow.customers())[-1]  # on the second page
+    customer = org.kashflow.get_customer(code)
+    contacts = [dict(c) for c in customer["Contacts"]]
+    primary = next(c for c in contacts if c["IsPrimary"])
+    primary.update(Email="new.address@example.org", Telephone="0161 496 0123")
+    addresses = [dict(a) for a in customer["Addresses"]]
+    addresses[0]["PostCode"] = "M1 1AE"
+    # The top-level phone and e-mail are cleared, so the primary contact's are what KashFlow has.
+    org.kashflow.update_customer(
+        code,
+        {"Contacts": contacts, "Addresses": addresses, "TelephoneNumber": "", "Email": ""},
+    )
+    reset_stats(org.sandbox)
+    run = run_customers()
+    assert (run.read_count, run.written_count) == (1, 1), run.summary
+    assert kashflow_calls(org.sandbox) == {"lists": 2, "reads": 1}
+    assert account_of(org, code)["BillingPostalCode"] == "M1 1AE"
+    assert account_of(org, code)["Phone"] == "0161 496 0123"
+    contact = contact_of(org, code)
+    assert (contact["Email"], contact["Phone"]) == ("new.address@example.org", "0161 496 0123")
+
+
+def test_a_new_customer_reaches_salesforce_next_run(org):
+    org.sandbox.reset("customers=210,accounts=0")
+    run_customers()
+    org.kashflow.create_customer(
+        {
+            "Code": "AAAA01",  # sorts first: the walk's pages shift under it
+            "Name": "Quayside Analytics Ltd",
+            "TelephoneNumber": "0191 496 0000",
+            "Contacts": [{"Name": "Ada Quay", "Email": "ada@quayside.example", "IsPrimary": True}],
+            "Addresses": [{"Line1": "1 Quay St", "Line3": "Newcastle", "PostCode": "NE1 3AF"}],
+        }
+    )
+    reset_stats(org.sandbox)
+    run = run_customers()
+    assert (run.read_count, run.written_count) == (1, 1), run.summary
+    assert kashflow_calls(org.sandbox) == {"lists": 2, "reads": 1}
+    account = account_of(org, "AAAA01")
+    assert (account["Name"], account["Phone"]) == ("Quayside Analytics Ltd", "0191 496 0000")
+    assert contact_of(org, "AAAA01")["Email"] == "ada@quayside.example"
+
+
+def test_a_telephone_number_edit_reaches_the_account_by_the_rolling_refresh(org, monkeypatch):
+    """TelephoneNumber is not in the list summaries: the full record brings it, on the rolling
+    re-read (every customer within CUSTOMER_REFRESH_HOURS), or at once with a summary change."""
+    org.sandbox.reset("customers=30,accounts=0")
+    run_customers()
+    first, second = sorted(c["Code"] for c in org.kashflow.customers())[:2]
+    org.kashflow.update_customer(first, {"TelephoneNumber": "020 7946 0999"})
+    org.kashflow.update_customer(second, {"TelephoneNumber": "020 7946 0888", "Name": "Moved Ltd"})
+    reset_stats(org.sandbox)
+    now = run_customers()
+    assert (now.read_count, now.written_count) == (1, 1), now.summary  # the name change
+    assert account_of(org, second)["Phone"] == "020 7946 0888"
+    assert account_of(org, first)["Phone"] != "020 7946 0999"  # its summary did not change
+    assert kashflow_calls(org.sandbox) == {"lists": 1, "reads": 1}
+
+    a_day_later = timezone.now() + customers.timedelta(hours=24, minutes=1)
+    monkeypatch.setattr(customers.timezone, "now", lambda: a_day_later)
+    reset_stats(org.sandbox)
+    later = run_customers()
+    assert later.written_count == 1, later.summary
+    assert account_of(org, first)["Phone"] == "020 7946 0999"
+    # Every customer was due once in the day; the 29 unchanged ones were re-read, not recorded.
+    assert kashflow_calls(org.sandbox) == {"lists": 1, "reads": 30}
+    assert later.read_count == 1
+
+
+def test_the_refresh_is_spread_over_the_period_and_bounded_per_run(org, monkeypatch, settings):
+    org.sandbox.reset("customers=40,accounts=0")
+    run_customers()
+    settings.KASHFORCE = {**settings.KASHFORCE, "CUSTOMER_REFRESH_PER_RUN": 5}
+    start = timezone.now()
+    monkeypatch.setattr(customers.timezone, "now", lambda: start + customers.timedelta(hours=12))
+    reset_stats(org.sandbox)
+    run_customers()
+    halfway = kashflow_calls(org.sandbox)["reads"]
+    assert 0 < halfway <= 5  # some are due after 12 hours, at most 5 a run
+
+
+def test_a_page_without_data_fails_the_collect_and_leaves_the_feed_where_it_was(org):
+    org.sandbox.reset("customers=450,accounts=0")
+    run_customers()
+    codes = sorted(c["Code"] for c in org.kashflow.customers())
+    renamed = [codes[0], codes[300]]  # one on page 1, one on page 2
+    for code in renamed:
+        org.kashflow.update_customer(code, {"Name": f"Renamed {code}"})
+    before = dict(
+        customers.CustomerFeedEntry.objects.values_list("code", "summary_hash").order_by("code")
+    )
+    control(
+        org.sandbox.info["control"]["kashflow"],
+        "faults",
+        {"rules": [{"match": "GET /v2/customers?page=2", "kind": "error_body", "rate": 1.0}]},
+    )
+    failed = run_customers()
+    assert failed.status == SyncRun.Status.FAILED
+    assert "reading changes" in failed.summary and "cannot read" in failed.summary
+    assert "An error has occurred." in failed.summary
+    after = dict(
+        customers.CustomerFeedEntry.objects.values_list("code", "summary_hash").order_by("code")
+    )
+    # Page 1's change is in the ledger; page 2 and 3 were never read, so nothing moved there.
+    assert {code for code in before if before[code] != after[code]} == {codes[0]}
+    assert len(after) == 450  # nobody was forgotten as deleted
+
+    control(org.sandbox.info["control"]["kashflow"], "faults", {"rules": []})
+    retry = run_customers()
+    assert retry.status == SyncRun.Status.SUCCEEDED, retry.summary
+    for code in renamed:
+        assert account_of(org, code)["Name"] == f"Renamed {code}"
+
+
+def test_a_deleted_customer_is_forgotten_by_the_feed(org):
+    org.sandbox.reset("customers=5,accounts=0")
+    run_customers()
+    code = sorted(c["Code"] for c in org.kashflow.customers())[0]
+    org.kashflow._request("DELETE", f"/customers/{code}", "delete customer")
+    run_customers()
+    assert not customers.CustomerFeedEntry.objects.filter(code=code).exists()
+    assert customers.CustomerFeedEntry.objects.count() == 4
+
+
+def test_full_reads_stop_when_the_task_s_time_is_up_and_the_next_run_carries_on(org, settings):
+    settings.KASHFORCE = {**settings.KASHFORCE, "KASHFLOW_READ_THREADS": 1}  # 4 reads a step
+    org.sandbox.reset("customers=12,accounts=0")
+    run = engine.start_run("customers", Trigger.MANUAL)
+    ctx = engine.RunContext(run=run, deadline=float("inf"))
+    read = ctx.kashflow.get_customer
+
+    def slow_read(code):
+        reads.append(code)
+        if len(reads) == 4:
+            ctx.deadline = 0  # this task's slice runs out with the 4th full record
+        return read(code)
+
+    reads = []
+    ctx.kashflow.get_customer = slow_read
+    engine.get_flow("customers").collect(ctx)
+    assert ctx.recorded == 4 == customers.CustomerFeedEntry.objects.count()
+    run.fail("test")  # let the next run collect
+    rest = run_customers()
+    assert rest.read_count == 8, rest.summary
+    assert customers.CustomerFeedEntry.objects.count() == 12
+
+
+def test_a_full_run_cut_short_leaves_the_rest_to_be_read_next_run(org, settings):
+    settings.KASHFORCE = {**settings.KASHFORCE, "KASHFLOW_READ_THREADS": 1}  # 4 reads a step
+    org.sandbox.reset("customers=6,accounts=0")
+    run_customers()
+    code = sorted(c["Code"] for c in org.kashflow.customers())[-1]
+    org.kashflow.update_customer(code, {"TelephoneNumber": "020 7946 0777"})  # not in summary
+    run = engine.start_run("customers", Trigger.MANUAL, full=True)
+    ctx = engine.RunContext(run=run, deadline=float("inf"))
+    read, reads = ctx.kashflow.get_customer, []
+
+    def slow_read(customer_code):
+        reads.append(customer_code)
+        if len(reads) == 2:
+            ctx.deadline = 0
+        return read(customer_code)
+
+    ctx.kashflow.get_customer = slow_read
+    engine.get_flow("customers").collect(ctx)
+    assert len(reads) == 4  # the step in hand is finished, then the reads stop
+    run.fail("test")
+    reset_stats(org.sandbox)
+    rest = run_customers()
+    assert kashflow_calls(org.sandbox) == {"lists": 1, "reads": 2}
+    assert account_of(org, code)["Phone"] == "020 7946 0777", rest.summary

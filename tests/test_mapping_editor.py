@@ -285,3 +285,28 @@ def test_the_invoice_marker_is_shown_fixed_and_cannot_be_mapped(admin_client_):
     assert response.status_code == 200
     assert "kashforce sets CustomerReference itself" in response.content.decode()
     assert versions_of(active).count() == 1
+
+
+FULL_RECORD_NOTE = "Not in KashFlow's customer list: read from the full customer record"
+
+
+def test_the_editor_says_which_customer_fields_need_the_full_record(admin_client_):
+    """TelephoneNumber and Email are not in KashFlow's customer list summaries (issue #21)."""
+    mapping_set = MappingSet.objects.active().get(
+        flow="customers", source_object="kashflow.Customer", target_object="salesforce.Account"
+    )
+    page = admin_client_.get(reverse("dashboard:mapping", args=[mapping_set.pk])).content.decode()
+    rows = page.split('<tr class="mapping-row')[1:]
+    noted = [row for row in rows if FULL_RECORD_NOTE in row]
+    # The Phone row, and the Shipping* rows (delivery addresses are not in the summary either).
+    assert sum('value="TelephoneNumber"' in row for row in noted) == 1
+    assert len(noted) == 11
+    assert all("TelephoneNumber" in row or "DeliveryAddresses" in row for row in noted)
+    for target in ("Name", "BillingPostalCode", "BillingCity", "ExternalID__c"):
+        assert all(FULL_RECORD_NOTE not in r for r in rows if f'value="{target}"' in r), target
+
+
+def test_the_full_record_note_is_for_kashflow_customers_only(admin_client_, customers_v1):
+    # The factory's pair reads kashflow.Supplier's Email: no customer summary applies to it.
+    page = admin_client_.get(reverse("dashboard:mapping", args=[customers_v1.pk])).content.decode()
+    assert 'value="Email"' in page and FULL_RECORD_NOTE not in page

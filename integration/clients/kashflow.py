@@ -45,6 +45,24 @@ SQL_TIMEOUT = "-2146232060"  # KashFlow's "Execution Timeout Expired" (reference
 # KashFlow's wall clock: its dates carry no zone (or one we are told to ignore).
 KASHFLOW_TIME_ZONE = ZoneInfo("Europe/London")
 JSON_HEADERS = {"Accept": "application/json", "Content-Type": "application/json"}
+# Fields of a full customer that KashFlow computes: not sent back in a whole-object PUT.
+CUSTOMER_READ_ONLY = frozenset(
+    [
+        "DisplayName",
+        "CreatedDate",
+        "LastUpdatedDate",
+        "FirstInvoiceDate",
+        "LastInvoiceDate",
+        "InvoiceCount",
+        "InvoicedNetAmount",
+        "InvoicedVATAmount",
+        "TotalPaidAmount",
+        "OutstandingBalance",
+        "OverdueAmount",
+        "AverageDaysToPay",
+        "EnvelopeUrl",
+    ]
+)
 
 LOGIN_MESSAGES = {
     "InvalidCredentials": "KashFlow rejected the username or password.",
@@ -237,7 +255,10 @@ class KashFlowClient:
             raise error_from_response(response, what)
         if response.status_code == 204 or not response.content:
             return None
-        return json.loads(response.text, parse_float=Decimal)
+        try:
+            return json.loads(response.text, parse_float=Decimal)
+        except ValueError:
+            raise unreadable(what, f"HTTP {response.status_code} that is not JSON") from None
 
     def _send(self, method, path, token, params, body) -> requests.Response:
         headers = {**JSON_HEADERS, "Authorization": f"KfToken {token}"}
@@ -249,66 +270,47 @@ class KashFlowClient:
         except requests.RequestException as exc:
             raise network_error(SYSTEM, method, exc) from None
 
-    def _pages(self, path: str, what: str, params: dict | None = None) -> Iterator[dict]:
-        """Every item of a list, page by page (a bare-array list is one page)."""
-        params = {"perpage": PAGE_SIZE, **(params or {})}
+    def _pages(
+        self, path: str, what: str, params: dict | None = None, paged: bool = True
+    ) -> Iterator[dict]:
+        """Every item of a list, page by page.
+
+        A paged list (`paged`) must answer `{"MetaData": {..., "NextPageUrl"}, "Data": [...]}`
+        on every page; a look-up list is a bare array (or, sometimes, that envelope). Any other
+        answer (a 200 carrying `{"Message": "An error has occurred."}`, Data that is not a list,
+        no MetaData) is an unreadable answer: ApiError, never the end of the list, so a walk
+        that could not read every page fails instead of skipping the rest.
+        """
+        params = {"perpage": PAGE_SIZE, **(params or {})} if paged else dict(params or {})
         page = 1
         while True:
-            answer = self._request("GET", path, what, params={**params, "page": page})
-            if isinstance(answer, list):
-                yield from answer
+            query = {**params, "page": page} if paged else params or None
+            answer = self._request("GET", path, what, params=query)
+            if isinstance(answer, list) and not paged:
+                yield from _items(answer, what, page)
                 return
-            items = answer.get("Data") or []
+            items, more = _page_items(answer, what, page)
             yield from items
             # Loop on `page` rather than follow NextPageUrl: whether that URL is absolute or
             # relative is not documented (reference §6).
-            if not items or not (answer.get("MetaData") or {}).get("NextPageUrl"):
+            if not more:
                 return
             page += 1
 
     # Customers ----------------------------------------------------------------------------------
 
     def customers(self, **filters) -> Iterator[dict]:
-        """Customer summaries, every page (filters: searchtext, namestartswith, sortby, order)."""
-        return self._pages("/customers", "list customers", {"perpage": LONG_PAGE_SIZE, **filters})
+        """Customer summaries, every page (filters: searchtext, namestartswith, sortby, order).
 
-    def customers_changed_since(
-        self, watermark: datetime | None, full_records: bool = True
-    ) -> Iterator[dict]:
-        """Customer records changed at or after `watermark`, newest first.
-
-        With `full_records=False` the list's summaries are returned as they are (they carry the
-        code, name, contacts and addresses a customer sync maps), which makes an initial load of
-        N customers cost N/200 calls instead of N.
-
-        KashFlow has no modified-since filter, so this reads the list sorted by LastUpdatedDate
-        descending and stops at the first summary older than the watermark. A changed customer
-        costs one GET for its full record (summaries lack notes, payment terms, e-mail...);
-        unchanged ones cost nothing beyond the page the walk stops in. Where a summary carries
-        no LastUpdatedDate, the full record's date decides. Equal times are included (KashFlow
-        stamps to the second), so callers dedupe by content. The watermark should be the
-        latest LastUpdatedDate seen (parse_kashflow_datetime); an aware datetime is taken on
-        KashFlow's UK clock.
+        Summaries carry Code, Name, VATNumber, Currency, Contacts[] and Addresses[], but no
+        dates, TelephoneNumber, Email, Note or PaymentTerms: those are on the full record.
+        KashFlow sorts customers only by Name, Code, TotalPaidAmount or OutstandingBalance
+        (sortby 0, 1, 3, 4) and has no modified-since filter, so a change feed walks the whole
+        list (200 a call) and compares each summary with the last one seen
+        (integration/sync/customers.py).
         """
-        if watermark is not None and watermark.tzinfo is not None:
-            watermark = watermark.astimezone(KASHFLOW_TIME_ZONE).replace(tzinfo=None)
-        seen = set()
-        summaries = self.customers(sortby="LastUpdatedDate", order="desc")
-        for summary in summaries:
-            if summary["Code"] in seen:  # a concurrent change shifted the pages
-                continue
-            seen.add(summary["Code"])
-            listed = parse_kashflow_datetime(summary.get("LastUpdatedDate"))
-            if watermark is not None and listed is not None and listed < watermark:
-                return
-            if not full_records and listed is not None:
-                yield summary
-                continue
-            customer = self.get_customer(summary["Code"])
-            updated = parse_kashflow_datetime(customer.get("LastUpdatedDate"))
-            if watermark is not None and listed is None and updated and updated < watermark:
-                return
-            yield customer
+        params = {"perpage": LONG_PAGE_SIZE, "sortby": 1, "order": "asc", **filters}
+        return self._pages("/customers", "list customers", params)
 
     def get_customer(self, code: str) -> dict:
         return self._request("GET", f"/customers/{_key(code)}", f"read customer {code}")
@@ -319,9 +321,15 @@ class KashFlowClient:
         return self._request("POST", "/customers", what, body=customer)
 
     def update_customer(self, code: str, changes: dict) -> dict:
-        """Update with the fields given (lists such as Contacts are replaced whole)."""
+        """Change some fields of a customer: read it, merge `changes` (each top-level field
+        given replaces the current one; lists such as Contacts are replaced whole) and PUT the
+        whole customer, since KashFlow's PUT replaces the whole object (a field left out would
+        be cleared). Returns the stored customer."""
+        current = self.get_customer(code)
+        whole = {name: value for name, value in current.items() if name not in CUSTOMER_READ_ONLY}
+        whole.update(changes)
         return self._request(
-            "PUT", f"/customers/{_key(code)}", f"update customer {code}", body=changes
+            "PUT", f"/customers/{_key(code)}", f"update customer {code}", body=whole
         )
 
     # Invoices -------------------------------------------------------------------------------------
@@ -396,16 +404,52 @@ class KashFlowClient:
         return self._request("PUT", path, f"update product {nominal_code}/{code}", body=changes)
 
     def nominals(self) -> list[dict]:
-        return list(self._pages("/nominals", "list nominal codes"))
+        return list(self._pages("/nominals", "list nominal codes", paged=False))
 
     def bank_accounts(self) -> list[dict]:
-        return list(self._pages("/bankaccounts", "list bank accounts"))
+        return list(self._pages("/bankaccounts", "list bank accounts", paged=False))
 
     def payment_methods(self, kind: str = "invoice") -> list[dict]:
-        return list(self._pages(f"/paymentmethods/{kind}", "list payment methods"))
+        return list(self._pages(f"/paymentmethods/{kind}", "list payment methods", paged=False))
 
     def vat_rates(self) -> list[dict]:
-        return list(self._pages("/vat/settings/vatrates", "list VAT rates"))
+        return list(self._pages("/vat/settings/vatrates", "list VAT rates", paged=False))
+
+
+def unreadable(what: str, reason: str, answer: object = None) -> ApiError:
+    """A 2xx answer that is not what the API promises: transient (KashFlow sends such answers
+    on a server error), so the run fails and the next one reads again; nothing is skipped."""
+    said = answer.get("Message") if isinstance(answer, dict) else None
+    detail = f' KashFlow said: "{str(said).strip()[:200]}".' if said else ""
+    return ApiError(
+        f"KashFlow sent an answer kashforce cannot read when asked to {what} ({reason})."
+        f"{detail} Nothing was skipped; kashforce will read it again on the next run.",
+        permanent=False,
+        system=SYSTEM,
+        code="unreadable_answer",
+    )
+
+
+def _items(items: list, what: str, page: int) -> list[dict]:
+    if not all(isinstance(item, dict) for item in items):
+        raise unreadable(what, f"page {page} lists something that is not a record")
+    return items
+
+
+def _page_items(answer: object, what: str, page: int) -> tuple[list[dict], bool]:
+    """A paged list answer's items and whether another page follows; ApiError if malformed."""
+    if not isinstance(answer, dict):
+        raise unreadable(what, f"page {page} is not a list page")
+    data, meta = answer.get("Data"), answer.get("MetaData")
+    if not isinstance(data, list):
+        reason = "it has no list of records" if data is None else "its records are not a list"
+        raise unreadable(what, f"page {page}: {reason}", answer)
+    if not isinstance(meta, dict) or "NextPageUrl" not in meta:
+        raise unreadable(what, f"page {page} does not say whether more pages follow", answer)
+    more = bool(meta["NextPageUrl"])
+    if more and not data:
+        raise unreadable(what, f"page {page} is empty but says more pages follow", answer)
+    return _items(data, what, page), more
 
 
 def _key(code: str) -> str:

@@ -1,7 +1,14 @@
 """Customers: KashFlow customers → Salesforce Accounts and their primary Contacts.
 
-Collect walks KashFlow's customer list newest change first and stops at the cursor, so a sync
-with nothing changed costs one list call. Process maps a batch of up to 200 customers and
+Collect is a change feed that needs no sort and no dates (KashFlow's customer list has neither
+a modified-since filter nor dates in its summaries, and sorts only by name, code or balance):
+it walks every summary, 200 a call, and compares each one's hash with the one it last saw
+(CustomerFeedEntry). Only a new or changed customer costs a read of its full record, and only
+when the mappings read a field the summary lacks (TelephoneNumber, Email...; see
+`mapping.needs_full_record`). Those fields can change without the summary changing, so each
+run also re-reads a slice of customers whose refresh is due: every customer within
+CUSTOMER_REFRESH_HOURS. A sync with nothing changed costs ⌈N/200⌉ list calls and no other
+call. Process maps a batch of up to 200 customers and
 upserts them on the External ID fields with two sObject Collections calls (Accounts, then
 Contacts with their AccountId), skipping customers whose mapped payload hashes the same as the
 one last written. A full run (`--full`, weekly) reads every customer and compares against what
@@ -10,24 +17,33 @@ Salesforce holds now, so drift made by hand in Salesforce is found and put right
 
 from __future__ import annotations
 
+import logging
+from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
 
 from django.db import transaction
+from django.utils import timezone
 
 from integration.clients.errors import ApiError
-from integration.clients.kashflow import parse_kashflow_datetime
 from integration.clients.salesforce import soql_quote
-from integration.mapping import apply_mapping, payload_hash
-from integration.models import CrossRef, Cursor, Direction, SyncEvent
+from integration.mapping import (
+    apply_mapping,
+    content_hash,
+    needs_full_record,
+    payload_hash,
+    source_paths,
+    top_field,
+)
+from integration.models import CrossRef, CustomerFeedEntry, Direction, SyncEvent
 from integration.sync import engine
 from integration.sync.links import Links
 from integration.sync.mappings import MappingMissing, active_rows, context, salesforce_fields
 
+log = logging.getLogger(__name__)
+
 SOURCE = "kashflow.Customer"
 ACCOUNT = "salesforce.Account"
 CONTACT = "salesforce.Contact"
-# KashFlow stamps changes to the second and a save can land while we page: read a little back.
-OVERLAP = timedelta(minutes=2)
 
 
 class CustomersFlow:
@@ -37,15 +53,11 @@ class CustomersFlow:
     # Collect ----------------------------------------------------------------------------------
 
     def collect(self, ctx: engine.RunContext) -> None:
-        connection = ctx.kashflow.connection
-        watermark = None if ctx.run.full else _watermark(Cursor.get_value(self.name, connection))
-        newest = ""
-        customers = ctx.kashflow.customers_changed_since(watermark, full_records=False)
-        for page in engine.pages(customers):
-            engine.record_changes(ctx, [_change(ctx, customer) for customer in page])
-            newest = max(newest, *(_sortable(c.get("LastUpdatedDate") or "") for c in page))
-        if newest and not ctx.dry_run:
-            Cursor.advance(self.name, connection, newest)
+        feed = _Feed(ctx)
+        for page in engine.pages(ctx.kashflow.customers()):
+            engine.record_changes(ctx, feed.changes(page))
+            feed.save()
+        feed.forget_the_unlisted()
 
     # Process ----------------------------------------------------------------------------------
 
@@ -85,16 +97,165 @@ class CustomersFlow:
         _write(ctx, writes, links)
 
 
-def _change(ctx: engine.RunContext, customer: dict) -> engine.Change:
-    stamp = customer.get("LastUpdatedDate") or ""
+class _Feed:
+    """One collect's walk of the customer list against what the last walks saw."""
+
+    def __init__(self, ctx: engine.RunContext):
+        self.ctx = ctx
+        self.connection = ctx.kashflow.connection
+        self.now = timezone.now()
+        self.period = timedelta(hours=engine._setting("CUSTOMER_REFRESH_HOURS"))
+        self.fields = _mapped_fields(ctx)
+        self.full_needed = self.fields is None or any(
+            needs_full_record(SOURCE, name) for name in self.fields
+        )
+        self.known = CustomerFeedEntry.objects.filter(connection=self.connection)
+        self.refresh = self._due() if self.full_needed and not ctx.run.full else set()
+        self.seen: set[str] = set()
+        self.entries: dict[str, CustomerFeedEntry] = {}
+        self.dirty: list[CustomerFeedEntry] = []
+        self.deferred = 0
+
+    def _due(self) -> set[str]:
+        """The customers whose full record is due for its rolling re-read (oldest first)."""
+        due = self.known.filter(refresh_due_at__lte=self.now).order_by("refresh_due_at", "pk")
+        limit = engine._setting("CUSTOMER_REFRESH_PER_RUN")
+        return set(due.values_list("code", flat=True)[:limit])
+
+    def changes(self, summaries: list[dict]) -> list[engine.Change]:
+        """The page's new and changed customers, read in full where the mappings need it."""
+        # What the last walks saw of this page's customers: one query a page, whatever N.
+        codes = [summary.get("Code") for summary in summaries if summary.get("Code")]
+        self.entries = {entry.code: entry for entry in self.known.filter(code__in=codes)}
+        wanted = []  # (summary, entry, digest, changed): what this page must look at
+        for summary in summaries:
+            code = summary.get("Code")
+            if not code or code in self.seen:  # a customer added meanwhile shifted the pages
+                continue
+            self.seen.add(code)
+            entry = self.entries.get(code)
+            digest = content_hash(_relevant(summary, self.fields))
+            listed_change = entry is None or entry.summary_hash != digest
+            if listed_change or self.ctx.run.full or code in self.refresh:
+                wanted.append((summary, entry, digest, listed_change))
+        records = self._full_records([s["Code"] for s, *_ in wanted]) if self.full_needed else {}
+        found = []
+        for summary, entry, digest, listed_change in wanted:
+            code = summary["Code"]
+            if self.full_needed and code not in records:
+                # This task's time was up (a first load of thousands): the customer stays
+                # unseen, so the next run reads it. The list walk itself goes on (it is cheap).
+                self.deferred += 1
+                if not listed_change:  # a full run's or a due re-read: read it next run
+                    entry.summary_hash = ""
+                    self.dirty.append(entry)
+                continue
+            record = records[code] if self.full_needed else summary
+            if record is None:
+                continue  # deleted between the list and the read: the next walk forgets it
+            full_digest = content_hash(_relevant(record, self.fields)) if self.full_needed else ""
+            if listed_change or self.ctx.run.full or full_digest != entry.full_hash:
+                found.append(_change(self.ctx, record, full_digest or digest))
+            self._remember(code, entry, digest, full_digest)
+        return found
+
+    def _full_records(self, codes: list[str]) -> dict[str, dict | None]:
+        """The full records of `codes` (None for one deleted meanwhile), a few at a time, in a
+        few threads: a first load reads thousands. Stops when the task's time is up."""
+        records: dict[str, dict | None] = {}
+        threads = max(1, engine._setting("KASHFLOW_READ_THREADS"))
+        step = threads * 4
+        with ThreadPoolExecutor(max_workers=threads) as pool:
+            for start in range(0, len(codes), step):
+                if self.ctx.time_left() <= 0:
+                    break
+                chunk = codes[start : start + step]
+                records.update(zip(chunk, pool.map(self._full_record, chunk), strict=True))
+        return records
+
+    def _full_record(self, code: str) -> dict | None:
+        try:
+            return self.ctx.kashflow.get_customer(code)
+        except ApiError as exc:
+            if exc.status == 404:
+                return None
+            raise
+
+    def _remember(self, code, entry, digest: str, full_digest: str) -> None:
+        if entry is None:
+            entry = self.entries[code] = CustomerFeedEntry(connection=self.connection, code=code)
+            # A first read spreads the customers' re-reads over the period (6 to 24 hours by
+            # default), so they never all fall due in the same run.
+            share = 0.25 + 0.75 * (int(content_hash(code)[:8], 16) / 0xFFFFFFFF)
+        else:
+            share = 1.0
+        entry.summary_hash, entry.full_hash = digest, full_digest
+        if self.full_needed:
+            entry.full_read_at = self.now
+            entry.refresh_due_at = self.now + self.period * share
+        self.dirty.append(entry)
+
+    def save(self) -> None:
+        """Keep what this page showed, once its changes are in the ledger."""
+        if self.dirty and not self.ctx.dry_run:
+            fields = ["summary_hash", "full_hash", "full_read_at", "refresh_due_at"]
+            rows = [  # without their ids: an upsert on (connection, code), new or known
+                CustomerFeedEntry(
+                    connection=self.connection,
+                    code=entry.code,
+                    **{name: getattr(entry, name) for name in fields},
+                )
+                for entry in self.dirty
+            ]
+            CustomerFeedEntry.objects.bulk_create(
+                rows,
+                update_conflicts=True,
+                unique_fields=["connection", "code"],
+                update_fields=fields,
+            )
+        self.dirty = []
+
+    def forget_the_unlisted(self) -> None:
+        """After a complete walk: customers no longer listed (deleted) are forgotten."""
+        if self.deferred:
+            log.info(
+                "customers: %s full records left for the next run (time slice used up)",
+                self.deferred,
+            )
+        rows = self.known.values_list("pk", "code").iterator(chunk_size=2000)
+        gone = [pk for pk, code in rows if code not in self.seen]
+        if gone and not self.ctx.dry_run:
+            for start in range(0, len(gone), 500):
+                CustomerFeedEntry.objects.filter(pk__in=gone[start : start + 500]).delete()
+
+
+def _mapped_fields(ctx: engine.RunContext) -> frozenset[str] | None:
+    """The customer fields the active mappings read (top level), or None when unknown."""
+    try:
+        rows = active_rows(ctx, "customers", SOURCE, ACCOUNT)
+        rows = rows + active_rows(ctx, "customers", SOURCE, CONTACT)
+    except MappingMissing:
+        return None  # process says so; collect reads everything meanwhile
+    return frozenset(top_field(path) for row in rows for path in source_paths(row)) | {"Code"}
+
+
+def _relevant(record: dict, fields: frozenset[str] | None) -> dict:
+    """The part of a record the mappings can see: what its change is judged on (a balance
+    that moved with a payment is no change to a mapping that does not read it)."""
+    if fields is None:
+        return record
+    return {name: record.get(name) for name in sorted(fields) if name in record}
+
+
+def _change(ctx: engine.RunContext, customer: dict, digest: str) -> engine.Change:
     return engine.Change(
         direction=Direction.KASHFLOW_TO_SALESFORCE,
         source_object=SOURCE,
         source_id=customer["Code"],
         payload=customer,
-        # KashFlow stamps to the second, so two saves in one second share a stamp: the
-        # content tells them apart. A full run looks at every customer again.
-        version=f"full-{ctx.run.pk}" if ctx.run.full else f"{stamp}:{payload_hash(customer)[:16]}",
+        # The feed records a customer only when what the mappings see differs from the last
+        # read, so each recorded change is new, even A → B → A: the run tells them apart.
+        version=f"run-{ctx.run.pk}:{digest[:16]}",
         target_object=ACCOUNT,
     )
 
@@ -316,17 +477,6 @@ def _plan(ctx: engine.RunContext, writes: list[_Write], links: Links, current: d
                 payload=write.contact,
                 current=now.get("contact"),
             )
-
-
-def _watermark(value: str):
-    moment = parse_kashflow_datetime(value) if value else None
-    return moment - OVERLAP if moment else None
-
-
-def _sortable(stamp: str) -> str:
-    """KashFlow's "YYYY-MM-DD HH:MM:SS" sorts as text; an offset or odd form is normalised."""
-    moment = parse_kashflow_datetime(stamp) if stamp else None
-    return moment.strftime("%Y-%m-%d %H:%M:%S") if moment else ""
 
 
 engine.register(CustomersFlow())

@@ -558,7 +558,9 @@ def execute_run(run_id: int, *, on_progress=None, hand_over: bool = True) -> Non
         _process_until_done(flow, ctx)
     except Exception as exc:
         log.exception("run=%s flow=%s failed", run.pk, run.flow)
-        run.fail(f"The run stopped: {exc}")
+        # A collect that stops moves no cursor: the next run reads the same changes again.
+        phase = " while reading changes" if run.collected_at is None else ""
+        run.fail(f"The run stopped{phase}: {exc}")
 
 
 def _waits_for_budget(run: SyncRun) -> bool:

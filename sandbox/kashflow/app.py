@@ -82,8 +82,8 @@ class KashFlowApp:
     """One simulated KashFlow account, kept in `state_dir/kashflow/account.sqlite3`.
 
     Options: session_minutes (60), temp_token_minutes (5), lockout_after (5), base_url (for
-    page URLs; the runner sets the `base_url` attribute instead), api_disabled, summary_dates
-    (True), seed (applied when the state dir is new; default "empty"), and username / password /
+    page URLs; the runner sets the `base_url` attribute instead), api_disabled, seed
+    (applied when the state dir is new; default "empty"), and username / password /
     memorable_word / company_name to pin the login instead of making one up. Options meant for
     the other simulator are ignored.
     """

@@ -1,8 +1,9 @@
 """Customers, keyed by `Code` (reference §4.1).
 
-A PUT changes only the fields it sends (lists such as Contacts are replaced whole when sent).
-Every write stamps LastUpdatedDate to the second, as KashFlow does; lists that sort on it break
-ties on Id so paging stays stable.
+A PUT replaces the whole customer, as KashFlow's PUTs do (real-api-corrections.md row 2): a
+field the body leaves out is cleared to its empty value, as on a create. Every write stamps
+LastUpdatedDate to the second; only the full customer carries it (and CreatedDate): list
+summaries have neither, and the list sorts only on the spec's columns.
 """
 
 import json
@@ -30,13 +31,14 @@ CONTACT_TEXT = [
 ]  # fmt: skip
 ADDRESS_TEXT = ["Line1", "Line2", "Line3", "Line4", "PostCode", "CountryCode"]
 PAYMENT_TERM_TYPES = ("AfterIssuedDate", "AfterMonthEnd")
-# `sortby` by name, or by the spec's integer enum (0 Name, 1 Code, 3 TotalPaidAmount, ...).
+# `sortby`: the spec's integer enum (0 Name, 1 Code, 3 TotalPaidAmount, 4 OutstandingBalance),
+# or the same four columns by the names older docs and live clients use. Anything else (2,
+# LastUpdatedDate, CreatedDate...) is a 400: KashFlow's enum binding cannot honour it.
 SORT_COLUMNS = {
     "code": "c.code", "1": "c.code",
     "name": "c.name", "0": "c.name",
     "totalpaidamount": "paid_4", "3": "paid_4",
     "outstandingbalance": "outstanding_4", "4": "outstanding_4",
-    "lastupdateddate": "c.updated", "createddate": "c.created",
 }  # fmt: skip
 WITH_AGGREGATES = """
 SELECT c.*, COALESCE(a.invoice_count, 0) AS invoice_count, COALESCE(a.net_4, 0) AS net_4,
@@ -137,7 +139,7 @@ def _address_out(address: dict) -> dict:
     return {**address, "CountryName": lookups.country_name(address.get("CountryCode", ""))}
 
 
-def summary_json(row, with_dates: bool) -> dict:
+def summary_json(row) -> dict:
     full = customer_json(row)
     keys = [
         "Id", "Code", "Name", "TotalPaidAmount", "OutstandingBalance", "DefaultNominalCode",
@@ -146,9 +148,6 @@ def summary_json(row, with_dates: bool) -> dict:
     ]  # fmt: skip
     summary = {key: full[key] for key in keys}
     summary.update(IsSchedule=False, SourceName="")
-    if with_dates:
-        # Simulator extension: the spec's summary has no dates (see README).
-        summary.update(CreatedDate=full["CreatedDate"], LastUpdatedDate=full["LastUpdatedDate"])
     return summary
 
 
@@ -163,8 +162,7 @@ def list_customers(txn: Txn, request) -> dict:
         " LIMIT :limit OFFSET :offset",
         {**params, "limit": page.size, "offset": page.offset},
     )
-    with_dates = txn.options.get("summary_dates", True)
-    data = [summary_json(row, with_dates) for row in rows]
+    data = [summary_json(row) for row in rows]
     return envelope(request, txn.base_url, page, total, data)
 
 
@@ -223,16 +221,21 @@ def create_customer(txn: Txn, request) -> tuple[int, dict]:
 
 
 def update_customer(txn: Txn, request, code: str) -> tuple[int, dict]:
+    """PUT replaces the whole customer: what the body leaves out is cleared (the read-only Key
+    stays). Code and Name must be sent; a different Code renames the customer."""
     row = find(txn, code)
     fields = Fields(loads(request.body))
-    new_code = fields.text("Code", row["code"]).strip() or row["code"]
+    new_code = fields.text("Code").strip()
+    if not new_code:
+        raise invalid("Code is required.")
     renamed = new_code != row["code"]
     if renamed and new_code.lower() != row["code"].lower() and _code_taken(txn, new_code):
         raise invalid(f"Customer code {new_code} already exists.")
-    name = fields.text("Name", row["name"]).strip()
+    name = fields.text("Name").strip()
     if not name:
         raise invalid("Name is required.")
-    doc = _apply(txn, fields, json.loads(row["doc"]), name)
+    old = json.loads(row["doc"])
+    doc = _apply(txn, fields, _blank_doc() | {"Key": old["Key"]}, name)
     txn.run(
         "UPDATE customers SET code = ?, name = ?, email = ?, archived = ?, updated = ?, doc = ?"
         " WHERE id = ?",

@@ -118,6 +118,14 @@ def test_server_error_faults_use_the_apps_error_shape(server, http, kind):
     assert response.json()["code"] == f"SANDBOX_FAULT_{kind}"
 
 
+def test_error_body_fault_answers_200_with_a_message_and_no_data(server, http):
+    faults(http, server, {"match": "GET /notes?page=2", "kind": "error_body"})
+    assert http.get(server.url + "/notes?page=1").json()["notes"] == []  # other pages answer
+    response = http.get(server.url + "/notes?page=2&perpage=200")
+    assert (response.status_code, response.json()) == (200, {"Message": "An error has occurred."})
+    assert http.get(server.control_url + "stats").json()["faults"] == {"error_body": 1}
+
+
 def test_timeout_fault_holds_the_request_then_closes(server, http):
     faults(http, server, {"match": "*", "kind": "timeout", "seconds": 5})
     start = time.monotonic()

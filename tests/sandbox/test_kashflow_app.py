@@ -269,20 +269,77 @@ def test_unknown_customer_is_404_not_found(api):
 
 def test_put_that_renames_the_code_answers_201_and_moves_the_customer(api):
     api.post("/v2/customers", customer_body())
-    status, body = api.put("/v2/customers/ACME001", {"Code": "ACME002"})
+    status, body = api.put("/v2/customers/ACME001", customer_body(code="ACME002"))
     assert (status, body["Code"], body["Name"]) == (201, "ACME002", "Acme Widgets Ltd")
     assert api.get("/v2/customers/ACME001")[0] == 404
-    assert api.put("/v2/customers/ACME002", {"Note": "hello"})[0] == 200
+    assert api.put("/v2/customers/ACME002", customer_body("ACME002", Note="hello"))[0] == 200
 
 
-def test_every_write_moves_last_updated_date_and_desc_sort_shows_it_first(app, api):
-    for number in range(1, 4):
-        api.post("/v2/customers", customer_body(code=f"C{number}", name=f"Customer {number}"))
+def test_put_replaces_the_whole_customer_and_clears_what_it_leaves_out(api):
+    _, created = api.post(
+        "/v2/customers",
+        customer_body(Note="Pays by BACS", TelephoneNumber="020 7946 0000", VATNumber="GB123"),
+    )
+    status, body = api.put("/v2/customers/ACME001", {"Code": "ACME001", "Name": "Acme Ltd"})
+    assert status == 200
+    assert (body["Name"], body["Note"], body["VATNumber"]) == ("Acme Ltd", "", "")
+    assert (body["Contacts"], body["Addresses"]) == ([], [])
+    assert body["TelephoneNumber"] == ""
+    assert body["Key"] == created["Key"] and body["Id"] == created["Id"]  # read-only: kept
+
+
+def test_put_without_code_or_name_is_refused(api):
+    api.post("/v2/customers", customer_body())
+    assert api.put("/v2/customers/ACME001", {"Name": "Acme Ltd"}) == (
+        400,
+        {"Error": "ValidationError", "Message": "Code is required."},
+    )
+    assert api.put("/v2/customers/ACME001", {"Code": "ACME001"})[1]["Message"] == (
+        "Name is required."
+    )
+    assert api.get("/v2/customers/ACME001")[1]["Contacts"]  # nothing was changed
+
+
+def test_every_write_moves_last_updated_date_on_the_full_customer_only(app, api):
+    api.post("/v2/customers", customer_body())
     app.clock_offset += timedelta(seconds=5)
-    _, updated = api.put("/v2/customers/C1", {"Name": "Customer One"})
+    _, updated = api.put("/v2/customers/ACME001", customer_body(name="Acme One"))
     assert updated["LastUpdatedDate"] > updated["CreatedDate"]
-    _, page = api.get("/v2/customers?sortby=LastUpdatedDate&order=desc")
-    assert [c["Code"] for c in page["Data"]] == ["C1", "C3", "C2"]  # ties: higher Id first
+    assert api.get("/v2/customers/ACME001")[1]["LastUpdatedDate"] == updated["LastUpdatedDate"]
+    _, page = api.get("/v2/customers")
+    assert "LastUpdatedDate" not in page["Data"][0] and "CreatedDate" not in page["Data"][0]
+
+
+def test_customer_summaries_carry_the_spec_fields_and_no_dates(api):
+    api.post("/v2/customers", customer_body(VATNumber="GB123456789"))
+    _, page = api.get("/v2/customers")
+    assert set(page["Data"][0]) == {
+        "Id", "Code", "Name", "TotalPaidAmount", "OutstandingBalance", "IsSchedule",
+        "SourceName", "DefaultNominalCode", "IsArchived", "VATNumber", "TradeBorderType",
+        "IsCISReverseCharge", "ApplyWithholdingTax", "CustomerKey", "Contacts", "Addresses",
+        "Currency",
+    }  # fmt: skip
+    summary = page["Data"][0]
+    assert summary["Contacts"][0]["Name"] == "Jo Bloggs"
+    assert summary["Addresses"][0]["PostCode"] == "EC1A 1AA"
+    assert (summary["VATNumber"], summary["Currency"]["Code"]) == ("GB123456789", "GBP")
+
+
+@pytest.mark.parametrize("sortby", ["LastUpdatedDate", "CreatedDate", "lastupdateddate", "2", "5"])
+def test_customer_list_refuses_an_undocumented_sort(api, sortby):
+    api.post("/v2/customers", customer_body())
+    status, body = api.get(f"/v2/customers?sortby={sortby}&order=desc")
+    assert (status, body["Error"]) == (400, "ValidationError")
+
+
+def test_customer_list_sorts_by_the_documented_enum_and_its_names(api):
+    for code, name in (("C1", "Zeta Ltd"), ("C2", "Alpha Ltd"), ("C3", "Mu Ltd")):
+        api.post("/v2/customers", customer_body(code=code, name=name))
+    for sortby in ("0", "Name"):
+        _, page = api.get(f"/v2/customers?sortby={sortby}")
+        assert [c["Code"] for c in page["Data"]] == ["C2", "C3", "C1"]
+    for sortby in ("1", "Code", "3", "4", "TotalPaidAmount", "OutstandingBalance"):
+        assert api.get(f"/v2/customers?sortby={sortby}&order=desc")[0] == 200
 
 
 def test_paging_follows_next_page_url_to_the_end(api):

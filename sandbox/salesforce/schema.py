@@ -6,6 +6,9 @@ go through lower-cased maps, and responses use the canonical spelling.
 
 from dataclasses import dataclass, field
 
+# The admin names the child relationship when creating the payment's lookup to Opportunity; the
+# simulator's org switch `payments_relationship` renames it (process-wide, like SCHEMA).
+DEFAULT_PAYMENTS_RELATIONSHIP = "KashFlow_Payments__r"
 TEXT_TYPES = {"string", "textarea", "email", "phone", "url", "picklist", "id", "reference"}
 NUMBER_TYPES = {"currency", "double", "percent", "int"}
 
@@ -241,7 +244,7 @@ OBJECTS = [
         ],
         children={
             "OpportunityLineItems": ("OpportunityLineItem", "OpportunityId"),
-            "KashFlow_Payments__r": ("KashFlow_Payment__c", "Opportunity__c"),
+            DEFAULT_PAYMENTS_RELATIONSHIP: ("KashFlow_Payment__c", "Opportunity__c"),
         },
     ),
     _object(
@@ -368,6 +371,15 @@ OBJECTS = [
 SCHEMA = {sobject.name.lower(): sobject for sobject in OBJECTS}
 BY_PREFIX = {sobject.prefix: sobject for sobject in OBJECTS}
 ORG_PREFIX, USER_PREFIX = "00D", "005"
+
+
+def set_payments_relationship(name: str) -> None:
+    """Rename Opportunity's child relationship to KashFlow_Payment__c (as an admin may)."""
+    children = SCHEMA["opportunity"].children
+    for rel, target in list(children.items()):
+        if target == ("KashFlow_Payment__c", "Opportunity__c"):
+            del children[rel]
+    children[name] = ("KashFlow_Payment__c", "Opportunity__c")
 
 
 def sobject(name: str) -> SObject | None:

@@ -26,11 +26,11 @@ import logging
 import re
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta
 from decimal import Decimal
-from urllib.parse import urlsplit
+from urllib.parse import urlencode, urlsplit
 
 import requests
 from django.conf import settings
@@ -98,6 +98,11 @@ TRANSIENT_CODES = {
 }
 RETRY_CODES = {"UNABLE_TO_LOCK_ROW", "SERVER_UNAVAILABLE", "QUERY_TIMEOUT"}
 
+# Salesforce refuses a request whose URI plus headers pass 16,384 bytes (414 / 431; help
+# article 000386264). A query goes in the URL, so the IN lists kashforce builds are cut to keep
+# the encoded query within this budget, leaving half the room for the path and the headers.
+QUERY_URL_BUDGET = 8192
+
 WRONG_LOGIN = "Salesforce rejected the username, password or security token."
 LOGIN_MESSAGES = {
     "INVALID_LOGIN": WRONG_LOGIN,
@@ -132,6 +137,23 @@ LOGIN_MESSAGES = {
         "(https://yourcompany.my.salesforce.com), not login or test.salesforce.com."
     ),
 }
+# Password sign-in is Salesforce's SOAP login(): off by default in orgs created from Winter '26,
+# unavailable from API version 65.0 and retired in Summer '27.
+PASSWORD_SIGN_IN_REFUSED = (
+    "Salesforce no longer accepts password sign-in for this connection (SOAP API login() is "
+    "switched off in new orgs, unavailable from API version 65.0 and retired in Summer '27). "
+    "Switch the connection to JWT bearer sign-in (a connected app with a certificate; the "
+    "README says how). Until then an admin can turn on 'Enable SOAP API login()' in Salesforce "
+    "Setup → User Interface and keep the API version at 64.0 or lower."
+)
+PASSWORD_SIGN_IN_MESSAGES = {
+    "INVALID_OPERATION": PASSWORD_SIGN_IN_REFUSED,
+    "INSUFFICIENT_ACCESS": (
+        "Salesforce refused password sign-in: the user lacks the 'Use Any API Auth' permission. "
+        "Switch the connection to JWT bearer sign-in (recommended), or give the user that "
+        "permission."
+    ),
+}
 
 
 def soql_quote(value: object) -> str:
@@ -142,6 +164,36 @@ def soql_quote(value: object) -> str:
 def soql_list(values) -> str:
     """Values as the inside of a SOQL IN (...): each quoted, blanks left out."""
     return ", ".join(soql_quote(value) for value in values if value)
+
+
+def query_url_bytes(soql: str) -> int:
+    """Bytes the query takes in the URL (`q=` and its URL-encoding, as requests sends it)."""
+    return len(urlencode({"q": soql}))
+
+
+def query_chunks(build: Callable[[Sequence], str], values: list, budget: int) -> list[list]:
+    """`values` cut into consecutive chunks whose `build(chunk)` fits `budget` bytes encoded.
+
+    Raises ApiError (permanent, in plain words) if even one value makes a query too long.
+    """
+    chunks: list[list] = []
+    chunk: list = []
+    for value in values:
+        if chunk and query_url_bytes(build([*chunk, value])) > budget:
+            chunks.append(chunk)
+            chunk = []
+        chunk.append(value)
+        if len(chunk) == 1 and query_url_bytes(build(chunk)) > budget:
+            raise ApiError(
+                "kashforce could not read this record from Salesforce: its query would be "
+                "longer than Salesforce accepts in one request, even on its own.",
+                permanent=True,
+                system=SYSTEM,
+                code="REQUEST_TOO_LONG",
+            )
+    if chunk:
+        chunks.append(chunk)
+    return chunks
 
 
 @dataclass
@@ -201,7 +253,17 @@ def error_from_exception(exc: SalesforceError, what: str) -> ApiError:
     detail = "; ".join(str(item.get("message", "")) for item in items) or f"HTTP {status}"
     # A 401 here came straight after a fresh sign-in (see _call): the next attempt signs in anew.
     transient = code in TRANSIENT_CODES or status in RETRY_STATUSES or status == 401
-    if code == "REQUEST_LIMIT_EXCEEDED":
+    if status in (414, 431):
+        # Salesforce's front server refused the request for its length before reading it.
+        # Nothing is wrong with the records: kashforce's own request was too long. Permanent,
+        # since the same request fails the same way, but said so in plain words.
+        message = (
+            f"Salesforce refused kashforce's request to {what} as too long (HTTP {status}: "
+            "more than 16,384 bytes of address and headers). The records themselves are fine; "
+            "this is a kashforce fault: please report it."
+        )
+        code = "REQUEST_TOO_LONG"
+    elif code == "REQUEST_LIMIT_EXCEEDED":
         message = (
             "Salesforce's API limit is used up (its daily allocation, or too many long calls "
             f"at once), so kashforce could not {what}; it will try again later."
@@ -219,11 +281,13 @@ def error_from_exception(exc: SalesforceError, what: str) -> ApiError:
     )
 
 
-def login_error(exc: SalesforceAuthenticationFailed) -> ApiError:
+def login_error(exc: SalesforceAuthenticationFailed, password: bool = False) -> ApiError:
     # simple-salesforce 1.12 keeps Salesforce's words in `auth_message`; `message` is only its
     # class's template ("Authentication failed. Response content: {content}").
     code, detail = str(exc.code or ""), str(getattr(exc, "auth_message", "") or "").strip()
     message = LOGIN_MESSAGES.get(detail) or LOGIN_MESSAGES.get(code)
+    if password and code in PASSWORD_SIGN_IN_MESSAGES:
+        message = PASSWORD_SIGN_IN_MESSAGES[code]
     if message is None and isinstance(exc.code, int) and exc.code in RETRY_STATUSES:
         return ApiError(
             f"Salesforce's login service is unavailable (HTTP {exc.code}); kashforce will try again.",
@@ -440,7 +504,8 @@ class SalesforceClient:
                 session=self.session, sf_version=self.version, **kwargs
             )
         except SalesforceAuthenticationFailed as exc:
-            error = login_error(exc)
+            password = self.connection.auth_method == Connection.AuthMethod.SF_PASSWORD
+            error = login_error(exc, password=password)
             if error.permanent:
                 self.connection.record_check(False, error.message)
             raise error from None
@@ -520,6 +585,28 @@ class SalesforceClient:
                 lambda sf, url=next_url: sf.query_more(url, identifier_is_url=True),
             )
 
+    def query_in(
+        self,
+        build: Callable[[Sequence], str],
+        values: Sequence,
+        budget: int = QUERY_URL_BUDGET,
+    ) -> Iterator[dict]:
+        """Every record of `build(chunk)` over chunks of `values`, each chunk's query short
+        enough for Salesforce's URI limit (QUERY_URL_BUDGET bytes once URL-encoded).
+
+        `build` makes the SOQL for a list of values (its IN lists). A record returned by two
+        chunks (a query with OR'd conditions) is yielded once, by Id.
+        """
+        seen: set[str] = set()
+        for chunk in query_chunks(build, list(values), budget):
+            for record in self.query(build(chunk)):
+                record_id = record.get("Id")
+                if record_id is not None:
+                    if record_id in seen:
+                        continue
+                    seen.add(record_id)
+                yield record
+
     def describe(self, sobject: str) -> dict:
         return self._request("GET", f"sobjects/{sobject}/describe", f"describe {sobject}")
 
@@ -564,7 +651,7 @@ class SalesforceClient:
         if len(records) > threshold:
             return self._bulk_upsert(sobject, external_id_field, records)
         path = f"composite/sobjects/{sobject}/{external_id_field}"
-        return self._collections("PATCH", path, sobject, records, "save")
+        return self._collections("PATCH", path, sobject, records, "save", external_id_field)
 
     def update(self, sobject: str, records: list[dict]) -> list[WriteResult]:
         """Update records by Id (each record carries its "Id"), 200 a call."""
@@ -591,18 +678,29 @@ class SalesforceClient:
             ]
         return results
 
-    def _collections(self, method, path, sobject, records, verb) -> list[WriteResult]:
+    def _collections(
+        self, method, path, sobject, records, verb, upsert_field=None
+    ) -> list[WriteResult]:
         results = []
         for start in range(0, len(records), COLLECTION_SIZE):
             chunk = records[start : start + COLLECTION_SIZE]
-            results += self._write_chunk(method, path, sobject, chunk, start, verb)
+            results += self._write_chunk(method, path, sobject, chunk, start, verb, upsert_field)
         return results
 
-    def _write_chunk(self, method, path, sobject, chunk, start, verb) -> list[WriteResult]:
-        """One collections call; records that failed on a lock are sent again, with backoff."""
+    def _write_chunk(
+        self, method, path, sobject, chunk, start, verb, upsert_field=None
+    ) -> list[WriteResult]:
+        """One collections call; records that failed on a lock are sent again, with backoff.
+
+        An upsert that lost to a concurrent one (two workers, or two flows, creating the same
+        external id at once: both find no record, one insert wins, the other gets
+        DUPLICATE_VALUE on that field) is sent again once at once: it now finds the winner's
+        record and updates it. It is not the record's fault.
+        """
         policy = getattr(self.session, "policy", None) or http.RetryPolicy.from_settings()
         results: dict[int, WriteResult] = {}
         pending = list(range(len(chunk)))
+        raced: set[int] = set()
         for attempt in range(1, policy.attempts + 1):
             body = {
                 "allOrNone": False,
@@ -612,11 +710,19 @@ class SalesforceClient:
             answer = self._request(method, path, what, body) or []
             for i, item in zip(pending, answer, strict=False):
                 results[i] = _write_result(start + i, item, f"{verb} {sobject} {_label(chunk[i])}")
-            pending = [i for i in pending if i in results and _is_transient(results[i])]
+            lost = [
+                i
+                for i in pending
+                if i in results and i not in raced and _lost_race(results[i], upsert_field)
+            ]
+            raced.update(lost)
+            locked = [i for i in pending if i in results and _is_transient(results[i])]
+            pending = sorted({*locked, *lost})
             wait = policy.delay(attempt) if pending else None
             if wait is None:
                 break
-            http.sleep(wait)
+            if locked:
+                http.sleep(wait)
         missing = ApiError(
             f"Salesforce gave no result for this record ({verb} {sobject}).",
             permanent=False,
@@ -688,6 +794,13 @@ def _write_result(index: int, item: dict, what: str) -> WriteResult:
     return WriteResult(
         index, item.get("id"), False, False, record_error(item.get("errors") or [], what)
     )
+
+
+def _lost_race(result: WriteResult, upsert_field: str | None) -> bool:
+    """An upsert's DUPLICATE_VALUE on its own external id field: another upsert inserted it."""
+    if not upsert_field or result.error is None or result.error.code != "DUPLICATE_VALUE":
+        return False
+    return f"{upsert_field.lower()} duplicates value" in result.error.message.lower()
 
 
 def _is_transient(result: WriteResult) -> bool:

@@ -271,3 +271,27 @@ def test_a_customer_swept_from_a_slow_worker_is_left_to_the_ledger_and_synced_la
     assert retry.written_count == 1, retry.summary
     event.refresh_from_db()
     assert event.status == SyncEvent.Status.SUCCEEDED and event.target_id == ref.salesforce_id
+
+
+def test_a_200_customer_name_match_fits_salesforces_uri_limit(org):
+    # Issue #12: 200 long company names in one IN list passed 16,384 bytes of URI (a 414,
+    # which failed the whole batch). The names are cut into queries that fit.
+    org.sandbox.reset("customers=0,accounts=0")
+    names = [
+        f"Harbour & Sons Marine Engineering (Southampton) Ltd, Units 4 to 6, No. {n:03d}"
+        for n in range(200)
+    ]
+    for n, name in enumerate(names):
+        org.kashflow.create_customer({"Code": f"HARB{n:03d}", "Name": name})
+    made = org.salesforce.create("Account", [{"Name": name} for name in names])
+    assert all(result.success for result in made)
+    reset_stats(org.sandbox)
+
+    run = run_customers()
+
+    assert run.status == SyncRun.Status.SUCCEEDED, run.summary
+    assert (run.written_count, run.failed_count) == (200, 0), run.summary
+    accounts = list(org.salesforce.query("SELECT Id, Name, ExternalID__c FROM Account"))
+    assert len(accounts) == 200  # each customer adopted its namesake, none made twice
+    assert {a["Id"] for a in accounts} == {r.id for r in made}
+    assert sorted(a["ExternalID__c"] for a in accounts) == [f"HARB{n:03d}" for n in range(200)]

@@ -86,6 +86,9 @@ REQUIRED_FIELDS: dict[str, list[str]] = {
 }
 # How missing_fields() reports an object that does not exist at all.
 OBJECT_MISSING = "(object)"
+# The payment records hang off the Opportunity through this lookup; the admin names its child
+# relationship (KashFlow_Payments__r by default) when creating it.
+PAYMENT_OBJECT, PAYMENT_LOOKUP = "KashFlow_Payment__c", "Opportunity__c"
 
 # Error codes that clear by themselves. REQUEST_LIMIT_EXCEEDED is the daily allocation (or too
 # many long requests at once): transient, but not worth retrying within seconds.
@@ -609,6 +612,71 @@ class SalesforceClient:
 
     def describe(self, sobject: str) -> dict:
         return self._request("GET", f"sobjects/{sobject}/describe", f"describe {sobject}")
+
+    def payment_relationships(self) -> list[str]:
+        """Opportunity's child relationships to KashFlow_Payment__c through Opportunity__c, by
+        name, from describe (one call)."""
+        described = self.describe("Opportunity").get("childRelationships")
+        if not isinstance(described, list):
+            raise ApiError(
+                "Salesforce's description of Opportunity lists no child relationships.",
+                permanent=False,
+                system=SYSTEM,
+                code="MALFORMED_ANSWER",
+            )
+        return [
+            str(rel["relationshipName"])
+            for rel in described
+            if isinstance(rel, dict)
+            and rel.get("childSObject") == PAYMENT_OBJECT
+            and rel.get("field") == PAYMENT_LOOKUP
+            and rel.get("relationshipName")
+        ]
+
+    def payments_relationship(self) -> str:
+        """The relationship name to read an Opportunity's payment records by in SOQL.
+
+        The setting PAYMENTS_RELATIONSHIP when given (the connection check verifies it), else
+        the one Salesforce's describe lists. Raises a permanent ApiError in plain words when
+        the org has none.
+        """
+        configured = settings.KASHFORCE.get("PAYMENTS_RELATIONSHIP") or ""
+        if configured:
+            return configured
+        problem, name = self._payments_relationship_check("")
+        if problem:
+            raise ApiError(problem, permanent=True, system=SYSTEM, code="NO_PAYMENTS_RELATIONSHIP")
+        return name
+
+    def payments_relationship_problem(self) -> str | None:
+        """What is wrong with the payments relationship, in plain words, or None."""
+        return self._payments_relationship_check(
+            settings.KASHFORCE.get("PAYMENTS_RELATIONSHIP") or ""
+        )[0]
+
+    def _payments_relationship_check(self, configured: str) -> tuple[str | None, str]:
+        found = self.payment_relationships()
+        if configured:
+            if any(name.lower() == configured.lower() for name in found):
+                return None, configured
+            actual = (
+                f" It is called {found[0]}: set KASHFORCE_PAYMENTS_RELATIONSHIP to that, or leave it empty."
+                if found
+                else ""
+            )
+            return (
+                f"Opportunity has no payments relationship named {configured} (the setting "
+                f"KASHFORCE_PAYMENTS_RELATIONSHIP).{actual}",
+                configured,
+            )
+        if not found:
+            return (
+                f"Opportunity has no child relationship for {PAYMENT_OBJECT} records: the "
+                f"{PAYMENT_OBJECT}.{PAYMENT_LOOKUP} field must be a lookup to Opportunity, so "
+                "that payments can be read with their deal.",
+                "",
+            )
+        return None, found[0]
 
     def missing_fields(
         self, required: dict[str, list[str]] = REQUIRED_FIELDS

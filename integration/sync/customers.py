@@ -217,10 +217,14 @@ def _adopt_accounts_by_name(ctx, unlinked: list[_Write], links: Links) -> None:
     if not unlinked or not _org_has_accounts_without_key(ctx):
         return
     names = {w.account["Name"].casefold(): w for w in unlinked if w.account.get("Name")}
-    quoted = ", ".join(soql_quote(w.account["Name"]) for w in names.values())
     matches: dict[str, list[str]] = {}
-    soql = f"SELECT Id, Name FROM Account WHERE ExternalID__c = null AND Name IN ({quoted})"
-    for record in ctx.salesforce.query(soql):
+
+    def soql(chunk) -> str:
+        quoted = ", ".join(soql_quote(name) for name in chunk)
+        return f"SELECT Id, Name FROM Account WHERE ExternalID__c = null AND Name IN ({quoted})"
+
+    account_names = [w.account["Name"] for w in names.values()]
+    for record in ctx.salesforce.query_in(soql, account_names):
         matches.setdefault(record["Name"].casefold(), []).append(record["Id"])
     # Only an unambiguous match: two Accounts of one name are left for a person to merge.
     adopted = [
@@ -281,11 +285,17 @@ def _succeeded(done: list[tuple[_Write, str | None]], links: Links) -> None:
 def _current_records(ctx, codes, account_rows, contact_rows) -> dict[str, dict]:
     """What Salesforce holds now for these customers (a full run's comparison): two queries."""
     current: dict[str, dict] = {}
-    accounts = _select("Account", account_rows, [soql_quote(code) for code in codes])
-    for record in ctx.salesforce.query(accounts):
+    codes = list(codes)
+
+    def accounts(chunk) -> str:
+        return _select("Account", account_rows, [soql_quote(code) for code in chunk])
+
+    def contacts(chunk) -> str:
+        return _select("Contact", contact_rows, [soql_quote(f"{code}-primary") for code in chunk])
+
+    for record in ctx.salesforce.query_in(accounts, codes):
         current.setdefault(record["ExternalID__c"], {})["account"] = record
-    contacts = _select("Contact", contact_rows, [soql_quote(f"{code}-primary") for code in codes])
-    for record in ctx.salesforce.query(contacts):
+    for record in ctx.salesforce.query_in(contacts, codes):
         current.setdefault(record["ExternalID__c"].removesuffix("-primary"), {})["contact"] = record
     return current
 

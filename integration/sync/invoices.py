@@ -157,14 +157,16 @@ def _rule() -> str:
 
 def _read_opportunities(ctx, ids: list[str]) -> dict[str, dict]:
     """The batch's Opportunities that still match the rule, with their lines: one query."""
-    quoted = ", ".join(f"'{opportunity_id}'" for opportunity_id in ids if _is_id(opportunity_id))
-    if not quoted:
-        return {}
-    soql = (
-        f"SELECT {OPPORTUNITY_FIELDS}, (SELECT {LINE_FIELDS} FROM OpportunityLineItems "
-        f"ORDER BY SortOrder) FROM Opportunity WHERE Id IN ({quoted}) AND ({_rule()})"
-    )
-    return {record["Id"]: record for record in ctx.salesforce.query(soql)}
+    valid = [opportunity_id for opportunity_id in ids if _is_id(opportunity_id)]
+
+    def soql(chunk) -> str:
+        quoted = ", ".join(f"'{opportunity_id}'" for opportunity_id in chunk)
+        return (
+            f"SELECT {OPPORTUNITY_FIELDS}, (SELECT {LINE_FIELDS} FROM OpportunityLineItems "
+            f"ORDER BY SortOrder) FROM Opportunity WHERE Id IN ({quoted}) AND ({_rule()})"
+        )
+
+    return {record["Id"]: record for record in ctx.salesforce.query_in(soql, valid)}
 
 
 def _is_id(value: str) -> bool:

@@ -160,11 +160,9 @@ def _text(value) -> str:
 def _write(ctx: engine.RunContext, writes: list[_Write], links: Links) -> None:
     salesforce = ctx.salesforce
     try:
-        _adopt_accounts_by_name(
-            ctx,
-            [w for w in writes if not links.get("customer", "kashflow", w.event.source_id)],
-            links,
-        )
+        unlinked = [w for w in writes if not links.get("customer", "kashflow", w.event.source_id)]
+        _key_linked_accounts(ctx, writes, links)
+        _adopt_accounts_by_name(ctx, unlinked, links)
         accounts = salesforce.upsert("Account", "ExternalID__c", [w.account for w in writes])
     except ApiError as exc:
         return engine.fail_events(
@@ -240,6 +238,30 @@ def _adopt_accounts_by_name(ctx, unlinked: list[_Write], links: Links) -> None:
         if result.success:
             links.link("customer", salesforce_id=account_id, kashflow_key=write.event.source_id)
             write.warnings.append("Matched to the existing Account of the same name.")
+
+
+def _key_linked_accounts(ctx, writes: list[_Write], links: Links) -> None:
+    """Put the customer's code on the Account it is linked to but kashforce has never written.
+
+    The invoices flow links an Account to its KashFlow customer, then puts the code on the
+    Account (new_customers). A batch arriving between the two would upsert a second Account
+    with that code, and the invoices flow's write would then fail on DUPLICATE_VALUE. Writing
+    the same code to the same Account is what the invoices flow does: whichever is first, the
+    other changes nothing. Costs one update call, only for such links (none in steady state).
+    """
+    unkeyed = [
+        (write, ref.salesforce_id)
+        for write in writes
+        for ref in [links.get("customer", "kashflow", write.event.source_id)]
+        if ref and ref.salesforce_id and not ref.salesforce_synced_at
+    ]
+    if unkeyed:
+        # A failure (the Account deleted, or another one holds the code) leaves the upsert to
+        # go where the code is, as before.
+        ctx.salesforce.update(
+            "Account",
+            [{"Id": account_id, "ExternalID__c": w.event.source_id} for w, account_id in unkeyed],
+        )
 
 
 def _org_has_accounts_without_key(ctx) -> bool:

@@ -431,6 +431,30 @@ def test_records_that_met_a_lock_are_sent_again_alone(connection, api, fast_retr
     assert body_of(api.calls("PATCH")[1])["records"][0]["Id"] == "0062"
 
 
+def test_an_upsert_that_lost_a_race_is_sent_again_once_and_at_once(connection, api, fast_retries):
+    lost = {
+        "success": False,
+        "errors": [
+            {
+                "statusCode": "DUPLICATE_VALUE",
+                "message": "duplicate value found: ExternalID__c duplicates value on record "
+                "with id: 001000000000001AAA",
+                "fields": [],
+            }
+        ],
+    }
+    path = DATA + "composite/sobjects/Account/ExternalID__c"
+    api.on("PATCH", path, reply(200, [lost, lost]), reply(200, [lost, lost]))
+
+    results = client_for(connection, api).upsert("Account", "ExternalID__c", accounts(2))
+
+    # Lost twice is no race: the record's own fault, once retried, never a loop, no waiting.
+    assert [r.success for r in results] == [False, False]
+    assert all(r.error.code == "DUPLICATE_VALUE" and r.error.permanent for r in results)
+    assert len(api.calls("PATCH")) == 2
+    assert fast_retries == []
+
+
 def test_decimals_are_sent_exactly(connection, api):
     api.on("POST", DATA + "composite/sobjects", echo_saved)
 

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import csv
 import io
+import itertools
 import logging
 import re
 import threading
@@ -769,7 +770,8 @@ class SalesforceClient:
         results: dict[int, WriteResult] = {}
         pending = list(range(len(chunk)))
         raced: set[int] = set()
-        for attempt in range(1, policy.attempts + 1):
+        # Locks are retried within the policy's attempts; a lost race once per record, at once.
+        for attempt in itertools.count(1):
             body = {
                 "allOrNone": False,
                 "records": [{"attributes": {"type": sobject}, **chunk[i]} for i in pending],
@@ -785,9 +787,11 @@ class SalesforceClient:
             ]
             raced.update(lost)
             locked = [i for i in pending if i in results and _is_transient(results[i])]
-            pending = sorted({*locked, *lost})
-            wait = policy.delay(attempt) if pending else None
+            wait = policy.delay(attempt) if locked else 0.0
             if wait is None:
+                locked = []  # the locks did not clear in time: those stay transient failures
+            pending = sorted({*locked, *lost})
+            if not pending:
                 break
             if locked:
                 http.sleep(wait)

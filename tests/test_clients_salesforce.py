@@ -540,6 +540,58 @@ def test_bulk_api_2_is_used_above_the_threshold_and_results_map_back(connection,
     assert api.calls("PATCH", DATA + "composite/.*") == []
 
 
+def test_a_bulk_upsert_that_lost_a_race_is_sent_again_by_collections(connection, api, fast_retries):
+    jobs = DATA + "jobs/ingest"
+    api.on("POST", jobs + "/?", reply(200, {"id": "7501", "state": "Open"}))
+    api.on("PUT", jobs + "/7501/batches", reply(201))
+    api.on("PATCH", jobs + "/7501", reply(200, {"id": "7501", "state": "UploadComplete"}))
+    api.on(
+        "GET",
+        jobs + "/7501",
+        reply(
+            200,
+            {
+                "id": "7501",
+                "state": "JobComplete",
+                "numberRecordsProcessed": 2,
+                "numberRecordsFailed": 1,
+            },
+        ),
+    )
+    api.on(
+        "GET",
+        jobs + "/7501/successfulResults",
+        reply(200, '"sf__Id","sf__Created","ExternalID__c","Name"\n"001A","true","A","Alpha"\n'),
+    )
+    api.on(
+        "GET",
+        jobs + "/7501/failedResults",
+        reply(
+            200,
+            '"sf__Id","sf__Error","ExternalID__c","Name"\n'
+            '"","DUPLICATE_VALUE:duplicate value found: ExternalID__c duplicates value on '
+            'record with id: 001000000000009AAA:--","B","Beta"\n',
+        ),
+    )
+    api.on(
+        "PATCH",
+        DATA + "composite/sobjects/Account/ExternalID__c",
+        reply(200, [{"id": "001B", "success": True, "errors": [], "created": False}]),
+    )
+    records = [{"ExternalID__c": "A", "Name": "Alpha"}, {"ExternalID__c": "B", "Name": "Beta"}]
+
+    results = client_for(connection, api).upsert(
+        "Account", "ExternalID__c", records, bulk_threshold=1
+    )
+
+    assert [(r.id, r.created, r.success) for r in results] == [
+        ("001A", True, True),
+        ("001B", False, True),
+    ]
+    [again] = api.calls("PATCH", DATA + "composite/.*")
+    assert [r["ExternalID__c"] for r in body_of(again)["records"]] == ["B"]
+
+
 # -- API budget ---------------------------------------------------------------------------------
 
 

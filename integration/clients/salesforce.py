@@ -829,6 +829,14 @@ class SalesforceClient:
         results: dict[int, WriteResult] = {}
         for job in jobs:
             self._read_bulk_results(sobject, job["job_id"], external_id_field, positions, results)
+        # An upsert that lost to a concurrent one is sent again (once, by collections): it now
+        # finds the winner's record and updates it.
+        raced = [i for i, result in results.items() if _lost_race(result, external_id_field)]
+        if raced:
+            path = f"composite/sobjects/{sobject}/{external_id_field}"
+            again = self._collections("PATCH", path, sobject, [records[i] for i in raced], "save")
+            for i, result in zip(raced, again, strict=True):
+                results[i] = WriteResult(i, result.id, result.created, result.success, result.error)
         missing = ApiError(
             f"Salesforce did not process this record in the bulk job ({sobject}).",
             permanent=False,

@@ -3,7 +3,8 @@
 Facts and pitfalls are in shared/reference/salesforce-api.md. How this module meets them:
 
 - **One factory from a Connection.** `SalesforceClient(connection)` signs in with the
-  connection's method (JWT bearer, client credentials, or username + password + security token)
+  connection's method (JWT bearer, recommended; client credentials; or, legacy, username +
+  password + security token, i.e. SOAP login(), off in new orgs and gone from API 65.0)
   through simple-salesforce's own `SalesforceLogin`, then talks to the instance in *direct mode*
   (`session_id` + `instance_url`). simple-salesforce's own re-login is never armed, so its
   SFType endless-retry loop cannot happen; we sign in again once on a 401 and retry once.
@@ -14,6 +15,10 @@ Facts and pitfalls are in shared/reference/salesforce-api.md. How this module me
 - **Timeouts, CA bundle, retries** come from `ApiSession` (http.py), used for every call.
 - **Money is Decimal**: responses parse with `parse_float=Decimal`; bodies we send are encoded
   by `http.dumps`, which writes a Decimal as its exact digits.
+- **URI limit**: a query travels in the URL and Salesforce refuses URI plus headers over
+  16,384 bytes; `query_in` cuts long IN lists into queries that fit.
+- **Races**: an upsert that lost to a concurrent one (DUPLICATE_VALUE on its external id) is
+  sent again once and updates the winner's record.
 - **API budget**: `Sforce-Limit-Info` is read from every response by a hook on the session
   (simple-salesforce reads it only on some calls) and stored on the Connection.
 """

@@ -21,6 +21,24 @@ SECRET_LABELS = {
 }
 
 
+# JWT bearer is Salesforce's recommended server-to-server sign-in. Password sign-in is SOAP
+# login(): off by default in orgs created from Winter '26, unavailable from API version 65.0
+# and retired in Summer '27.
+AUTH_METHOD_LABELS = {
+    Connection.AuthMethod.SF_JWT: (
+        "Salesforce: JWT bearer (recommended; connected app + certificate)"
+    ),
+    Connection.AuthMethod.SF_PASSWORD: (
+        "Salesforce: username, password and security token (legacy; being retired by Salesforce)"
+    ),
+}
+AUTH_METHOD_HELP = (
+    "For Salesforce choose JWT bearer. Password sign-in is legacy: new Salesforce orgs have it "
+    "switched off, it does not work from API version 65.0, and Salesforce retires it in "
+    "Summer '27."
+)
+
+
 def _secret_field(name: str, label: str) -> forms.CharField:
     widget = (
         forms.Textarea(attrs={"rows": 4, "autocomplete": "off"})
@@ -86,6 +104,11 @@ class ConnectionForm(forms.ModelForm):
             self.fields[name].help_text = (
                 "Stored. Leave blank to keep it." if stored.get(name) else "Not set."
             )
+        method = self.fields["auth_method"]
+        method.choices = [
+            (value, AUTH_METHOD_LABELS.get(value, label)) for value, label in method.choices
+        ]
+        method.help_text = AUTH_METHOD_HELP
 
     def clean(self):
         cleaned = super().clean()

@@ -396,6 +396,9 @@ KASHFORCE = {
     # How far back (days, by issue date) the payments flow looks at invoices for new payments.
     # KashFlow has no modified-since filter on invoices; a full run reads every invoice.
     "PAYMENTS_LOOKBACK_DAYS": _read("KASHFORCE_PAYMENTS_LOOKBACK_DAYS", env.int, 400),
+    # The name of Opportunity's child relationship to KashFlow_Payment__c (the admin chose it
+    # when making the Opportunity__c lookup). Empty: read from describe(Opportunity).
+    "PAYMENTS_RELATIONSHIP": _read("KASHFORCE_PAYMENTS_RELATIONSHIP", env.str, ""),
     # Which Opportunities become invoices (a SOQL condition on Opportunity).
     "INVOICE_WHEN": _read("KASHFORCE_INVOICE_WHEN", env.str, "IsWon = true AND Amount > 0"),
     # This site's address as people reach it: alerts link back to the page that explains them.

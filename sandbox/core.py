@@ -23,6 +23,13 @@ The app protocol (duck-typed; `sandbox.salesforce.app.SalesforceApp` is the work
         # optional:
         def control(self, request: Request, subpath: str) -> Response | None
             # extra control calls under /__sandbox__/ (e.g. "outbound"); None = not mine
+        max_uri_and_headers: int | None
+            # bytes of request line plus headers above which the server answers 414 (the URI
+            # alone too long) or 431 (the headers tip it over), before the app sees the call
+        def record_count(self, request: Request, kind: str) -> int
+            # how many records this call writes one by one, for a per-record fault kind
+            # ("lock_row", "upsert_race"); 0 = that fault does not apply to this call. The
+            # fault picks some of them and lists them in request.record_faults
 
 `handle` is called from many threads at once; the app guards its own state.
 """
@@ -48,8 +55,19 @@ log = logging.getLogger("sandbox")
 
 CONTROL_PREFIX = "/__sandbox__/"
 FAULT_KINDS = (
-    "429", "500", "503", "timeout", "reset", "ambiguous", "expire_token", "error_body",
-)  # fmt: skip
+    "429",
+    "500",
+    "503",
+    "timeout",
+    "reset",
+    "ambiguous",
+    "expire_token",
+    "lock_row",
+    "upsert_race",
+    "error_body",
+)
+# Faults that hit some records of a collections call, answered 200 record by record.
+RECORD_FAULTS = ("lock_row", "upsert_race")
 IDLE_KEEPALIVE_SECONDS = 120
 
 
@@ -61,6 +79,8 @@ class Request:
     headers: Message  # case-insensitive lookups: request.headers.get("authorization")
     body: bytes = b""
     client: tuple = ()
+    head_bytes: tuple[int, int] = (0, 0)  # bytes of the request line, bytes of the headers
+    record_faults: dict[int, str] = field(default_factory=dict)  # position -> fault kind
 
     def json(self) -> Any:
         """The body parsed as JSON; raises ValueError when it is not JSON."""
@@ -137,6 +157,8 @@ class FaultRule:
     rate: float = 1.0
     kind: str = "503"
     seconds: float = 30.0
+    count: int = 0  # fire at most this many times (0: no limit)
+    fired: int = 0
 
     def matches(self, request: Request) -> bool:
         """`match` is "METHOD /prefix", "/prefix", "METHOD" or "" (all); method may be "*".
@@ -153,7 +175,14 @@ class FaultRule:
         return request.path.startswith(prefix)
 
     def as_dict(self) -> dict:
-        return {"match": self.match, "rate": self.rate, "kind": self.kind, "seconds": self.seconds}
+        return {
+            "match": self.match,
+            "rate": self.rate,
+            "kind": self.kind,
+            "seconds": self.seconds,
+            "count": self.count,
+            "fired": self.fired,
+        }
 
 
 class Faults:
@@ -187,17 +216,31 @@ class Faults:
             jitter = self._random.uniform(-self.jitter_ms, self.jitter_ms) if self.jitter_ms else 0
             return max(0.0, self.latency_ms + jitter) / 1000
 
-    def pick(self, request: Request, is_write) -> FaultRule | None:
-        """The first matching rule whose draw fires. Ambiguous faults only hit writes."""
+    def pick(self, request: Request, is_write, record_count=None) -> FaultRule | None:
+        """The first matching rule whose draw fires. Ambiguous faults only hit writes; record
+        faults only calls the app answers record by record (collections)."""
         with self._lock:
             for rule in self.rules:
-                if not rule.matches(request):
+                if not rule.matches(request) or (rule.count and rule.fired >= rule.count):
                     continue
                 if rule.kind == "ambiguous" and not is_write(request):
                     continue
+                if rule.kind in RECORD_FAULTS and not (
+                    record_count and record_count(request, rule.kind)
+                ):
+                    continue
                 if self._random.random() < rule.rate:
+                    rule.fired += 1
                     return rule
         return None
+
+    def chosen_records(self, size: int) -> set[int]:
+        """Which of `size` records a record fault hits: each one in two, at least one."""
+        with self._lock:
+            locked = {i for i in range(size) if self._random.random() < 0.5}
+            if not locked and size:
+                locked = {self._random.randrange(size)}
+        return locked
 
 
 def _parse_rule(raw: dict) -> FaultRule:
@@ -206,6 +249,7 @@ def _parse_rule(raw: dict) -> FaultRule:
         rate=float(raw.get("rate", 1.0)),
         kind=str(raw.get("kind", "503")),
         seconds=float(raw.get("seconds", 30.0)),
+        count=int(raw.get("count", 0) or 0),
     )
     if rule.kind not in FAULT_KINDS:
         raise ValueError(f"unknown fault kind {rule.kind!r}; expected one of {FAULT_KINDS}")
@@ -243,6 +287,10 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             headers=self.headers,
             body=self._read_body(),
             client=self.client_address,
+            head_bytes=(
+                len(self.requestline.encode("latin-1", "replace")),
+                sum(len(f"{name}: {value}\r\n".encode()) for name, value in self.headers.items()),
+            ),
         )
 
     def _read_body(self) -> bytes:
@@ -371,14 +419,31 @@ class SimulatorServer(socketserver.ThreadingMixIn, http.server.HTTPServer):
         if request.path.startswith(CONTROL_PREFIX):
             return self.control(request, request.path[len(CONTROL_PREFIX) :].strip("/"))
         self.stats.count_call(self.app.route_template(request))
+        too_long = self._too_long(request)
+        if too_long:
+            return too_long
         delay = self.faults.delay_seconds()
         if delay:
             self.stopping.wait(delay)
-        rule = self.faults.pick(request, self.app.is_write)
+        rule = self.faults.pick(request, self.app.is_write, getattr(self.app, "record_count", None))
         if rule:
             self.stats.count_fault(rule.kind)
             return self._inject(rule, request, handler)
         return self._call_app(request)
+
+    def _too_long(self, request: Request) -> Response | None:
+        """414 when the request line alone passes the app's limit, 431 when its headers tip
+        it over (Salesforce: URI plus headers over 16,384 bytes). The body is the front
+        server's HTML page, not the API's JSON error: the API never saw the call."""
+        limit = getattr(self.app, "max_uri_and_headers", None)
+        line, headers = request.head_bytes
+        if not limit or line + headers <= limit:
+            return None
+        status, reason = (
+            (414, "URI Too Long") if line > limit else (431, "Request Header Fields Too Large")
+        )
+        page = f"<html><head><title>{status} {reason}</title></head><body><h1>{reason}</h1></body></html>"
+        return Response.text(status, page, "text/html;charset=UTF-8")
 
     def _call_app(self, request: Request) -> Response:
         try:
@@ -412,6 +477,12 @@ class SimulatorServer(socketserver.ThreadingMixIn, http.server.HTTPServer):
         if kind == "ambiguous":
             self._call_app(request)  # the write commits; its answer is lost
             handler.reset_connection()
+        if kind in RECORD_FAULTS:
+            # 200 with some records failed (a row lock; an upsert that lost to a concurrent
+            # one), the others written, as real orgs answer
+            chosen = self.faults.chosen_records(self.app.record_count(request, kind))
+            request.record_faults = dict.fromkeys(chosen, kind)
+            return self._call_app(request)
         self.app.expire_session(request)  # expire_token: the app then answers its real 401
         return self._call_app(request)
 

@@ -20,7 +20,9 @@ def kashflow_connection(sandbox, **secrets):
     )
 
 
-def salesforce_connection(sandbox, method="sf_password", **fields):
+def salesforce_connection(sandbox, method="sf_jwt", **fields):
+    """A connection to the sandbox org; JWT bearer by default, as recommended (password sign-in
+    is SOAP login(), off in the simulated org unless `org_switches(soap_login_enabled=True)`)."""
     info = sandbox.info["salesforce"]
     secrets = {
         "sf_password": {"password": info["password"], "security_token": info["security_token"]},
@@ -64,6 +66,12 @@ def calls(sandbox, system, contains=""):
     return sum(n for template, n in stats["calls"].items() if contains in template)
 
 
-def connect_both(sandbox, method="sf_password"):
+def org_switches(sandbox, **switches) -> dict:
+    """Set (or with none given, read) the Salesforce simulator's org switches until the next
+    reset: soap_login_enabled, payments_relationship."""
+    return control(sandbox.info["control"]["salesforce"], "org", switches)
+
+
+def connect_both(sandbox, method="sf_jwt"):
     """Active Salesforce and KashFlow connections to the sandbox, as the flows use them."""
     return salesforce_connection(sandbox, method=method), kashflow_connection(sandbox)

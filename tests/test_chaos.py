@@ -69,4 +69,11 @@ def test_the_ledger_has_nothing_open_and_no_error_without_a_reason(figures):
     assert figures["settled"]
     assert figures["ledger"]["problems"] == []
     assert figures["error_queue_final"]["without_reason"] == 0
+
+
+def test_no_error_needed_a_person(figures):
+    # Issue #13 case 11: races (DUPLICATE_VALUE of two upserts) and outages resolve themselves;
+    # only the deliberate deal with no products waits for a person.
+    assert figures["needed_a_person"] == {"count": 0, "by_reason": {}}
+    assert figures["retried_by_operator"] == 0
     assert figures["worker_exit_codes"] == [0, 0]  # SIGTERM let both clusters finish

@@ -15,12 +15,19 @@ from integration.clients.salesforce import (
     budget_exhausted,
     login_arguments,
     parse_limit_info,
+    soql_quote,
 )
 from integration.models import Connection
 from tests.factories import SalesforceConnectionFactory
 from tests.fake_api import FakeApi, body_of, query_of, reply, use_fast_retries
 from tests.fixtures_sandbox import control
-from tests.sandbox_connections import calls, clear_faults, salesforce_connection, set_faults
+from tests.sandbox_connections import (
+    calls,
+    clear_faults,
+    org_switches,
+    salesforce_connection,
+    set_faults,
+)
 
 pytestmark = pytest.mark.django_db
 
@@ -424,6 +431,30 @@ def test_records_that_met_a_lock_are_sent_again_alone(connection, api, fast_retr
     assert body_of(api.calls("PATCH")[1])["records"][0]["Id"] == "0062"
 
 
+def test_an_upsert_that_lost_a_race_is_sent_again_once_and_at_once(connection, api, fast_retries):
+    lost = {
+        "success": False,
+        "errors": [
+            {
+                "statusCode": "DUPLICATE_VALUE",
+                "message": "duplicate value found: ExternalID__c duplicates value on record "
+                "with id: 001000000000001AAA",
+                "fields": [],
+            }
+        ],
+    }
+    path = DATA + "composite/sobjects/Account/ExternalID__c"
+    api.on("PATCH", path, reply(200, [lost, lost]), reply(200, [lost, lost]))
+
+    results = client_for(connection, api).upsert("Account", "ExternalID__c", accounts(2))
+
+    # Lost twice is no race: the record's own fault, once retried, never a loop, no waiting.
+    assert [r.success for r in results] == [False, False]
+    assert all(r.error.code == "DUPLICATE_VALUE" and r.error.permanent for r in results)
+    assert len(api.calls("PATCH")) == 2
+    assert fast_retries == []
+
+
 def test_decimals_are_sent_exactly(connection, api):
     api.on("POST", DATA + "composite/sobjects", echo_saved)
 
@@ -509,6 +540,58 @@ def test_bulk_api_2_is_used_above_the_threshold_and_results_map_back(connection,
     assert api.calls("PATCH", DATA + "composite/.*") == []
 
 
+def test_a_bulk_upsert_that_lost_a_race_is_sent_again_by_collections(connection, api, fast_retries):
+    jobs = DATA + "jobs/ingest"
+    api.on("POST", jobs + "/?", reply(200, {"id": "7501", "state": "Open"}))
+    api.on("PUT", jobs + "/7501/batches", reply(201))
+    api.on("PATCH", jobs + "/7501", reply(200, {"id": "7501", "state": "UploadComplete"}))
+    api.on(
+        "GET",
+        jobs + "/7501",
+        reply(
+            200,
+            {
+                "id": "7501",
+                "state": "JobComplete",
+                "numberRecordsProcessed": 2,
+                "numberRecordsFailed": 1,
+            },
+        ),
+    )
+    api.on(
+        "GET",
+        jobs + "/7501/successfulResults",
+        reply(200, '"sf__Id","sf__Created","ExternalID__c","Name"\n"001A","true","A","Alpha"\n'),
+    )
+    api.on(
+        "GET",
+        jobs + "/7501/failedResults",
+        reply(
+            200,
+            '"sf__Id","sf__Error","ExternalID__c","Name"\n'
+            '"","DUPLICATE_VALUE:duplicate value found: ExternalID__c duplicates value on '
+            'record with id: 001000000000009AAA:--","B","Beta"\n',
+        ),
+    )
+    api.on(
+        "PATCH",
+        DATA + "composite/sobjects/Account/ExternalID__c",
+        reply(200, [{"id": "001B", "success": True, "errors": [], "created": False}]),
+    )
+    records = [{"ExternalID__c": "A", "Name": "Alpha"}, {"ExternalID__c": "B", "Name": "Beta"}]
+
+    results = client_for(connection, api).upsert(
+        "Account", "ExternalID__c", records, bulk_threshold=1
+    )
+
+    assert [(r.id, r.created, r.success) for r in results] == [
+        ("001A", True, True),
+        ("001B", False, True),
+    ]
+    [again] = api.calls("PATCH", DATA + "composite/.*")
+    assert [r["ExternalID__c"] for r in body_of(again)["records"]] == ["B"]
+
+
 # -- API budget ---------------------------------------------------------------------------------
 
 
@@ -588,6 +671,7 @@ def accounts(count, start=0):
 
 @pytest.mark.parametrize("method", ["sf_password", "sf_jwt", "sf_client_credentials"])
 def test_sandbox_every_sign_in_method_works_through_configuration(sandbox, method):
+    org_switches(sandbox, soap_login_enabled=method == "sf_password")  # an older org for SOAP
     connection = salesforce_connection(sandbox, method)
     client = SalesforceClient(connection)
 
@@ -600,7 +684,7 @@ def test_sandbox_the_token_is_reused_across_clients(sandbox, sandbox_salesforce)
     new_client(sandbox_salesforce).describe("Account")
     new_client(sandbox_salesforce).describe("Opportunity")
 
-    assert calls(sandbox, "salesforce", "POST /services/Soap") == 1
+    assert calls(sandbox, "salesforce", "POST /services/oauth2") == 1
 
 
 def test_sandbox_an_invalid_token_means_one_new_login(sandbox, sandbox_salesforce):
@@ -614,7 +698,7 @@ def test_sandbox_an_invalid_token_means_one_new_login(sandbox, sandbox_salesforc
 
     new_client(sandbox_salesforce).describe("Account")
 
-    assert calls(sandbox, "salesforce", "POST /services/Soap") == 2
+    assert calls(sandbox, "salesforce", "POST /services/oauth2") == 2
 
 
 def test_sandbox_a_session_that_keeps_expiring_is_an_error_not_a_loop(sandbox, sandbox_salesforce):
@@ -626,7 +710,7 @@ def test_sandbox_a_session_that_keeps_expiring_is_an_error_not_a_loop(sandbox, s
         list(client.query("SELECT Id FROM Account"))
 
     assert caught.value.status == 401
-    assert calls(sandbox, "salesforce", "POST /services/Soap") == 2
+    assert calls(sandbox, "salesforce", "POST /services/oauth2") == 2
     assert calls(sandbox, "salesforce", "/query") == 2
 
 
@@ -768,3 +852,139 @@ def test_sandbox_api_usage_is_stored_and_holds_back_scheduled_runs(sandbox, sand
     assert budget_exhausted(sandbox_salesforce).startswith(
         "Salesforce API use is at 12,345 of 15,000 calls today (82%)"
     )
+
+
+# -- Fidelity with the published API (issue #12, #13 case 11) -------------------------------------
+
+
+def spy_collections(client, monkeypatch) -> list[tuple[list, list]]:
+    """(records sent, results answered) of every collections call the client makes."""
+    seen = []
+    real = client._request
+
+    def request(method, path, what, body=None):
+        answer = real(method, path, what, body)
+        if path.startswith("composite/sobjects"):
+            seen.append(([r.get("ExternalID__c") for r in body["records"]], answer))
+        return answer
+
+    monkeypatch.setattr(client, "_request", request)
+    return seen
+
+
+def test_sandbox_unable_to_lock_row_in_a_200_is_retried_for_those_records_only(
+    sandbox, sandbox_salesforce, monkeypatch
+):
+    client = new_client(sandbox_salesforce)
+    client.login()
+    set_faults(sandbox, "salesforce", ("PATCH /services/data", "lock_row", 1.0))
+    seen = spy_collections(client, monkeypatch)
+    monkeypatch.setattr(http, "sleep", lambda seconds: clear_faults(sandbox, "salesforce"))
+
+    results = client.upsert("Account", "ExternalID__c", accounts(20))
+
+    assert all(r.success for r in results)
+    (first_sent, first_answer), (retry_sent, retry_answer) = seen
+    locked = [key for key, r in zip(first_sent, first_answer, strict=True) if not r["success"]]
+    assert locked and len(locked) < 20
+    assert {e["statusCode"] for r in first_answer for e in r["errors"]} == {"UNABLE_TO_LOCK_ROW"}
+    assert retry_sent == locked  # only those, in order
+    assert all(r["success"] for r in retry_answer)
+    keys = [r["ExternalID__c"] for r in client.query("SELECT ExternalID__c FROM Account")]
+    assert sorted(keys) == sorted(a["ExternalID__c"] for a in accounts(20))  # none twice
+
+
+def test_sandbox_an_upsert_that_lost_to_a_concurrent_one_is_retried_as_an_update(
+    sandbox, sandbox_salesforce, monkeypatch
+):
+    # Two workers (or the customers and invoices flows) upserting one new key at once: one
+    # insert wins, the other answer is DUPLICATE_VALUE. Not the record's fault.
+    client = new_client(sandbox_salesforce)
+    client.login()
+    control(
+        sandbox.info["control"]["salesforce"],
+        "faults",
+        {"rules": [{"match": "PATCH /services/data", "kind": "upsert_race", "count": 1}]},
+    )
+    seen = spy_collections(client, monkeypatch)
+
+    results = client.upsert("Account", "ExternalID__c", accounts(10))
+
+    assert all(r.success for r in results), [r.error.message for r in results if r.error]
+    (first_sent, first_answer), (retry_sent, _) = seen
+    lost = [key for key, r in zip(first_sent, first_answer, strict=True) if not r["success"]]
+    assert lost and retry_sent == lost
+    assert not any(r.created for r, key in zip(results, first_sent, strict=True) if key in lost)
+    keys = [r["ExternalID__c"] for r in client.query("SELECT ExternalID__c FROM Account")]
+    assert sorted(keys) == sorted(a["ExternalID__c"] for a in accounts(10))
+
+
+def test_sandbox_a_duplicate_value_that_is_no_race_stays_the_records_fault(
+    sandbox, sandbox_salesforce
+):
+    client = new_client(sandbox_salesforce)
+    client.create("Account", [{"Name": "Holder", "ExternalID__c": "TAKEN"}])
+    other = client.create("Account", [{"Name": "Other"}])[0].id
+
+    (result,) = client.update("Account", [{"Id": other, "ExternalID__c": "TAKEN"}])
+
+    assert not result.success and result.error.code == "DUPLICATE_VALUE"
+    assert result.error.permanent
+
+
+def test_sandbox_password_sign_in_refused_by_the_org_says_to_use_jwt(sandbox):
+    connection = salesforce_connection(sandbox, "sf_password")  # the org has SOAP login() off
+
+    with pytest.raises(ApiError) as caught:
+        SalesforceClient(connection).login()
+
+    assert caught.value.permanent
+    assert "JWT bearer" in caught.value.message and "65.0" in caught.value.message
+    connection.refresh_from_db()
+    assert "JWT bearer" in connection.last_check_message
+
+
+def test_sandbox_password_sign_in_at_api_65_says_to_use_jwt(sandbox):
+    org_switches(sandbox, soap_login_enabled=True)
+    connection = salesforce_connection(sandbox, "sf_password", api_version="65.0")
+
+    with pytest.raises(ApiError) as caught:
+        SalesforceClient(connection).login()
+
+    assert caught.value.permanent and "JWT bearer" in caught.value.message
+
+
+LONG_NAME = "Harbour & Sons Marine Engineering (Southampton) Ltd, Units 4 to 6"
+
+
+def test_sandbox_a_query_too_long_for_salesforce_is_explained(sandbox, sandbox_salesforce):
+    client = new_client(sandbox_salesforce)
+    names = ", ".join(f"'{LONG_NAME} {n:03d}'" for n in range(200))
+
+    with pytest.raises(ApiError) as caught:
+        list(client.query(f"SELECT Id FROM Account WHERE Name IN ({names})"))
+
+    assert caught.value.status == 414 and caught.value.code == "REQUEST_TOO_LONG"
+    assert (
+        "too long" in caught.value.message and "records themselves are fine" in caught.value.message
+    )
+
+
+def test_sandbox_query_in_cuts_a_200_item_in_list_to_fit_the_uri_limit(sandbox, sandbox_salesforce):
+    client = new_client(sandbox_salesforce)
+    names = [f"{LONG_NAME} {n:03d}" for n in range(200)]
+    client.upsert(
+        "Account",
+        "ExternalID__c",
+        [{"ExternalID__c": f"K{n}", "Name": name} for n, name in enumerate(names)],
+    )
+    control(sandbox.info["control"]["salesforce"], "stats/reset", {})
+
+    def build(chunk):
+        quoted = ", ".join(soql_quote(name) for name in chunk)
+        return f"SELECT Id, Name FROM Account WHERE Name IN ({quoted}) OR Name = {soql_quote(names[0])}"
+
+    found = list(client.query_in(build, names))
+
+    assert sorted(r["Name"] for r in found) == sorted(names)  # each once, despite the OR
+    assert 2 <= calls(sandbox, "salesforce", "/query") <= 4

@@ -12,7 +12,7 @@ from integration.models import Connection
 from tests.factories import KashFlowConnectionFactory, SalesforceConnectionFactory
 from tests.fake_api import FakeApi, reply, use_fast_retries
 from tests.fixtures_sandbox import control
-from tests.sandbox_connections import kashflow_connection, salesforce_connection
+from tests.sandbox_connections import kashflow_connection, org_switches, salesforce_connection
 
 pytestmark = pytest.mark.django_db
 
@@ -124,6 +124,7 @@ def test_missing_secrets_are_named_before_any_call():
 
 @pytest.mark.parametrize("method", ["sf_password", "sf_jwt", "sf_client_credentials"])
 def test_a_working_salesforce_connection_finds_every_field(sandbox, method):
+    org_switches(sandbox, soap_login_enabled=method == "sf_password")  # an older org for SOAP
     connection = salesforce_connection(sandbox, method)
 
     result = check_connection(connection)
@@ -136,8 +137,11 @@ def test_a_working_salesforce_connection_finds_every_field(sandbox, method):
 
 
 def test_wrong_salesforce_password_is_named(sandbox):
+    org_switches(sandbox, soap_login_enabled=True)
     connection = salesforce_connection(
-        sandbox, secrets={"password": "Wrong-Pass-99", "security_token": "XYZTOKEN1234"}
+        sandbox,
+        "sf_password",
+        secrets={"password": "Wrong-Pass-99", "security_token": "XYZTOKEN1234"},
     )
 
     result = check_connection(connection)
@@ -248,3 +252,39 @@ def test_an_integration_admin_checks_the_selected_connections(client, admin_user
     assert f"{bad.name}: Could not reach 127.0.0.1 (connection refused)." in page
     assert stored(good)[0] == Connection.Status.OK
     assert stored(bad)[0] == Connection.Status.FAILING
+
+
+def test_a_payments_relationship_named_otherwise_is_read_from_the_org(sandbox):
+    org_switches(sandbox, payments_relationship="Payments__r")
+    connection = salesforce_connection(sandbox)
+
+    result = check_connection(connection)
+
+    assert result.ok, result.message
+
+
+def test_a_payments_relationship_that_differs_from_the_setting_is_named(sandbox, settings):
+    settings.KASHFORCE = {**settings.KASHFORCE, "PAYMENTS_RELATIONSHIP": "KashFlow_Payments__r"}
+    org_switches(sandbox, payments_relationship="Payments__r")
+    connection = salesforce_connection(sandbox)
+
+    result = check_connection(connection)
+
+    assert not result.ok
+    assert result.message.endswith(
+        "Opportunity has no payments relationship named KashFlow_Payments__r (the setting "
+        "KASHFORCE_PAYMENTS_RELATIONSHIP). It is called Payments__r: set "
+        "KASHFORCE_PAYMENTS_RELATIONSHIP to that, or leave it empty."
+    )
+    assert stored(connection)[0] == Connection.Status.FAILING
+
+
+def test_a_missing_payments_relationship_is_named(sandbox, monkeypatch):
+    # An org whose KashFlow_Payment__c has no lookup to Opportunity lists no relationship.
+    monkeypatch.setattr(salesforce.SalesforceClient, "payment_relationships", lambda self: [])
+    connection = salesforce_connection(sandbox)
+
+    result = check_connection(connection)
+
+    assert not result.ok
+    assert "Opportunity has no child relationship for KashFlow_Payment__c records" in result.message

@@ -151,3 +151,10 @@ def test_an_outbound_secret_needs_the_org_id(admin_client_):
     assert "Outbound Messages are only accepted from a known org" in response.content.decode()
     connection.refresh_from_db()
     assert connection.organization_id == "00D5g000004XyZAEA0"
+
+
+def test_the_form_recommends_jwt_and_labels_password_sign_in_legacy(admin_client_):
+    page = admin_client_.get(reverse("dashboard:connection_new")).content.decode()
+    assert "JWT bearer (recommended" in page
+    assert "username, password and security token (legacy" in page
+    assert "Password sign-in is legacy: new Salesforce orgs have it switched off" in page

@@ -482,3 +482,48 @@ def test_a_full_run_cut_short_leaves_the_rest_to_be_read_next_run(org, settings)
     rest = run_customers()
     assert kashflow_calls(org.sandbox) == {"lists": 1, "reads": 2}
     assert account_of(org, code)["Phone"] == "020 7946 0777", rest.summary
+
+
+def test_a_200_customer_name_match_fits_salesforces_uri_limit(org):
+    # Issue #12: 200 long company names in one IN list passed 16,384 bytes of URI (a 414,
+    # which failed the whole batch). The names are cut into queries that fit.
+    org.sandbox.reset("customers=0,accounts=0")
+    names = [
+        f"Harbour & Sons Marine Engineering (Southampton) Ltd, Units 4 to 6, No. {n:03d}"
+        for n in range(200)
+    ]
+    for n, name in enumerate(names):
+        org.kashflow.create_customer({"Code": f"HARB{n:03d}", "Name": name})
+    made = org.salesforce.create("Account", [{"Name": name} for name in names])
+    assert all(result.success for result in made)
+    reset_stats(org.sandbox)
+
+    run = run_customers()
+
+    assert run.status == SyncRun.Status.SUCCEEDED, run.summary
+    assert (run.written_count, run.failed_count) == (200, 0), run.summary
+    accounts = list(org.salesforce.query("SELECT Id, Name, ExternalID__c FROM Account"))
+    assert len(accounts) == 200  # each customer adopted its namesake, none made twice
+    assert {a["Id"] for a in accounts} == {r.id for r in made}
+    assert sorted(a["ExternalID__c"] for a in accounts) == [f"HARB{n:03d}" for n in range(200)]
+
+
+def test_an_account_upsert_that_lost_to_a_concurrent_one_is_not_the_customers_fault(org):
+    # Issue #13 case 11 / #19 case 2: two workers (or the customers and invoices flows) create
+    # the same Account at once; one insert wins, the other upsert gets DUPLICATE_VALUE on
+    # ExternalID__c. The engine retries it as an update: no error for a person, no duplicate.
+    org.sandbox.reset("customers=12,accounts=0")
+    control(
+        org.sandbox.info["control"]["salesforce"],
+        "faults",
+        {"rules": [{"match": "PATCH /services/data", "kind": "upsert_race", "count": 1}]},
+    )
+
+    run = run_customers()
+
+    assert stats(org.sandbox, "salesforce")["faults"] == {"upsert_race": 1}
+    assert run.status == SyncRun.Status.SUCCEEDED, run.summary
+    assert (run.written_count, run.failed_count) == (12, 0), run.summary
+    assert set(SyncEvent.objects.values_list("status", flat=True)) == {SyncEvent.Status.SUCCEEDED}
+    keys = [a["ExternalID__c"] for a in org.salesforce.query("SELECT ExternalID__c FROM Account")]
+    assert len(keys) == len(set(keys)) == 12

@@ -475,3 +475,41 @@ def test_won_deals_without_an_amount_leave_a_row_saying_why(org):
     latest = SyncEvent.objects.filter(source_id=ids["Zero"]).order_by("-pk").first()
     assert latest.status != SyncEvent.Status.SKIPPED  # now a deal to invoice (it has no products)
     assert "has no products" in latest.message
+
+
+def test_the_customers_flow_racing_the_invoices_flow_on_one_company_makes_no_error(
+    org, monkeypatch
+):
+    # Issue #19 case 2: the invoices flow links an Account to its KashFlow namesake, then puts
+    # the code on the Account. A customers run in between saw the link, not the key, and
+    # upserted a second Account with that code; the invoices flow's mark then failed with
+    # DUPLICATE_VALUE on ExternalID__c. Here the customers flow runs at that very moment.
+    from integration.sync import new_customers
+
+    real_mark = new_customers._mark_account
+    customer_runs = []
+
+    def customers_run_first(ctx, account_id, code):
+        run = engine.start_run("customers", Trigger.MANUAL)
+        engine.execute_run(run.pk)
+        customer_runs.append(SyncRun.objects.get(pk=run.pk))
+        return real_mark(ctx, account_id, code)
+
+    monkeypatch.setattr(new_customers, "_mark_account", customers_run_first)
+    shared = {c["Name"] for c in org.kashflow.customers()}
+
+    run = run_invoices()
+
+    assert customer_runs and all(r.failed_count == 0 for r in customer_runs), [
+        r.summary for r in customer_runs
+    ]
+    failed = SyncEvent.objects.exclude(
+        status__in=[SyncEvent.Status.SUCCEEDED, SyncEvent.Status.SKIPPED]
+    )
+    assert not failed.exists(), [(e.source_id, e.message) for e in failed]
+    assert run.status == SyncRun.Status.SUCCEEDED, run.summary
+    accounts = list(org.salesforce.query("SELECT Name, ExternalID__c FROM Account"))
+    assert len(accounts) == 6  # no second Account for a company
+    keys = [a["ExternalID__c"] for a in accounts if a["ExternalID__c"]]
+    assert len(keys) == len(set(keys))
+    assert shared <= {a["Name"] for a in accounts}

@@ -15,7 +15,7 @@ from integration.models import CrossRef, SyncEvent, SyncRun, Trigger
 from integration.sync import engine
 from tests.fake_api import use_fast_retries
 from tests.fixtures_sandbox import control
-from tests.sandbox_connections import calls, clear_faults, connect_both, set_faults
+from tests.sandbox_connections import calls, clear_faults, connect_both, org_switches, set_faults
 
 pytestmark = pytest.mark.django_db
 
@@ -298,3 +298,23 @@ def test_a_batch_of_paid_invoices_records_its_outcomes_in_one_statement(org):
         assert event.status == SyncEvent.Status.SUCCEEDED
         assert event.target_id == deal.opportunity_id and len(event.content_hash) == 64
         assert event.finished_at == event.updated_at and event.claimed_at is None
+
+
+def test_payments_are_read_through_the_relationship_the_admin_named(org):
+    # Issue #12: the child relationship name is chosen when the lookup is made; an org that
+    # called it Payments__r failed every batch with KashFlow_Payments__r hard-coded.
+    org_switches(org.sandbox, payments_relationship="Payments__r")
+    deal = invoiced_opportunity(org)
+    pay(org, deal.number, ("33.33", date(2026, 2, 1), BACS))
+
+    run = run_payments()
+
+    assert run.status == SyncRun.Status.SUCCEEDED, run.summary
+    assert run.failed_count == 0, run.summary
+    assert [r["Amount__c"] for r in payment_records(org, deal.opportunity_id)] == [Decimal("33.33")]
+    # The next change is compared with what Salesforce holds through that relationship: the
+    # payment replaced in KashFlow is replaced in Salesforce, not added beside the old one.
+    pay(org, deal.number, ("66.66", date(2026, 2, 8), CARD))
+    again = run_payments()
+    assert again.failed_count == 0, again.summary
+    assert [r["Amount__c"] for r in payment_records(org, deal.opportunity_id)] == [Decimal("66.66")]

@@ -362,3 +362,25 @@ def test_a_lost_answer_from_kashflow_makes_no_second_product(org):
     ref = CrossRef.objects.get(object_type="product", salesforce_id=created.id)
     assert ref.kashflow_key == "4000-S-1"
     assert product2(org, "4000-S-1")["Id"] == created.id
+
+
+def test_a_200_product_batch_fits_salesforces_uri_limit(org):
+    # Issue #12: a batch's lookup (keys, linked Ids and codes in IN lists) passed 16,384 bytes
+    # of URI on a full run of 200 linked products: a 414 that failed all 200.
+    for n in range(200):
+        org.kashflow.create_product(
+            {
+                "NominalCode": 4000,
+                "Code": f"OAK-CHAIR-XL-{n:03d}",
+                "Name": f"Oak chair {n}",
+                "Price": Decimal("499.50"),
+            }
+        )
+    first = run_products()
+    assert (first.written_count, first.failed_count) == (200, 0), first.summary
+
+    full = run_products(full=True)
+
+    assert full.status == SyncRun.Status.SUCCEEDED, full.summary
+    assert full.failed_count == 0 and full.read_count >= 200, full.summary
+    assert len(list(org.salesforce.query("SELECT Id FROM Product2"))) == 200

@@ -56,3 +56,14 @@ def test_a_production_connection_is_not_replaced_without_asking(sandbox):
 def test_no_running_sandbox_is_a_clear_error(tmp_path):
     with pytest.raises(CommandError, match="No sandbox is running"):
         call_command("sandbox_connect", state_dir=tmp_path, stdout=io.StringIO())
+
+
+def test_the_connection_it_makes_signs_in_to_a_new_org_where_soap_login_is_off(sandbox):
+    from integration.clients.check import check_connection
+
+    assert control(sandbox.info["control"]["salesforce"], "org")["soap_login_enabled"] is False
+    call_command("sandbox_connect", state_dir=sandbox.state_dir, stdout=io.StringIO())
+
+    result = check_connection(Connection.active("salesforce"))
+
+    assert result.ok, result.message

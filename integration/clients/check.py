@@ -11,7 +11,12 @@ from urllib.parse import urlsplit
 
 from integration.clients.errors import ApiError
 from integration.clients.kashflow import KashFlowClient
-from integration.clients.salesforce import OBJECT_MISSING, SalesforceClient
+from integration.clients.salesforce import (
+    OBJECT_MISSING,
+    PAYMENT_LOOKUP,
+    PAYMENT_OBJECT,
+    SalesforceClient,
+)
 from integration.models import AuditEntry, Connection
 from integration.secrets import SecretDecryptionError
 
@@ -73,11 +78,15 @@ def _check(connection: Connection) -> CheckResult:
     client.login()
     who = connection.username or urlsplit(client.instance_url).hostname
     missing = client.missing_fields()
-    if not missing:
+    lookup_missing = PAYMENT_LOOKUP in missing.get(PAYMENT_OBJECT, []) or missing.get(
+        PAYMENT_OBJECT
+    ) == [OBJECT_MISSING]
+    relationship = None if lookup_missing else client.payments_relationship_problem()
+    if not missing and not relationship:
         return CheckResult(True, f"Connected as {who}. The org has every field kashforce needs.")
-    return CheckResult(
-        False, f"Connected as {who}. Missing in the org: {describe_missing(missing)}.", missing
-    )
+    problems = [f"Missing in the org: {describe_missing(missing)}."] if missing else []
+    problems += [relationship] if relationship else []
+    return CheckResult(False, f"Connected as {who}. {' '.join(problems)}", missing)
 
 
 def describe_missing(missing: dict[str, list[str]]) -> str:

@@ -3,7 +3,8 @@
 Facts and pitfalls are in shared/reference/salesforce-api.md. How this module meets them:
 
 - **One factory from a Connection.** `SalesforceClient(connection)` signs in with the
-  connection's method (JWT bearer, client credentials, or username + password + security token)
+  connection's method (JWT bearer, recommended; client credentials; or, legacy, username +
+  password + security token, i.e. SOAP login(), off in new orgs and gone from API 65.0)
   through simple-salesforce's own `SalesforceLogin`, then talks to the instance in *direct mode*
   (`session_id` + `instance_url`). simple-salesforce's own re-login is never armed, so its
   SFType endless-retry loop cannot happen; we sign in again once on a 401 and retry once.
@@ -14,6 +15,10 @@ Facts and pitfalls are in shared/reference/salesforce-api.md. How this module me
 - **Timeouts, CA bundle, retries** come from `ApiSession` (http.py), used for every call.
 - **Money is Decimal**: responses parse with `parse_float=Decimal`; bodies we send are encoded
   by `http.dumps`, which writes a Decimal as its exact digits.
+- **URI limit**: a query travels in the URL and Salesforce refuses URI plus headers over
+  16,384 bytes; `query_in` cuts long IN lists into queries that fit.
+- **Races**: an upsert that lost to a concurrent one (DUPLICATE_VALUE on its external id) is
+  sent again once and updates the winner's record.
 - **API budget**: `Sforce-Limit-Info` is read from every response by a hook on the session
   (simple-salesforce reads it only on some calls) and stored on the Connection.
 """
@@ -22,15 +27,16 @@ from __future__ import annotations
 
 import csv
 import io
+import itertools
 import logging
 import re
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta
 from decimal import Decimal
-from urllib.parse import urlsplit
+from urllib.parse import urlencode, urlsplit
 
 import requests
 from django.conf import settings
@@ -86,6 +92,9 @@ REQUIRED_FIELDS: dict[str, list[str]] = {
 }
 # How missing_fields() reports an object that does not exist at all.
 OBJECT_MISSING = "(object)"
+# The payment records hang off the Opportunity through this lookup; the admin names its child
+# relationship (KashFlow_Payments__r by default) when creating it.
+PAYMENT_OBJECT, PAYMENT_LOOKUP = "KashFlow_Payment__c", "Opportunity__c"
 
 # Error codes that clear by themselves. REQUEST_LIMIT_EXCEEDED is the daily allocation (or too
 # many long requests at once): transient, but not worth retrying within seconds.
@@ -97,6 +106,11 @@ TRANSIENT_CODES = {
     "TOO_MANY_REQUESTS",
 }
 RETRY_CODES = {"UNABLE_TO_LOCK_ROW", "SERVER_UNAVAILABLE", "QUERY_TIMEOUT"}
+
+# Salesforce refuses a request whose URI plus headers pass 16,384 bytes (414 / 431; help
+# article 000386264). A query goes in the URL, so the IN lists kashforce builds are cut to keep
+# the encoded query within this budget, leaving half the room for the path and the headers.
+QUERY_URL_BUDGET = 8192
 
 WRONG_LOGIN = "Salesforce rejected the username, password or security token."
 LOGIN_MESSAGES = {
@@ -132,6 +146,23 @@ LOGIN_MESSAGES = {
         "(https://yourcompany.my.salesforce.com), not login or test.salesforce.com."
     ),
 }
+# Password sign-in is Salesforce's SOAP login(): off by default in orgs created from Winter '26,
+# unavailable from API version 65.0 and retired in Summer '27.
+PASSWORD_SIGN_IN_REFUSED = (
+    "Salesforce no longer accepts password sign-in for this connection (SOAP API login() is "
+    "switched off in new orgs, unavailable from API version 65.0 and retired in Summer '27). "
+    "Switch the connection to JWT bearer sign-in (a connected app with a certificate; the "
+    "README says how). Until then an admin can turn on 'Enable SOAP API login()' in Salesforce "
+    "Setup → User Interface and keep the API version at 64.0 or lower."
+)
+PASSWORD_SIGN_IN_MESSAGES = {
+    "INVALID_OPERATION": PASSWORD_SIGN_IN_REFUSED,
+    "INSUFFICIENT_ACCESS": (
+        "Salesforce refused password sign-in: the user lacks the 'Use Any API Auth' permission. "
+        "Switch the connection to JWT bearer sign-in (recommended), or give the user that "
+        "permission."
+    ),
+}
 
 
 def soql_quote(value: object) -> str:
@@ -142,6 +173,36 @@ def soql_quote(value: object) -> str:
 def soql_list(values) -> str:
     """Values as the inside of a SOQL IN (...): each quoted, blanks left out."""
     return ", ".join(soql_quote(value) for value in values if value)
+
+
+def query_url_bytes(soql: str) -> int:
+    """Bytes the query takes in the URL (`q=` and its URL-encoding, as requests sends it)."""
+    return len(urlencode({"q": soql}))
+
+
+def query_chunks(build: Callable[[Sequence], str], values: list, budget: int) -> list[list]:
+    """`values` cut into consecutive chunks whose `build(chunk)` fits `budget` bytes encoded.
+
+    Raises ApiError (permanent, in plain words) if even one value makes a query too long.
+    """
+    chunks: list[list] = []
+    chunk: list = []
+    for value in values:
+        if chunk and query_url_bytes(build([*chunk, value])) > budget:
+            chunks.append(chunk)
+            chunk = []
+        chunk.append(value)
+        if len(chunk) == 1 and query_url_bytes(build(chunk)) > budget:
+            raise ApiError(
+                "kashforce could not read this record from Salesforce: its query would be "
+                "longer than Salesforce accepts in one request, even on its own.",
+                permanent=True,
+                system=SYSTEM,
+                code="REQUEST_TOO_LONG",
+            )
+    if chunk:
+        chunks.append(chunk)
+    return chunks
 
 
 @dataclass
@@ -201,7 +262,17 @@ def error_from_exception(exc: SalesforceError, what: str) -> ApiError:
     detail = "; ".join(str(item.get("message", "")) for item in items) or f"HTTP {status}"
     # A 401 here came straight after a fresh sign-in (see _call): the next attempt signs in anew.
     transient = code in TRANSIENT_CODES or status in RETRY_STATUSES or status == 401
-    if code == "REQUEST_LIMIT_EXCEEDED":
+    if status in (414, 431):
+        # Salesforce's front server refused the request for its length before reading it.
+        # Nothing is wrong with the records: kashforce's own request was too long. Permanent,
+        # since the same request fails the same way, but said so in plain words.
+        message = (
+            f"Salesforce refused kashforce's request to {what} as too long (HTTP {status}: "
+            "more than 16,384 bytes of address and headers). The records themselves are fine; "
+            "this is a kashforce fault: please report it."
+        )
+        code = "REQUEST_TOO_LONG"
+    elif code == "REQUEST_LIMIT_EXCEEDED":
         message = (
             "Salesforce's API limit is used up (its daily allocation, or too many long calls "
             f"at once), so kashforce could not {what}; it will try again later."
@@ -219,11 +290,13 @@ def error_from_exception(exc: SalesforceError, what: str) -> ApiError:
     )
 
 
-def login_error(exc: SalesforceAuthenticationFailed) -> ApiError:
+def login_error(exc: SalesforceAuthenticationFailed, password: bool = False) -> ApiError:
     # simple-salesforce 1.12 keeps Salesforce's words in `auth_message`; `message` is only its
     # class's template ("Authentication failed. Response content: {content}").
     code, detail = str(exc.code or ""), str(getattr(exc, "auth_message", "") or "").strip()
     message = LOGIN_MESSAGES.get(detail) or LOGIN_MESSAGES.get(code)
+    if password and code in PASSWORD_SIGN_IN_MESSAGES:
+        message = PASSWORD_SIGN_IN_MESSAGES[code]
     if message is None and isinstance(exc.code, int) and exc.code in RETRY_STATUSES:
         return ApiError(
             f"Salesforce's login service is unavailable (HTTP {exc.code}); kashforce will try again.",
@@ -440,7 +513,8 @@ class SalesforceClient:
                 session=self.session, sf_version=self.version, **kwargs
             )
         except SalesforceAuthenticationFailed as exc:
-            error = login_error(exc)
+            password = self.connection.auth_method == Connection.AuthMethod.SF_PASSWORD
+            error = login_error(exc, password=password)
             if error.permanent:
                 self.connection.record_check(False, error.message)
             raise error from None
@@ -520,8 +594,95 @@ class SalesforceClient:
                 lambda sf, url=next_url: sf.query_more(url, identifier_is_url=True),
             )
 
+    def query_in(
+        self,
+        build: Callable[[Sequence], str],
+        values: Sequence,
+        budget: int = QUERY_URL_BUDGET,
+    ) -> Iterator[dict]:
+        """Every record of `build(chunk)` over chunks of `values`, each chunk's query short
+        enough for Salesforce's URI limit (QUERY_URL_BUDGET bytes once URL-encoded).
+
+        `build` makes the SOQL for a list of values (its IN lists). A record returned by two
+        chunks (a query with OR'd conditions) is yielded once, by Id.
+        """
+        seen: set[str] = set()
+        for chunk in query_chunks(build, list(values), budget):
+            for record in self.query(build(chunk)):
+                record_id = record.get("Id")
+                if record_id is not None:
+                    if record_id in seen:
+                        continue
+                    seen.add(record_id)
+                yield record
+
     def describe(self, sobject: str) -> dict:
         return self._request("GET", f"sobjects/{sobject}/describe", f"describe {sobject}")
+
+    def payment_relationships(self) -> list[str]:
+        """Opportunity's child relationships to KashFlow_Payment__c through Opportunity__c, by
+        name, from describe (one call)."""
+        described = self.describe("Opportunity").get("childRelationships")
+        if not isinstance(described, list):
+            raise ApiError(
+                "Salesforce's description of Opportunity lists no child relationships.",
+                permanent=False,
+                system=SYSTEM,
+                code="MALFORMED_ANSWER",
+            )
+        return [
+            str(rel["relationshipName"])
+            for rel in described
+            if isinstance(rel, dict)
+            and rel.get("childSObject") == PAYMENT_OBJECT
+            and rel.get("field") == PAYMENT_LOOKUP
+            and rel.get("relationshipName")
+        ]
+
+    def payments_relationship(self) -> str:
+        """The relationship name to read an Opportunity's payment records by in SOQL.
+
+        The setting PAYMENTS_RELATIONSHIP when given (the connection check verifies it), else
+        the one Salesforce's describe lists. Raises a permanent ApiError in plain words when
+        the org has none.
+        """
+        configured = settings.KASHFORCE.get("PAYMENTS_RELATIONSHIP") or ""
+        if configured:
+            return configured
+        problem, name = self._payments_relationship_check("")
+        if problem:
+            raise ApiError(problem, permanent=True, system=SYSTEM, code="NO_PAYMENTS_RELATIONSHIP")
+        return name
+
+    def payments_relationship_problem(self) -> str | None:
+        """What is wrong with the payments relationship, in plain words, or None."""
+        return self._payments_relationship_check(
+            settings.KASHFORCE.get("PAYMENTS_RELATIONSHIP") or ""
+        )[0]
+
+    def _payments_relationship_check(self, configured: str) -> tuple[str | None, str]:
+        found = self.payment_relationships()
+        if configured:
+            if any(name.lower() == configured.lower() for name in found):
+                return None, configured
+            actual = (
+                f" It is called {found[0]}: set KASHFORCE_PAYMENTS_RELATIONSHIP to that, or leave it empty."
+                if found
+                else ""
+            )
+            return (
+                f"Opportunity has no payments relationship named {configured} (the setting "
+                f"KASHFORCE_PAYMENTS_RELATIONSHIP).{actual}",
+                configured,
+            )
+        if not found:
+            return (
+                f"Opportunity has no child relationship for {PAYMENT_OBJECT} records: the "
+                f"{PAYMENT_OBJECT}.{PAYMENT_LOOKUP} field must be a lookup to Opportunity, so "
+                "that payments can be read with their deal.",
+                "",
+            )
+        return None, found[0]
 
     def missing_fields(
         self, required: dict[str, list[str]] = REQUIRED_FIELDS
@@ -564,7 +725,7 @@ class SalesforceClient:
         if len(records) > threshold:
             return self._bulk_upsert(sobject, external_id_field, records)
         path = f"composite/sobjects/{sobject}/{external_id_field}"
-        return self._collections("PATCH", path, sobject, records, "save")
+        return self._collections("PATCH", path, sobject, records, "save", external_id_field)
 
     def update(self, sobject: str, records: list[dict]) -> list[WriteResult]:
         """Update records by Id (each record carries its "Id"), 200 a call."""
@@ -591,19 +752,31 @@ class SalesforceClient:
             ]
         return results
 
-    def _collections(self, method, path, sobject, records, verb) -> list[WriteResult]:
+    def _collections(
+        self, method, path, sobject, records, verb, upsert_field=None
+    ) -> list[WriteResult]:
         results = []
         for start in range(0, len(records), COLLECTION_SIZE):
             chunk = records[start : start + COLLECTION_SIZE]
-            results += self._write_chunk(method, path, sobject, chunk, start, verb)
+            results += self._write_chunk(method, path, sobject, chunk, start, verb, upsert_field)
         return results
 
-    def _write_chunk(self, method, path, sobject, chunk, start, verb) -> list[WriteResult]:
-        """One collections call; records that failed on a lock are sent again, with backoff."""
+    def _write_chunk(
+        self, method, path, sobject, chunk, start, verb, upsert_field=None
+    ) -> list[WriteResult]:
+        """One collections call; records that failed on a lock are sent again, with backoff.
+
+        An upsert that lost to a concurrent one (two workers, or two flows, creating the same
+        external id at once: both find no record, one insert wins, the other gets
+        DUPLICATE_VALUE on that field) is sent again once at once: it now finds the winner's
+        record and updates it. It is not the record's fault.
+        """
         policy = getattr(self.session, "policy", None) or http.RetryPolicy.from_settings()
         results: dict[int, WriteResult] = {}
         pending = list(range(len(chunk)))
-        for attempt in range(1, policy.attempts + 1):
+        raced: set[int] = set()
+        # Locks are retried within the policy's attempts; a lost race once per record, at once.
+        for attempt in itertools.count(1):
             body = {
                 "allOrNone": False,
                 "records": [{"attributes": {"type": sobject}, **chunk[i]} for i in pending],
@@ -612,11 +785,21 @@ class SalesforceClient:
             answer = self._request(method, path, what, body) or []
             for i, item in zip(pending, answer, strict=False):
                 results[i] = _write_result(start + i, item, f"{verb} {sobject} {_label(chunk[i])}")
-            pending = [i for i in pending if i in results and _is_transient(results[i])]
-            wait = policy.delay(attempt) if pending else None
+            lost = [
+                i
+                for i in pending
+                if i in results and i not in raced and _lost_race(results[i], upsert_field)
+            ]
+            raced.update(lost)
+            locked = [i for i in pending if i in results and _is_transient(results[i])]
+            wait = policy.delay(attempt) if locked else 0.0
             if wait is None:
+                locked = []  # the locks did not clear in time: those stay transient failures
+            pending = sorted({*locked, *lost})
+            if not pending:
                 break
-            http.sleep(wait)
+            if locked:
+                http.sleep(wait)
         missing = ApiError(
             f"Salesforce gave no result for this record ({verb} {sobject}).",
             permanent=False,
@@ -651,6 +834,14 @@ class SalesforceClient:
         results: dict[int, WriteResult] = {}
         for job in jobs:
             self._read_bulk_results(sobject, job["job_id"], external_id_field, positions, results)
+        # An upsert that lost to a concurrent one is sent again (once, by collections): it now
+        # finds the winner's record and updates it.
+        raced = [i for i, result in results.items() if _lost_race(result, external_id_field)]
+        if raced:
+            path = f"composite/sobjects/{sobject}/{external_id_field}"
+            again = self._collections("PATCH", path, sobject, [records[i] for i in raced], "save")
+            for i, result in zip(raced, again, strict=True):
+                results[i] = WriteResult(i, result.id, result.created, result.success, result.error)
         missing = ApiError(
             f"Salesforce did not process this record in the bulk job ({sobject}).",
             permanent=False,
@@ -688,6 +879,13 @@ def _write_result(index: int, item: dict, what: str) -> WriteResult:
     return WriteResult(
         index, item.get("id"), False, False, record_error(item.get("errors") or [], what)
     )
+
+
+def _lost_race(result: WriteResult, upsert_field: str | None) -> bool:
+    """An upsert's DUPLICATE_VALUE on its own external id field: another upsert inserted it."""
+    if not upsert_field or result.error is None or result.error.code != "DUPLICATE_VALUE":
+        return False
+    return f"{upsert_field.lower()} duplicates value" in result.error.message.lower()
 
 
 def _is_transient(result: WriteResult) -> bool:

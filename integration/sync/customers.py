@@ -321,11 +321,9 @@ def _text(value) -> str:
 def _write(ctx: engine.RunContext, writes: list[_Write], links: Links) -> None:
     salesforce = ctx.salesforce
     try:
-        _adopt_accounts_by_name(
-            ctx,
-            [w for w in writes if not links.get("customer", "kashflow", w.event.source_id)],
-            links,
-        )
+        unlinked = [w for w in writes if not links.get("customer", "kashflow", w.event.source_id)]
+        _key_linked_accounts(ctx, writes, links)
+        _adopt_accounts_by_name(ctx, unlinked, links)
         accounts = salesforce.upsert("Account", "ExternalID__c", [w.account for w in writes])
     except ApiError as exc:
         return engine.fail_events(
@@ -378,10 +376,14 @@ def _adopt_accounts_by_name(ctx, unlinked: list[_Write], links: Links) -> None:
     if not unlinked or not _org_has_accounts_without_key(ctx):
         return
     names = {w.account["Name"].casefold(): w for w in unlinked if w.account.get("Name")}
-    quoted = ", ".join(soql_quote(w.account["Name"]) for w in names.values())
     matches: dict[str, list[str]] = {}
-    soql = f"SELECT Id, Name FROM Account WHERE ExternalID__c = null AND Name IN ({quoted})"
-    for record in ctx.salesforce.query(soql):
+
+    def soql(chunk) -> str:
+        quoted = ", ".join(soql_quote(name) for name in chunk)
+        return f"SELECT Id, Name FROM Account WHERE ExternalID__c = null AND Name IN ({quoted})"
+
+    account_names = [w.account["Name"] for w in names.values()]
+    for record in ctx.salesforce.query_in(soql, account_names):
         matches.setdefault(record["Name"].casefold(), []).append(record["Id"])
     # Only an unambiguous match: two Accounts of one name are left for a person to merge.
     adopted = [
@@ -397,6 +399,30 @@ def _adopt_accounts_by_name(ctx, unlinked: list[_Write], links: Links) -> None:
         if result.success:
             links.link("customer", salesforce_id=account_id, kashflow_key=write.event.source_id)
             write.warnings.append("Matched to the existing Account of the same name.")
+
+
+def _key_linked_accounts(ctx, writes: list[_Write], links: Links) -> None:
+    """Put the customer's code on the Account it is linked to but kashforce has never written.
+
+    The invoices flow links an Account to its KashFlow customer, then puts the code on the
+    Account (new_customers). A batch arriving between the two would upsert a second Account
+    with that code, and the invoices flow's write would then fail on DUPLICATE_VALUE. Writing
+    the same code to the same Account is what the invoices flow does: whichever is first, the
+    other changes nothing. Costs one update call, only for such links (none in steady state).
+    """
+    unkeyed = [
+        (write, ref.salesforce_id)
+        for write in writes
+        for ref in [links.get("customer", "kashflow", write.event.source_id)]
+        if ref and ref.salesforce_id and not ref.salesforce_synced_at
+    ]
+    if unkeyed:
+        # A failure (the Account deleted, or another one holds the code) leaves the upsert to
+        # go where the code is, as before.
+        ctx.salesforce.update(
+            "Account",
+            [{"Id": account_id, "ExternalID__c": w.event.source_id} for w, account_id in unkeyed],
+        )
 
 
 def _org_has_accounts_without_key(ctx) -> bool:
@@ -442,11 +468,17 @@ def _succeeded(done: list[tuple[_Write, str | None]], links: Links) -> None:
 def _current_records(ctx, codes, account_rows, contact_rows) -> dict[str, dict]:
     """What Salesforce holds now for these customers (a full run's comparison): two queries."""
     current: dict[str, dict] = {}
-    accounts = _select("Account", account_rows, [soql_quote(code) for code in codes])
-    for record in ctx.salesforce.query(accounts):
+    codes = list(codes)
+
+    def accounts(chunk) -> str:
+        return _select("Account", account_rows, [soql_quote(code) for code in chunk])
+
+    def contacts(chunk) -> str:
+        return _select("Contact", contact_rows, [soql_quote(f"{code}-primary") for code in chunk])
+
+    for record in ctx.salesforce.query_in(accounts, codes):
         current.setdefault(record["ExternalID__c"], {})["account"] = record
-    contacts = _select("Contact", contact_rows, [soql_quote(f"{code}-primary") for code in codes])
-    for record in ctx.salesforce.query(contacts):
+    for record in ctx.salesforce.query_in(contacts, codes):
         current.setdefault(record["ExternalID__c"].removesuffix("-primary"), {})["contact"] = record
     return current
 

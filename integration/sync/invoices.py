@@ -207,16 +207,18 @@ def _rule() -> str:
 
 def _read_opportunities(ctx, ids: list[str], rows: _Rows) -> dict[str, dict]:
     """The batch's Opportunities that still match the rule, with their lines: one query."""
-    quoted = ", ".join(f"'{opportunity_id}'" for opportunity_id in ids if _is_id(opportunity_id))
-    if not quoted:
-        return {}
+    valid = [opportunity_id for opportunity_id in ids if _is_id(opportunity_id)]
     # CurrencyIsoCode exists only in an org with multi-currency on (its describe says).
     fields = OPPORTUNITY_FIELDS + (", CurrencyIsoCode" if "CurrencyIsoCode" in rows.fields else "")
-    soql = (
-        f"SELECT {fields}, (SELECT {LINE_FIELDS} FROM OpportunityLineItems "
-        f"ORDER BY SortOrder) FROM Opportunity WHERE Id IN ({quoted}) AND ({_rule()})"
-    )
-    return {record["Id"]: record for record in ctx.salesforce.query(soql)}
+
+    def soql(chunk) -> str:
+        quoted = ", ".join(f"'{opportunity_id}'" for opportunity_id in chunk)
+        return (
+            f"SELECT {fields}, (SELECT {LINE_FIELDS} FROM OpportunityLineItems "
+            f"ORDER BY SortOrder) FROM Opportunity WHERE Id IN ({quoted}) AND ({_rule()})"
+        )
+
+    return {record["Id"]: record for record in ctx.salesforce.query_in(soql, valid)}
 
 
 def _is_id(value: str) -> bool:

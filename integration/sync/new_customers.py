@@ -78,13 +78,17 @@ def _read_accounts(ctx, rows: list[dict], account_ids: list[str]) -> dict[str, d
         for path in [row.get("source_path", ""), *(row.get("params") or {}).get("sources", [])]
         if isinstance(path, str) and path and not path.startswith("PrimaryContact")
     }
-    quoted = ", ".join(f"'{account_id}'" for account_id in account_ids if account_id.isalnum())
-    soql = (
-        f"SELECT {', '.join(sorted(fields))}, (SELECT FirstName, LastName, Email, Phone FROM "
-        f"Contacts ORDER BY CreatedDate LIMIT 1) FROM Account WHERE Id IN ({quoted})"
-    )
+
+    def soql(chunk) -> str:
+        quoted = ", ".join(f"'{account_id}'" for account_id in chunk)
+        return (
+            f"SELECT {', '.join(sorted(fields))}, (SELECT FirstName, LastName, Email, Phone FROM "
+            f"Contacts ORDER BY CreatedDate LIMIT 1) FROM Account WHERE Id IN ({quoted})"
+        )
+
     accounts = {}
-    for record in ctx.salesforce.query(soql):
+    valid = [account_id for account_id in account_ids if account_id.isalnum()]
+    for record in ctx.salesforce.query_in(soql, valid):
         contacts = (record.pop("Contacts", None) or {}).get("records") or []
         record["PrimaryContact"] = contacts[0] if contacts else {}
         accounts[record["Id"]] = record

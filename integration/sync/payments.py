@@ -28,6 +28,7 @@ from datetime import timedelta
 from decimal import Decimal
 
 from django.conf import settings
+from django.core.cache import cache
 from django.utils import timezone
 
 from integration.clients.errors import ApiError
@@ -35,7 +36,13 @@ from integration.mapping import payload_hash, preview
 from integration.models import CrossRef, Direction, Outcome, SyncEvent
 from integration.sync import engine
 from integration.sync.links import Links
-from integration.sync.mappings import MappingMissing, active_rows, context, salesforce_fields
+from integration.sync.mappings import (
+    DESCRIBE_CACHE_SECONDS,
+    MappingMissing,
+    active_rows,
+    context,
+    salesforce_fields,
+)
 
 SOURCE = "kashflow.Invoice"
 PAYMENT_LINE = "kashflow.PaymentLine"
@@ -44,6 +51,9 @@ OPPORTUNITY = "salesforce.Opportunity"
 PAGE = 200  # the KashFlow client's invoice page: one prefetch of cross-references per call
 # The write-back of an invoice's status lives with the invoices flow's mappings.
 WRITE_BACK_FLOW = "invoices"
+# The key an Opportunity's payment records are kept under once read (the org's relationship
+# name is the admin's choice: see _payments_relationship).
+PAYMENTS = "payments"
 
 
 class PaymentsFlow:
@@ -301,13 +311,35 @@ def _current_opportunities(ctx, invoices, payment_rows, opportunity_rows) -> dic
     payment_fields = _fields(payment_rows) | {"Id", "ExternalID__c"}
     opportunity_fields = _fields(opportunity_rows) | {"Id"}
     ids = ", ".join(sorted({f"'{invoice.opportunity_id}'" for invoice in invoices}))
+    relationship = _payments_relationship(ctx)
     soql = (
         f"SELECT {', '.join(sorted(opportunity_fields))}, "
-        f"(SELECT {', '.join(sorted(payment_fields))} FROM KashFlow_Payments__r) "
+        f"(SELECT {', '.join(sorted(payment_fields))} FROM {relationship}) "
         f"FROM Opportunity WHERE Id IN ({ids})"
     )
     # By the 15-character form: a cross-reference may hold either form of an Id.
-    return {record["Id"][:15]: record for record in ctx.salesforce.query(soql)}
+    return {
+        record["Id"][:15]: _with_payments(record, relationship)
+        for record in ctx.salesforce.query(soql)
+    }
+
+
+def _payments_relationship(ctx: engine.RunContext) -> str:
+    """The admin's name for Opportunity's payments relationship (the setting, or describe's),
+    cached as describes are: it rarely changes."""
+    key = f"kashforce:payments-relationship:{ctx.salesforce.connection.pk}"
+    name = cache.get(key)
+    if name is None:
+        name = ctx.salesforce.payments_relationship()
+        cache.set(key, name, DESCRIBE_CACHE_SECONDS)
+    return name
+
+
+def _with_payments(record: dict, relationship: str) -> dict:
+    """The record with its payment records under PAYMENTS, whatever the relationship's name."""
+    key = next((k for k in record if k.lower() == relationship.lower()), relationship)
+    record[PAYMENTS] = record.pop(key, None)
+    return record
 
 
 def _fields(rows: list[dict]) -> set[str]:
@@ -315,7 +347,7 @@ def _fields(rows: list[dict]) -> set[str]:
 
 
 def _payments_of(opportunity: dict) -> list[dict]:
-    return (opportunity.get("KashFlow_Payments__r") or {}).get("records") or []
+    return (opportunity.get(PAYMENTS) or {}).get("records") or []
 
 
 # Writing ------------------------------------------------------------------------------------

@@ -301,7 +301,8 @@ def _standard_pricebook_id(ctx: engine.RunContext) -> str:
 
 
 def _current_products(ctx, writes, links: Links, rows, pricebook_id: str) -> dict[str, dict]:
-    """The batch's Product2 with their standard entry, by key: one SOQL.
+    """The batch's Product2 with their standard entry, by key: one SOQL (more if the batch's
+    IN lists would pass Salesforce's URI limit; `query_in` cuts them).
 
     A Product2 is found by its ExternalID__c, else by its link, else (a product both systems had
     before kashforce) as the one Product2 with the same ProductCode and no key yet.
@@ -311,17 +312,21 @@ def _current_products(ctx, writes, links: Links, rows, pricebook_id: str) -> dic
     codes = {key: write.event.payload.get("Code") for key, write in zip(keys, writes, strict=True)}
     fields = {row["target_path"].split(".")[0] for row in rows}
     fields |= {"Id", "ExternalID__c", "ProductCode"}
-    where = f"ExternalID__c IN ({soql_list(keys)})"
-    if any(linked.values()):
-        where += f" OR Id IN ({soql_list(i for i in linked.values() if i)})"
-    if any(codes.values()):
-        where += f" OR (ExternalID__c = null AND ProductCode IN ({soql_list(codes.values())}))"
-    soql = (
-        f"SELECT {', '.join(sorted(fields))}, (SELECT Id, UnitPrice, IsActive FROM "
-        f"PricebookEntries WHERE Pricebook2Id = {soql_quote(pricebook_id)}) "
-        f"FROM Product2 WHERE {where}"
-    )
-    records = list(ctx.salesforce.query(soql))
+
+    def soql(chunk) -> str:
+        where = f"ExternalID__c IN ({soql_list(chunk)})"
+        if any(linked[key] for key in chunk):
+            where += f" OR Id IN ({soql_list(linked[key] for key in chunk)})"
+        if any(codes[key] for key in chunk):
+            chunk_codes = soql_list(codes[key] for key in chunk)
+            where += f" OR (ExternalID__c = null AND ProductCode IN ({chunk_codes}))"
+        return (
+            f"SELECT {', '.join(sorted(fields))}, (SELECT Id, UnitPrice, IsActive FROM "
+            f"PricebookEntries WHERE Pricebook2Id = {soql_quote(pricebook_id)}) "
+            f"FROM Product2 WHERE {where}"
+        )
+
+    records = list(ctx.salesforce.query_in(soql, keys))
     by_key = {r["ExternalID__c"]: r for r in records if r["ExternalID__c"]}
     by_id = {r["Id"][:15]: r for r in records}
     by_code: dict[str, list[dict]] = {}

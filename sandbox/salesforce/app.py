@@ -28,7 +28,16 @@ DEFAULTS = {
     "outbound_backoff_seconds": 0.2,
     "outbound_max_backoff_seconds": 5,
     "outbound_retry_for_seconds": 600,
+    # Org switches (POST /__sandbox__/org changes them until the next reset). Defaults are the
+    # least forgiving: orgs created from Winter '26 have SOAP login() off.
+    "soap_login_enabled": False,
+    "payments_relationship": schema.DEFAULT_PAYMENTS_RELATIONSHIP,
+    # Salesforce refuses a request whose URI plus headers pass 16,384 bytes (414 / 431).
+    "max_uri_and_headers": 16384,
 }
+ORG_SWITCHES = ("soap_login_enabled", "payments_relationship")
+COLLECTION_WRITES = re.compile(r"^composite/sobjects(?:/[^/]+/[^/]+)?$")
+COLLECTION_UPSERT = re.compile(r"^composite/sobjects/[^/]+/[^/]+$")
 SOAP_LOGIN = re.compile(r"^/services/Soap/u/(?P<version>\d+\.\d)(?:/.*)?$")
 REST_PREFIX = re.compile(r"^/services/data/v(?P<version>\d+\.\d)(?P<rest>/.*)?$")
 
@@ -81,7 +90,12 @@ class SalesforceApp:
         self.sessions = Sessions(
             self.store, self.creds["organization_id"], float(self.options["session_seconds"])
         )
-        self.auth = Authenticator(self.creds, self.sessions, public_key, lambda: self.base_url)
+        self.switches = {name: self.options[name] for name in ORG_SWITCHES}
+        self._apply_switches()
+        self.max_uri_and_headers = int(self.options["max_uri_and_headers"])
+        self.auth = Authenticator(
+            self.creds, self.sessions, public_key, lambda: self.base_url, self.switches
+        )
         self.cursors = rest.Cursors()
         self.jobs = bulk.Jobs()
         self.outbound = Outbound(self, self.options)
@@ -192,6 +206,23 @@ class SalesforceApp:
                 return f"{request.method} /services/data/v{{version}}/{template}".rstrip("/")
         return f"{request.method} /services/data/v{{version}}/{{unknown}}"
 
+    def record_count(self, request: Request, kind: str) -> int:
+        """The records of a collections write: create, update or upsert for lock_row; upsert
+        for upsert_race."""
+        match = REST_PREFIX.match(request.path)
+        path = (match["rest"] or "").strip("/") if match else ""
+        pattern = COLLECTION_UPSERT if kind == "upsert_race" else COLLECTION_WRITES
+        if request.method not in ("POST", "PATCH") or not pattern.match(path):
+            return 0
+        try:
+            body = request.json()
+            records = body.get("records")
+        except (ValueError, AttributeError):
+            return 0
+        if kind == "upsert_race" and body.get("allOrNone"):
+            return 0  # the winner's write would be rolled back with this request's
+        return len(records) if isinstance(records, list) else 0
+
     def is_write(self, request: Request) -> bool:
         return request.method in WRITE_METHODS and "/services/data/" in request.path
 
@@ -215,6 +246,11 @@ class SalesforceApp:
         self.jobs.clear()
         self.outbound.reset()
         self.daily_api_limit = int(self.options["daily_api_limit"])
+        self.switches.update({name: self.options[name] for name in ORG_SWITCHES})
+        self._apply_switches()
+
+    def _apply_switches(self) -> None:
+        schema.set_payments_relationship(str(self.switches["payments_relationship"]))
 
     def close(self) -> None:
         self.outbound.close()
@@ -235,6 +271,19 @@ class SalesforceApp:
                 except ApiError as error:
                     return Response.json(error.status, [error.as_dict()])
             return Response.json(200, self._currencies())
+        if subpath == "org":
+            if request.method == "POST":
+                unknown = set(payload) - set(ORG_SWITCHES)
+                if unknown:
+                    raise ValueError(
+                        f"unknown org switch(es) {sorted(unknown)}; known: {ORG_SWITCHES}"
+                    )
+                if "soap_login_enabled" in payload:
+                    self.switches["soap_login_enabled"] = bool(payload["soap_login_enabled"])
+                if "payments_relationship" in payload:
+                    self.switches["payments_relationship"] = str(payload["payments_relationship"])
+                self._apply_switches()
+            return Response.json(200, dict(self.switches))
         if subpath == "limits":
             if request.method == "POST":
                 self._set_usage(payload)

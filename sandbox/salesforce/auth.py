@@ -29,6 +29,32 @@ password, security token; or user locked out.</sf:exceptionMessage></sf:LoginFau
 </soapenv:Fault></soapenv:Body></soapenv:Envelope>"""
 
 
+# SOAP login() is off by default in orgs created from Winter '26 and unavailable from API 65.0
+# (developer.salesforce.com sforce_api_calls_login). The disabled text is as reported from
+# real orgs (OpenFn/adaptors#1715); the 65.0 text is reconstructed (least forgiving: the same
+# INVALID_OPERATION fault shape).
+SOAP_LOGIN_DISABLED = (
+    "SOAP API login() is disabled by default in this org. Contact the org administrator to "
+    "enable SOAP API login()."
+)
+SOAP_LOGIN_LAST_VERSION = 64.0
+SOAP_LOGIN_UNAVAILABLE = "SOAP API login() is not available in API version 65.0 and later."
+
+
+def soap_fault(code: str, message: str) -> str:
+    return (
+        '<?xml version="1.0" encoding="UTF-8"?><soapenv:Envelope '
+        'xmlns:soapenv="http://schemas.xmlsoap.org/soap/envelope/" '
+        'xmlns:sf="urn:fault.partner.soap.sforce.com" '
+        'xmlns:xsi="http://www.w3.org/2001/XMLSchema-instance"><soapenv:Body><soapenv:Fault>'
+        f"<faultcode>sf:{code}</faultcode><faultstring>{escape(f'{code}: {message}')}"
+        '</faultstring><detail><sf:LoginFault xsi:type="sf:LoginFault">'
+        f"<sf:exceptionCode>{code}</sf:exceptionCode><sf:exceptionMessage>{escape(message)}"
+        "</sf:exceptionMessage></sf:LoginFault></detail></soapenv:Fault></soapenv:Body>"
+        "</soapenv:Envelope>"
+    )
+
+
 class Sessions:
     """Access tokens with an expiry, kept in the store's meta table so a restart keeps them."""
 
@@ -65,13 +91,22 @@ def bearer_token(request: Request) -> str | None:
 
 
 class Authenticator:
-    def __init__(self, creds: dict, sessions: Sessions, public_key: bytes, base_url_of):
+    def __init__(
+        self, creds: dict, sessions: Sessions, public_key: bytes, base_url_of, switches=None
+    ):
+        self.switches = switches if switches is not None else {"soap_login_enabled": True}
         self.creds = creds
         self.sessions = sessions
         self.public_key = public_key
         self.base_url_of = base_url_of  # callable: the simulator's own https://127.0.0.1:port
 
     def soap_login(self, request: Request, version: str) -> Response:
+        if float(version) > SOAP_LOGIN_LAST_VERSION:
+            fault = soap_fault("INVALID_OPERATION", SOAP_LOGIN_UNAVAILABLE)
+            return Response.text(500, fault, "text/xml;charset=UTF-8")
+        if not self.switches.get("soap_login_enabled"):
+            fault = soap_fault("INVALID_OPERATION", SOAP_LOGIN_DISABLED)
+            return Response.text(500, fault, "text/xml;charset=UTF-8")
         body = request.body.decode("utf-8", "replace")
         username = _xml_text(body, "username")
         password = _xml_text(body, "password")

@@ -41,7 +41,9 @@ def create_or_update(app, request: Request, version: str) -> Response:
         saved = app.org.update(type_name, record.get("Id") or record.get("id") or "", values)
         return {"id": saved["Id"], "success": True, "errors": []}
 
-    return Response.json(200, run_items(app, records, save, body.get("allOrNone")))
+    return Response.json(
+        200, run_items(app, records, save, body.get("allOrNone"), request.record_faults)
+    )
 
 
 def upsert(app, request: Request, version: str, type_name: str, field: str) -> Response:
@@ -65,7 +67,26 @@ def upsert(app, request: Request, version: str, type_name: str, field: str) -> R
             raise
         return {"id": saved["Id"], "success": True, "errors": [], "created": created}
 
-    return Response.json(200, run_items(app, _records(body), save, body.get("allOrNone")))
+    def lost_race(record) -> ApiError | None:
+        # Two upserts of one new external id at once: both find no record, both insert, the
+        # unique index lets one through and the other gets DUPLICATE_VALUE (real orgs do this).
+        value = next((v for k, v in record.items() if k.lower() == field.lower()), None)
+        if value is None or app.org.match_external_id(sobj, field, str(value)):
+            return None
+        winner = save(record)
+        name = sobj.field(field).name if sobj.field(field) else field
+        return ApiError(
+            400,
+            "DUPLICATE_VALUE",
+            f"duplicate value found: {name} duplicates value on record with id: {winner['id']}",
+            [],
+        )
+
+    records = _records(body)
+    return Response.json(
+        200,
+        run_items(app, records, save, body.get("allOrNone"), request.record_faults, lost_race),
+    )
 
 
 def delete(app, request: Request, version: str) -> Response:
@@ -121,13 +142,32 @@ def _ids(request: Request) -> list[str]:
     return record_ids
 
 
-def run_items(app, items: list, action, all_or_none) -> list[dict]:
-    """Apply `action` to each item in its own savepoint; roll back all when allOrNone fails."""
+def run_items(app, items: list, action, all_or_none, faults=None, on_race=None) -> list[dict]:
+    """Apply `action` to each item in its own savepoint; roll back all when allOrNone fails.
+
+    `faults` (position -> kind) are injected record faults: "lock_row" fails the item with
+    UNABLE_TO_LOCK_ROW unwritten, as when another transaction holds its row; "upsert_race" is
+    an upsert that lost to a concurrent one: `on_race(item)` writes the winner (outside the item's
+    savepoint: the other transaction committed) and returns this item's error, or None when the
+    record already existed (an update races nobody)."""
     results = []
+    faults = faults or {}
     try:
         with app.store.savepoint():
-            for item in items:
+            for position, item in enumerate(items):
                 try:
+                    if faults.get(position) == "lock_row":
+                        raise ApiError(
+                            400,
+                            "UNABLE_TO_LOCK_ROW",
+                            "unable to obtain exclusive access to this record or 1 records: "
+                            + str(_item_id(item)),
+                        )
+                    lost = (
+                        on_race(item) if on_race and faults.get(position) == "upsert_race" else None
+                    )
+                    if lost:
+                        raise lost
                     with app.store.savepoint():
                         results.append(action(item))
                 except ApiError as error:
@@ -140,6 +180,12 @@ def run_items(app, items: list, action, all_or_none) -> list[dict]:
             for r in results
         ]
     return results
+
+
+def _item_id(item) -> str:
+    if isinstance(item, dict):
+        return str(item.get("Id") or item.get("id") or "")
+    return str(item)
 
 
 def _save_error(error: ApiError) -> dict:

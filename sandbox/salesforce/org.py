@@ -8,6 +8,7 @@ unique external ids, and a hook when an Opportunity becomes won (for Outbound Me
 import math
 import re
 from datetime import date
+from decimal import ROUND_HALF_UP, Decimal
 
 from sandbox.salesforce import ids, schema
 from sandbox.salesforce.errors import ApiError, not_found
@@ -417,7 +418,7 @@ class Org:
         ]
         updated = {**opportunity, "HasOpportunityLineItem": bool(lines)}
         if lines:
-            updated["Amount"] = round(sum(line["TotalPrice"] for line in lines), 2)
+            updated["Amount"] = _money(sum(_decimal(line["TotalPrice"]) for line in lines))
             updated["Pricebook2Id"] = (
                 opportunity["Pricebook2Id"]
                 or self.store.get("PricebookEntry", lines[0]["PricebookEntryId"])["Pricebook2Id"]
@@ -435,14 +436,29 @@ def _contact_name(before: dict | None, contact: dict) -> None:
     contact["Name"] = " ".join(p for p in (contact.get("FirstName"), contact["LastName"]) if p)
 
 
+# Money is worked in decimal and rounded half-up to the field's scale, as Salesforce does; it is
+# stored (and answered in JSON) as the float of that exact decimal, which prints back the same.
+
+
+def _decimal(value) -> Decimal:
+    return Decimal(str(value or 0))
+
+
+def _money(value: Decimal, scale: int = 2) -> float:
+    return float(value.quantize(Decimal(1).scaleb(-scale), rounding=ROUND_HALF_UP))
+
+
+def _factor(line: dict) -> Decimal:
+    return _decimal(line["Quantity"]) * (1 - _decimal(line.get("Discount")) / 100)
+
+
 def _total_price(line: dict) -> float:
-    discount = line.get("Discount") or 0
-    return round(line["Quantity"] * line["UnitPrice"] * (1 - discount / 100), 2)
+    return _money(_factor(line) * _decimal(line["UnitPrice"]))
 
 
 def _unit_price_from_total(line: dict) -> float:
-    factor = line["Quantity"] * (1 - (line.get("Discount") or 0) / 100)
-    return round(line["TotalPrice"] / factor, 2) if factor else 0.0
+    factor = _factor(line)
+    return _money(_decimal(line["TotalPrice"]) / factor) if factor else 0.0
 
 
 # -- coercion per field type (raise ValueError/TypeError for "value not of required type") ----
@@ -479,6 +495,7 @@ def _coerce_number(f: schema.Field, value, from_csv: bool):
     number = float(value)
     if not math.isfinite(number):
         raise ValueError(value)
+    exact = Decimal(str(value))  # the digits sent (a JSON number parses to its shortest float)
     if f.precision and abs(number) >= 10 ** (f.precision - f.scale):
         raise ApiError(
             400,
@@ -488,7 +505,7 @@ def _coerce_number(f: schema.Field, value, from_csv: bool):
         )
     if f.type == "int":
         return int(number)
-    return round(number, f.scale) if f.scale else number
+    return _money(exact, f.scale) if f.scale else number
 
 
 def _coerce_boolean(f: schema.Field, value, from_csv: bool) -> bool:

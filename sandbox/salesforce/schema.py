@@ -7,6 +7,9 @@ go through lower-cased maps, and responses use the canonical spelling.
 import contextvars
 from dataclasses import dataclass, field, replace
 
+# The admin names the child relationship when creating the payment's lookup to Opportunity; the
+# simulator's org switch `payments_relationship` renames it (process-wide, like SCHEMA).
+DEFAULT_PAYMENTS_RELATIONSHIP = "KashFlow_Payments__r"
 TEXT_TYPES = {"string", "textarea", "email", "phone", "url", "picklist", "id", "reference"}
 NUMBER_TYPES = {"currency", "double", "percent", "int"}
 
@@ -242,7 +245,7 @@ OBJECTS = [
         ],
         children={
             "OpportunityLineItems": ("OpportunityLineItem", "OpportunityId"),
-            "KashFlow_Payments__r": ("KashFlow_Payment__c", "Opportunity__c"),
+            DEFAULT_PAYMENTS_RELATIONSHIP: ("KashFlow_Payment__c", "Opportunity__c"),
         },
     ),
     _object(
@@ -423,6 +426,15 @@ MULTI_CURRENCY_SCHEMA = {
     "currencytype": CURRENCY_TYPE,
 }
 BY_PREFIX = {sobject.prefix: sobject for sobject in [*OBJECTS, CURRENCY_TYPE]}
+
+
+def set_payments_relationship(name: str) -> None:
+    """Rename Opportunity's child relationship to KashFlow_Payment__c (as an admin may)."""
+    children = SCHEMA["opportunity"].children
+    for rel, target in list(children.items()):
+        if target == ("KashFlow_Payment__c", "Opportunity__c"):
+            del children[rel]
+    children[name] = ("KashFlow_Payment__c", "Opportunity__c")
 
 
 def sobject(name: str) -> SObject | None:

@@ -214,3 +214,28 @@ def test_stop_wakes_a_held_request(http):
     thread.join(5)
     assert not thread.is_alive()
     assert time.monotonic() - start < 3
+
+
+def test_a_rule_with_a_count_fires_that_many_times(server, http):
+    faults(http, server, {"match": "GET /notes", "rate": 1, "kind": "503", "count": 2})
+    statuses = [http.get(server.url + "/notes").status_code for _ in range(4)]
+    assert statuses == [503, 503, 200, 200]
+    assert http.get(server.control_url + "faults").json()["rules"][0]["fired"] == 2
+
+
+def test_record_faults_skip_apps_and_calls_without_records(server, http):
+    # NotesApp answers no call record by record: a lock_row rule never fires on it.
+    faults(http, server, {"match": "", "rate": 1, "kind": "lock_row"})
+    assert http.post(server.url + "/notes", json={"text": "x"}).status_code == 201
+    assert http.get(server.control_url + "stats").json()["faults"] == {}
+
+
+def test_no_uri_limit_unless_the_app_sets_one(server, http):
+    assert http.get(server.url + "/notes?q=" + "x" * 20000).status_code == 200
+    server.app.max_uri_and_headers = 1000
+    try:
+        assert http.get(server.url + "/notes?q=" + "x" * 1000).status_code == 414
+        assert http.get(server.url + "/notes", headers={"X-Pad": "y" * 1000}).status_code == 431
+        assert http.get(server.url + "/notes").status_code == 200
+    finally:
+        del server.app.max_uri_and_headers

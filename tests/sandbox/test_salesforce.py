@@ -26,12 +26,22 @@ def info(sandbox):
     return sandbox.info["salesforce"]
 
 
-def login(sandbox, **kwargs) -> Salesforce:
-    """SOAP login (username, password, token) unless other credentials are given."""
+def login(sandbox, version="59.0", **kwargs) -> Salesforce:
+    """OAuth password grant (which simple-salesforce repeats on an expired session) unless
+    other credentials are given; SOAP login() is off in the simulated org by default."""
     creds = info(sandbox)
     if not kwargs:
-        kwargs = {k: creds[k] for k in ("username", "password", "security_token")}
-    return Salesforce(session=simulator_session(creds), version="59.0", **kwargs)
+        kwargs = {k: creds[k] for k in ("username", "password", "consumer_key", "consumer_secret")}
+    return Salesforce(session=simulator_session(creds), version=version, **kwargs)
+
+
+def soap_kwargs(sandbox, **overrides) -> dict:
+    creds = info(sandbox)
+    return {k: creds[k] for k in ("username", "password", "security_token")} | overrides
+
+
+def org_switches(sandbox, **switches) -> dict:
+    return control(sandbox.info["control"]["salesforce"], "org", switches)
 
 
 def direct(sandbox) -> Salesforce:
@@ -86,16 +96,37 @@ def test_ids_carry_the_case_checksum():
 
 
 def test_soap_login_with_password_and_token(sandbox):
-    sf = login(sandbox)
+    org_switches(sandbox, soap_login_enabled=True)
+    sf = login(sandbox, **soap_kwargs(sandbox))
     assert sf.sf_instance == info(sandbox)["instance_url"].removeprefix("https://")
     assert sf.query("SELECT COUNT() FROM Account")["totalSize"] == 0
 
 
 def test_soap_login_with_a_wrong_password_is_invalid_login(sandbox):
-    creds = info(sandbox)
+    org_switches(sandbox, soap_login_enabled=True)
     with pytest.raises(SalesforceAuthenticationFailed) as raised:
-        login(sandbox, username=creds["username"], password="nope", security_token="x")
+        login(sandbox, **soap_kwargs(sandbox, password="nope", security_token="x"))
     assert raised.value.code == "INVALID_LOGIN"
+
+
+def test_soap_login_is_off_in_a_new_org(sandbox):
+    # Orgs created from Winter '26 have "Enable SOAP API login()" off; reset restores that.
+    assert org_switches(sandbox)["soap_login_enabled"] is False
+    with pytest.raises(SalesforceAuthenticationFailed) as raised:
+        login(sandbox, **soap_kwargs(sandbox))
+    assert raised.value.code == "INVALID_OPERATION"
+    assert "SOAP API login() is disabled" in raised.value.auth_message
+
+
+def test_soap_login_is_refused_from_api_65_even_when_enabled(sandbox):
+    org_switches(sandbox, soap_login_enabled=True)
+    assert login(sandbox, version="64.0", **soap_kwargs(sandbox)).query("SELECT Id FROM Account")
+    with pytest.raises(SalesforceAuthenticationFailed) as raised:
+        login(sandbox, version="65.0", **soap_kwargs(sandbox))
+    assert raised.value.code == "INVALID_OPERATION"
+    assert "65.0" in raised.value.auth_message
+    sandbox.reset("empty")
+    assert org_switches(sandbox)["soap_login_enabled"] is False
 
 
 def test_oauth_password_grant(sandbox):
@@ -665,7 +696,7 @@ def test_stats_count_calls_by_template(sandbox, sf):
 
 
 def test_state_and_credentials_survive_a_restart(tmp_path):
-    first = SandboxServer(tmp_path, seed="empty").start()
+    first = SandboxServer(tmp_path, seed="empty", soap_login_enabled=True).start()
     creds = first.info["salesforce"]
     sf = Salesforce(
         session=simulator_session(creds),
@@ -675,7 +706,8 @@ def test_state_and_credentials_survive_a_restart(tmp_path):
     )
     record = sf.Account.create({"Name": "Persisted"})
     first.stop()
-    second = SandboxServer(tmp_path, seed="demo").start()  # seed only applies to new state
+    # the seed only applies to new state
+    second = SandboxServer(tmp_path, seed="demo", soap_login_enabled=True).start()
     try:
         again = second.info["salesforce"]
         assert again["password"] == creds["password"]
@@ -824,3 +856,135 @@ def test_multi_currency_cannot_be_turned_off_and_a_reset_gives_one_currency(sand
         control(sandbox.info["control"]["salesforce"], "currencies", {"multi_currency": False})
     sandbox.reset("empty")
     assert control(sandbox.info["control"]["salesforce"], "currencies")["multi_currency"] is False
+
+
+# -- fidelity: URI limit, record faults, money, the payments relationship (issue #12) ---------
+
+
+def test_a_query_whose_uri_and_headers_pass_16384_bytes_is_refused(sandbox, sf):
+    names = ", ".join(f"'{'Harbour & Sons Marine Engineering Ltd'} {n:03d}'" for n in range(400))
+    long = f"SELECT Id FROM Account WHERE Name IN ({names})"
+    with pytest.raises(SalesforceGeneralError) as raised:
+        sf.query(long)
+    assert raised.value.status == 414
+    # Short enough on its own, tipped over by a header: 431.
+    fits = long[: len(long) // 2].rsplit(",", 1)[0] + ")"
+    assert sf.query(fits)["done"]
+    response = sf.session.get(
+        f"{sf.base_url}query/",
+        params={"q": fits},
+        headers={**sf.headers, "X-Padding": "x" * 9000},
+    )
+    assert response.status_code == 431
+
+
+def test_lock_row_fault_fails_some_collection_records_and_writes_the_rest(sandbox, sf):
+    faults(sandbox, {"match": "PATCH /services/data", "kind": "lock_row", "count": 1})
+    records = [
+        {"attributes": {"type": "Account"}, "Name": f"A{n}", "ExternalID__c": f"K{n}"}
+        for n in range(10)
+    ]
+    body = {"allOrNone": False, "records": records}
+    results = sf.restful("composite/sobjects/Account/ExternalID__c", method="PATCH", json=body)
+    locked = [r for r in results if not r["success"]]
+    assert locked and len(locked) < 10
+    assert {e["statusCode"] for r in locked for e in r["errors"]} == {"UNABLE_TO_LOCK_ROW"}
+    written = sf.query("SELECT ExternalID__c FROM Account")["records"]
+    assert len(written) == 10 - len(locked)
+    # The rule fired once (count 1): the same call now writes everything, nothing twice.
+    again = sf.restful("composite/sobjects/Account/ExternalID__c", method="PATCH", json=body)
+    assert all(r["success"] for r in again)
+    assert sf.query("SELECT COUNT() FROM Account")["totalSize"] == 10
+
+
+def test_upsert_race_fault_answers_duplicate_value_for_a_new_key_only(sandbox, sf):
+    sf.Account.create({"Name": "Old", "ExternalID__c": "OLD"})
+    faults(sandbox, {"match": "PATCH /services/data", "kind": "upsert_race", "count": 1})
+    records = [
+        {"attributes": {"type": "Account"}, "Name": n, "ExternalID__c": n}
+        for n in ("OLD", "NEW1", "NEW2", "NEW3", "NEW4", "NEW5")
+    ]
+    body = {"allOrNone": False, "records": records}
+    results = sf.restful("composite/sobjects/Account/ExternalID__c", method="PATCH", json=body)
+    assert results[0]["success"]  # an update races nobody
+    lost = [r for r in results if not r["success"]]
+    assert lost
+    for result in lost:
+        (error,) = result["errors"]
+        assert error["statusCode"] == "DUPLICATE_VALUE"
+        assert "ExternalID__c duplicates value on record with id: 001" in error["message"]
+    # The concurrent winner's insert committed: every key is there once.
+    keys = sorted(
+        r["ExternalID__c"] for r in sf.query("SELECT ExternalID__c FROM Account")["records"]
+    )
+    assert keys == ["NEW1", "NEW2", "NEW3", "NEW4", "NEW5", "OLD"]
+
+
+def test_currency_rounds_half_up_in_decimal(sf, catalogue):
+    account = sf.Account.create({"Name": "Acme"})["id"]
+    # 2.675 is 2.67499999… as a binary float: round() gives 2.67; Salesforce gives 2.68.
+    opp = sf.Opportunity.create(
+        {
+            "AccountId": account,
+            "Name": "Deal",
+            "StageName": "Prospecting",
+            "CloseDate": "2024-03-31",
+            "Amount": 2.675,
+        }
+    )["id"]
+    assert sf.Opportunity.get(opp)["Amount"] == 2.68
+    sf.Opportunity.update(opp, {"Amount": 1.005})  # 1.00499999… as a float
+    assert sf.Opportunity.get(opp)["Amount"] == 1.01  # no products: Amount is editable
+    line = sf.OpportunityLineItem.create(
+        {
+            "OpportunityId": opp,
+            "PricebookEntryId": catalogue["entry"],
+            "Quantity": 3,
+            "UnitPrice": 1.115,
+        }
+    )["id"]
+    # UnitPrice 1.115 -> 1.12 (half-up), TotalPrice 3 x 1.12 = 3.36; Amount is the roll-up.
+    assert sf.OpportunityLineItem.get(line)["TotalPrice"] == 3.36
+    assert sf.Opportunity.get(opp)["Amount"] == 3.36
+
+
+def test_amount_of_an_opportunity_with_products_is_the_roll_up_and_a_write_is_ignored(
+    sf, catalogue
+):
+    # help.salesforce.com 004052228: the PATCH answers 204, other fields change, Amount stays.
+    account = sf.Account.create({"Name": "Acme"})["id"]
+    opp = sf.Opportunity.create(
+        {
+            "AccountId": account,
+            "Name": "Deal",
+            "StageName": "Prospecting",
+            "CloseDate": "2024-03-31",
+        }
+    )["id"]
+    sf.OpportunityLineItem.create(
+        {
+            "OpportunityId": opp,
+            "PricebookEntryId": catalogue["entry"],
+            "Quantity": 2,
+            "UnitPrice": 10.5,
+        }
+    )
+    assert sf.Opportunity.update(opp, {"Amount": 999, "Description": "changed"}) == 204
+    record = sf.Opportunity.get(opp)
+    assert record["Amount"] == 21.0 and record["Description"] == "changed"
+
+
+def test_the_payments_relationship_name_is_the_admins_choice(sandbox, sf):
+    def relationships():
+        described = sf.Opportunity.describe()["childRelationships"]
+        return {r["relationshipName"]: r["childSObject"] for r in described}
+
+    assert relationships()["KashFlow_Payments__r"] == "KashFlow_Payment__c"
+    org_switches(sandbox, payments_relationship="Payments__r")
+    assert relationships().get("Payments__r") == "KashFlow_Payment__c"
+    assert "KashFlow_Payments__r" not in relationships()
+    assert sf.query("SELECT Id, (SELECT Id FROM Payments__r) FROM Opportunity")["done"]
+    with pytest.raises(SalesforceMalformedRequest):
+        sf.query("SELECT Id, (SELECT Id FROM KashFlow_Payments__r) FROM Opportunity")
+    sandbox.reset("empty")
+    assert "KashFlow_Payments__r" in relationships()

@@ -33,6 +33,11 @@ class Command(BaseCommand):
         parser.add_argument("--kashflow-port", type=int, default=8080)
         parser.add_argument("--latency-ms", type=float, default=0)
         parser.add_argument("--info", action="store_true", help="print the running descriptor")
+        parser.add_argument(
+            "--soap-login-enabled",
+            action="store_true",
+            help="allow Salesforce SOAP login() (off by default, as in orgs from Winter '26)",
+        )
 
     def handle(self, *args, **options):
         state_dir = options["state_dir"] or default_state_dir()
@@ -62,6 +67,7 @@ class Command(BaseCommand):
             kashflow_port=options["kashflow_port"],
             reset=options["reset"],
             verbose=options["verbosity"] > 1,
+            soap_login_enabled=options["soap_login_enabled"],
         )
         try:
             server.start()

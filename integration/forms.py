@@ -104,7 +104,9 @@ class ConnectionForm(forms.ModelForm):
             self.fields[name].help_text = (
                 "Stored. Leave blank to keep it." if stored.get(name) else "Not set."
             )
-        method = self.fields["auth_method"]
+        method = self.fields.get("auth_method")
+        if method is None:  # the console's read-only view of a connection has no such field
+            return
         method.choices = [
             (value, AUTH_METHOD_LABELS.get(value, label)) for value, label in method.choices
         ]

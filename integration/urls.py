@@ -1,6 +1,6 @@
 from django.urls import path
 
-from integration import views, webhooks
+from integration import finance_views, views, webhooks
 
 app_name = "dashboard"
 
@@ -29,6 +29,8 @@ urlpatterns = [
     path("mappings/<int:pk>/history/", views.mapping_history, name="mapping_history"),
     path("mappings/<int:pk>/rollback/", views.mapping_rollback, name="mapping_rollback"),
     path("audit/", views.audit, name="audit"),
+    path("amendments/", finance_views.amendments, name="amendments"),
+    path("amendments/<int:pk>/decide/", finance_views.decide_amendment, name="decide_amendment"),
     path(
         "hooks/salesforce/outbound/<str:secret>/",
         webhooks.salesforce_outbound,

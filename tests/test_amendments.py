@@ -242,3 +242,35 @@ def test_accepting_needs_a_reason_and_writes_nothing_to_kashflow(org, finance):
     assert len(list(org.kashflow.invoices())) == count
     run_invoices(full=True)
     assert Amendment.objects.open().count() == 0
+
+
+# The queue on the dashboard ------------------------------------------------------------------
+
+
+def test_the_queue_shows_each_change_in_words_and_deciding_needs_finance(client, finance, ops_user):
+    amendment = Amendment.objects.create(
+        opportunity_id="006000000000001AAA",
+        opportunity_name="Acme - order 7",
+        invoice_number="1042",
+        changes=[Amendment.Change.AMOUNT],
+        invoiced={"Amount": "100"},
+        current={"Amount": "200"},
+    )
+    client.force_login(ops_user)
+    page = client.get("/amendments/").content.decode()
+    assert "Invoice 1042 is £100.00, the deal is now £200.00" in page
+    assert "Accept the change" not in page  # no buttons without the permission
+    decide_url = f"/amendments/{amendment.pk}/decide/"
+    assert client.post(decide_url, {"action": "accept", "reason": "ok"}).status_code == 403
+
+    client.force_login(finance)
+    assert "Accept the change" in client.get("/amendments/").content.decode()
+    response = client.post(decide_url, {"action": "accept", "reason": ""}, follow=True)
+    assert "Say why the change is accepted" in response.content.decode()
+    client.post(decide_url, {"action": "accept", "reason": "Price agreed by phone"})
+    amendment.refresh_from_db()
+    assert (amendment.status, amendment.reason) == (
+        Amendment.Status.ACCEPTED,
+        "Price agreed by phone",
+    )
+    assert "Price agreed by phone" in client.get("/amendments/").content.decode()

@@ -17,7 +17,7 @@ from django.middleware.csrf import _get_new_csrf_string
 from django.test import Client
 from django.urls import URLPattern, URLResolver, get_resolver, reverse
 
-from integration.models import SyncEvent
+from integration.models import Amendment, SyncEvent
 from tests import factories
 
 pytestmark = pytest.mark.django_db
@@ -45,6 +45,8 @@ ADMIN_PAGE = row(LOGIN, FORBIDDEN, FORBIDDEN, OK, OK)
 POST_ONLY = row(LOGIN, NOT_ALLOWED, NOT_ALLOWED, NOT_ALLOWED, NOT_ALLOWED)
 OPERATE = row(LOGIN, FORBIDDEN, AWAY, AWAY, AWAY)
 ADMINISTER = row(LOGIN, FORBIDDEN, FORBIDDEN, AWAY, AWAY)
+# Finance's decisions: only the Finance group (not a role in this table) and a superuser.
+FINANCE = row(LOGIN, FORBIDDEN, FORBIDDEN, FORBIDDEN, AWAY)
 
 
 @dataclass
@@ -89,6 +91,13 @@ TABLE = {
     "dashboard:mapping_history": Url(get=ADMIN_PAGE, post=ADMIN_PAGE, kwargs="mapping"),
     "dashboard:mapping_rollback": Url(get=POST_ONLY, post=ADMINISTER, kwargs="mapping"),
     "dashboard:audit": Url(get=ADMIN_PAGE, post=ADMIN_PAGE),
+    "dashboard:amendments": Url(get=READ, post=READ),
+    "dashboard:decide_amendment": Url(
+        get=POST_ONLY,
+        post=FINANCE,
+        kwargs="amendment",
+        data={"action": "accept", "reason": "Agreed with the customer"},
+    ),
     # Its own authentication (the secret path, then the org id): a wrong secret is a 404 for
     # everyone, signed in or not, and CSRF does not apply (Salesforce cannot send a token).
     "dashboard:salesforce_outbound": Url(get=everyone(NOT_ALLOWED), post=everyone(NOT_FOUND)),
@@ -132,7 +141,16 @@ def samples():
         error_code="INVALID_EMAIL_ADDRESS",
         message="Email: invalid email address",
     )
-    return {"run": event.run, "event": event, "connection": connection, "mapping": mapping_set}
+    amendment = Amendment.objects.create(
+        opportunity_id="006000000000001AAA", invoice_number="1042", changes=["amount"]
+    )
+    return {
+        "run": event.run,
+        "event": event,
+        "connection": connection,
+        "mapping": mapping_set,
+        "amendment": amendment,
+    }
 
 
 def visitor(role: str) -> Client:

@@ -3,10 +3,12 @@ reconciliation of Salesforce with KashFlow. Actions are POST → flow call → m
 
 from django.contrib import messages
 from django.contrib.auth.decorators import permission_required
+from django.http import Http404, HttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.views.decorators.http import require_POST
 
-from integration.models import Amendment
+from integration.access import operator_required, viewer_required
+from integration.models import Amendment, Reconciliation
 
 DECIDE = "integration.decide_amendments"
 APPROVE = "integration.approve_finance_holds"
@@ -51,3 +53,60 @@ def decide_amendment(request, pk: int):
             done += f", replacement invoice {amendment.replacement_number}"
         messages.success(request, f"Invoice {amendment.invoice_number}. {done}.")
     return redirect("dashboard:amendments")
+
+
+# --------------------------------------------------------------------------------------------
+# Reconciliation
+
+
+@viewer_required
+def reconciliation(request):
+    from integration import reconcile
+
+    record = Reconciliation.objects.first()
+    months = []
+    if record and not record.error:
+        for month, kinds in record.summary.get("months", {}).items():
+            months.append((month, [kinds[kind] for kind in reconcile.KINDS]))
+    context = {
+        "record": record,
+        "described": reconcile.describe(record) if record else "",
+        "kinds": [
+            (label, record.summary["kinds"][kind]) if record and not record.error else (label, None)
+            for kind, label in reconcile.KINDS.items()
+        ],
+        "labels": list(reconcile.KINDS.values()),
+        "months": months,
+        "lines": record.lines[:500] if record else [],
+        "kind_labels": reconcile.KINDS,
+        "history": Reconciliation.objects.only(
+            "created_at", "differences", "compared", "api_calls", "trigger", "error"
+        )[:10],
+    }
+    return render(request, "integration/reconciliation.html", context)
+
+
+@viewer_required
+def reconciliation_csv(request):
+    from integration import reconcile
+
+    record = Reconciliation.objects.first()
+    if record is None:
+        raise Http404("No reconciliation has run yet.")
+    response = HttpResponse(reconcile.as_csv(record), content_type="text/csv; charset=utf-8")
+    response["Content-Disposition"] = (
+        f'attachment; filename="reconciliation-{record.created_at:%Y%m%d-%H%M}.csv"'
+    )
+    return response
+
+
+@require_POST
+@operator_required
+def reconcile_now(request):
+    from django_q.tasks import async_task
+
+    async_task("integration.tasks.reconciliation_now", group="kashforce")
+    messages.success(
+        request, "The reconciliation is running in the background; this page shows it when done."
+    )
+    return redirect("dashboard:reconciliation")

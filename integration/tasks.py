@@ -24,3 +24,17 @@ def sweep() -> dict:
 
 def cleanup() -> dict:
     return engine.cleanup()
+
+
+def nightly_reconciliation() -> int:
+    """Compare Salesforce and KashFlow; the result is a Reconciliation row the overview shows."""
+    from integration import reconcile
+
+    return reconcile.from_connections(trigger="schedule").pk
+
+
+def reconciliation_now() -> int:
+    """A reconciliation a person asked for on its page."""
+    from integration import reconcile
+
+    return reconcile.from_connections(trigger="manual").pk

@@ -30,6 +30,9 @@ urlpatterns = [
     path("mappings/<int:pk>/rollback/", views.mapping_rollback, name="mapping_rollback"),
     path("audit/", views.audit, name="audit"),
     path("amendments/", finance_views.amendments, name="amendments"),
+    path("reconciliation/", finance_views.reconciliation, name="reconciliation"),
+    path("reconciliation.csv", finance_views.reconciliation_csv, name="reconciliation_csv"),
+    path("reconciliation/run/", finance_views.reconcile_now, name="reconcile_now"),
     path("amendments/<int:pk>/decide/", finance_views.decide_amendment, name="decide_amendment"),
     path(
         "hooks/salesforce/outbound/<str:secret>/",

@@ -223,7 +223,18 @@ def overview(request):
             )
         ),
     }
+    context |= _finance_overview()
     return render(request, "integration/overview.html", context)
+
+
+def _finance_overview() -> dict:
+    """The last reconciliation and the changes after invoicing waiting for Finance (2 queries)."""
+    from integration.models import Amendment, Reconciliation
+
+    return {
+        "last_reconciliation": Reconciliation.objects.defer("lines", "summary").first(),
+        "open_amendments": Amendment.objects.open().count(),
+    }
 
 
 # --------------------------------------------------------------------------------------------

@@ -92,6 +92,12 @@ TABLE = {
     "dashboard:mapping_rollback": Url(get=POST_ONLY, post=ADMINISTER, kwargs="mapping"),
     "dashboard:audit": Url(get=ADMIN_PAGE, post=ADMIN_PAGE),
     "dashboard:amendments": Url(get=READ, post=READ),
+    "dashboard:reconciliation": Url(get=READ, post=READ),
+    "dashboard:reconciliation_csv": Url(
+        get=row(LOGIN, FORBIDDEN, NOT_FOUND, NOT_FOUND, NOT_FOUND),
+        post=row(LOGIN, FORBIDDEN, NOT_FOUND, NOT_FOUND, NOT_FOUND),
+    ),
+    "dashboard:reconcile_now": Url(get=POST_ONLY, post=OPERATE),
     "dashboard:decide_amendment": Url(
         get=POST_ONLY,
         post=FINANCE,

@@ -7,8 +7,9 @@ from django.http import Http404, HttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.views.decorators.http import require_POST
 
-from integration.access import operator_required, viewer_required
-from integration.models import Amendment, Reconciliation
+from integration.access import admin_required, operator_required, viewer_required
+from integration.forms import FinanceSettingsForm
+from integration.models import Amendment, AuditEntry, FinanceHold, FinanceSettings, Reconciliation
 
 DECIDE = "integration.decide_amendments"
 APPROVE = "integration.approve_finance_holds"
@@ -110,3 +111,62 @@ def reconcile_now(request):
         request, "The reconciliation is running in the background; this page shows it when done."
     )
     return redirect("dashboard:reconciliation")
+
+
+# --------------------------------------------------------------------------------------------
+# Finance holds
+
+
+@viewer_required
+def holds(request):
+    rules = FinanceSettings.current()
+    context = {
+        "waiting": list(FinanceHold.objects.filter(approved_at__isnull=True)[:200]),
+        "approved": list(
+            FinanceHold.objects.filter(approved_at__isnull=False).select_related("approved_by")[:50]
+        ),
+        "rules": rules,
+        "form": FinanceSettingsForm(instance=rules),
+        "reason_labels": dict(FinanceHold.Reason.choices),
+    }
+    return render(request, "integration/holds.html", context)
+
+
+@require_POST
+@approver_required
+def approve_hold(request, pk: int):
+    from integration.sync.holds import approve
+
+    hold = get_object_or_404(FinanceHold, pk=pk)
+    if approve(hold, request.user):
+        messages.success(
+            request, f"Approved: {hold} is invoiced with the next run, which starts now."
+        )
+    else:
+        messages.warning(request, f"{hold} was approved already.")
+    return redirect("dashboard:holds")
+
+
+@require_POST
+@admin_required
+def finance_settings(request):
+    rules = FinanceSettings.current()
+    before = (rules.hold_above, rules.vat_closed_until)
+    form = FinanceSettingsForm(request.POST, instance=rules)
+    if not form.is_valid():
+        messages.error(request, f"Not saved: {form.errors.as_text()}")
+        return redirect("dashboard:holds")
+    rules = form.save(commit=False)
+    rules.updated_by = request.user
+    rules.save()
+    AuditEntry.record(
+        request.user,
+        AuditEntry.Action.FINANCE_SETTINGS_CHANGED,
+        AuditEntry.ObjectType.FINANCE_SETTINGS,
+        rules.pk,
+        str(rules),
+        f"Hold above: {before[0]} → {rules.hold_above}; VAT closed until: {before[1]} → "
+        f"{rules.vat_closed_until}.",
+    )
+    messages.success(request, "Saved. The next invoices run holds what these rules catch.")
+    return redirect("dashboard:holds")

@@ -5,7 +5,16 @@ import json
 from django import forms
 from django.db.models import Q
 
-from integration.models import AuditEntry, Connection, Flow, SyncEvent, SyncRun, Transform, Trigger
+from integration.models import (
+    AuditEntry,
+    Connection,
+    FinanceSettings,
+    Flow,
+    SyncEvent,
+    SyncRun,
+    Transform,
+    Trigger,
+)
 
 # A guessable secret would make the webhook address guessable (token_urlsafe(24) is 32 chars).
 OUTBOUND_SECRET_MIN_LENGTH = 24
@@ -345,3 +354,16 @@ class MappingVersionForm(forms.Form):
     note = forms.CharField(
         label="What changed and why", required=False, max_length=255, help_text="Optional."
     )
+
+
+class FinanceSettingsForm(forms.ModelForm):
+    """What Finance approves before it is invoiced (integration/sync/holds.py)."""
+
+    class Meta:
+        model = FinanceSettings
+        fields = ["hold_above", "vat_closed_until"]
+        labels = {
+            "hold_above": "Hold invoices above (net)",
+            "vat_closed_until": "VAT periods closed up to",
+        }
+        widgets = {"vat_closed_until": forms.DateInput(attrs={"type": "date"})}

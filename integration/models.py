@@ -1461,6 +1461,10 @@ class FinanceHold(models.Model):
     reasons = models.JSONField(default=list, blank=True)
     amount = models.DecimalField(max_digits=18, decimal_places=2, null=True, blank=True)
     issued = models.DateField(null=True, blank=True)
+    # The invoices flow's event, set aside while it waits, put back in line when approved.
+    event = models.ForeignKey(
+        "SyncEvent", null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
     approved_by = models.ForeignKey(
         settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
     )

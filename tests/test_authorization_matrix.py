@@ -17,7 +17,7 @@ from django.middleware.csrf import _get_new_csrf_string
 from django.test import Client
 from django.urls import URLPattern, URLResolver, get_resolver, reverse
 
-from integration.models import Amendment, SyncEvent
+from integration.models import Amendment, FinanceHold, SyncEvent
 from tests import factories
 
 pytestmark = pytest.mark.django_db
@@ -93,6 +93,11 @@ TABLE = {
     "dashboard:audit": Url(get=ADMIN_PAGE, post=ADMIN_PAGE),
     "dashboard:amendments": Url(get=READ, post=READ),
     "dashboard:reconciliation": Url(get=READ, post=READ),
+    "dashboard:holds": Url(get=READ, post=READ),
+    "dashboard:approve_hold": Url(get=POST_ONLY, post=FINANCE, kwargs="hold"),
+    "dashboard:finance_settings": Url(
+        get=POST_ONLY, post=ADMINISTER, data={"hold_above": "5000.00", "vat_closed_until": ""}
+    ),
     "dashboard:reconciliation_csv": Url(
         get=row(LOGIN, FORBIDDEN, NOT_FOUND, NOT_FOUND, NOT_FOUND),
         post=row(LOGIN, FORBIDDEN, NOT_FOUND, NOT_FOUND, NOT_FOUND),
@@ -156,6 +161,7 @@ def samples():
         "connection": connection,
         "mapping": mapping_set,
         "amendment": amendment,
+        "hold": FinanceHold.objects.create(opportunity_id="006000000000002AAA", amount=9000),
     }
 
 

@@ -28,7 +28,7 @@ from django.conf import settings
 from integration.clients.errors import ApiError
 from integration.mapping import apply_mapping, line_vat_amount, payload_hash
 from integration.models import CrossRef, Cursor, Direction, SyncEvent
-from integration.sync import amendments, engine
+from integration.sync import amendments, engine, holds
 from integration.sync.links import Links
 from integration.sync.mappings import MappingMissing, active_rows, context, salesforce_fields
 from integration.sync.new_customers import ensure_customers
@@ -106,7 +106,7 @@ class InvoicesFlow:
         for invoice in invoices:
             if not invoice.event.is_error:  # its customer could not be made: keep that reason
                 _map(invoice, rows, links)
-        ready = [i for i in invoices if not i.event.is_error]
+        ready = holds.release([i for i in invoices if not i.event.is_error], ctx)
         if ctx.dry_run:
             return _plan(ctx, ready)
         for invoice in ready:

@@ -11,6 +11,7 @@ import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import date, datetime, time, timedelta
+from decimal import Decimal
 
 from django.conf import settings
 from django.core.serializers.json import DjangoJSONEncoder
@@ -753,12 +754,15 @@ class SyncEventQuerySet(models.QuerySet):
         if len(saved) == 1:
             # The claim is the UPDATE's condition, and its row count says whether it held.
             claimed_at = saved[0].event.claimed_at
-            if claimed_at is not None and self._record(saved, now, claimed_at=claimed_at):
-                recorded += saved
+            with transaction.atomic(savepoint=False):
+                if claimed_at is not None and self._record(saved, now, claimed_at=claimed_at):
+                    recorded += saved
+                    WriteRecord.keep(saved, now)
         elif saved:
             with transaction.atomic(savepoint=False):
                 held = self._held(saved)
                 self._record(held, now)
+                WriteRecord.keep(held, now)
             recorded += held
         for outcome in recorded:
             outcome.apply(now)
@@ -1381,7 +1385,6 @@ class WriteRecord(models.Model):
         CREDIT_NOTE_CREATED = "credit_note_created", "Credit note made"
         REPLACEMENT_CREATED = "replacement_created", "Replacement invoice made"
         CHANGE_ACCEPTED = "change_accepted", "Change after invoicing accepted"
-        HOLD_APPROVED = "hold_approved", "Held invoice approved"
         RECORD_WRITTEN = "record_written", "Record written"
 
     created_at = models.DateTimeField(default=timezone.now)
@@ -1410,6 +1413,55 @@ class WriteRecord(models.Model):
 
     def __str__(self) -> str:
         return f"{self.created_at:%Y-%m-%d} {self.get_action_display()} {self.target_id}"
+
+    @classmethod
+    def keep(cls, outcomes: list[Outcome], now: datetime) -> None:
+        """The kept history of the writes among a batch's recorded outcomes (those synced to
+        Salesforce or KashFlow), in the outcome's transaction: one read of the runs (who
+        triggered them), one INSERT; nothing at all for a batch with no write."""
+        written = [
+            o
+            for o in outcomes
+            if o.status == SyncEvent.Status.SUCCEEDED
+            and not (o.event.target_object or "").startswith("kashforce.")
+        ]
+        if not written:
+            return
+        runs = {
+            run["pk"]: run
+            for run in SyncRun.objects.filter(
+                pk__in={o.event.run_id for o in written if o.event.run_id}
+            ).values("pk", "trigger", "triggered_by__username")
+        }
+        cls.objects.bulk_create(
+            cls(
+                created_at=now,
+                flow=o.event.flow,
+                action=cls.Action.RECORD_WRITTEN,
+                source_object=o.event.source_object,
+                source_id=o.event.source_id,
+                target_object=o.event.target_object,
+                target_id=o.target_id or o.event.target_id,
+                amount=_payload_amount(o.event.payload),
+                details={"message": o.message[:500]} if o.message else {},
+                run_id=o.event.run_id,
+                trigger=runs.get(o.event.run_id, {}).get("trigger", ""),
+                username=runs.get(o.event.run_id, {}).get("triggered_by__username") or "",
+            )
+            for o in written
+        )
+
+
+def _payload_amount(payload) -> Decimal | None:
+    """The money a source record carries (a payment's Amount, an invoice's totals), if any."""
+    for name in ("Amount", "NetAmount", "GrossAmount", "TotalPrice"):
+        value = (payload or {}).get(name) if isinstance(payload, dict) else None
+        if value not in (None, ""):
+            try:
+                return Decimal(str(value)).quantize(Decimal("0.0001"))
+            except ArithmeticError:
+                return None
+    return None
 
 
 class FinanceSettings(models.Model):

@@ -511,8 +511,20 @@ def timeline(request):
             "crossrefs": [(c, links.for_crossref(c)) for c in crossrefs],
             "entries": _timeline_entries(events, links),
             "limited": len(events) == TIMELINE_LIMIT,
+            "writes": _kept_history(sorted(ids)),
         }
     return render(request, "integration/timeline.html", context)
+
+
+def _kept_history(record_ids: list[str]) -> list:
+    """The kept history of writes to the record (six years; the events above go sooner)."""
+    from integration.models import WriteRecord
+
+    return list(
+        WriteRecord.objects.filter(Q(source_id__in=record_ids) | Q(target_id__in=record_ids))[
+            :TIMELINE_LIMIT
+        ]
+    )
 
 
 def _timeline_entries(events: list[SyncEvent], links: RecordLinks) -> list[dict]:

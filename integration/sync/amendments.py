@@ -152,7 +152,7 @@ def record_write(
 
 
 def _decimal(value) -> Decimal | None:
-    return None if value in (None, "") else Decimal(str(value))
+    return None if value in (None, "") else Decimal(str(value)).quantize(Decimal("0.0001"))
 
 
 def _currency(invoice: dict) -> str:

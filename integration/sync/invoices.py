@@ -24,6 +24,7 @@ from datetime import timedelta
 from decimal import Decimal
 
 from django.conf import settings
+from django.db import transaction
 
 from integration.clients.errors import ApiError
 from integration.mapping import apply_mapping, line_vat_amount, payload_hash
@@ -338,9 +339,12 @@ def _create_once(ctx, invoice: _Invoice, links: Links) -> None:
 
 def _record_number(invoice: _Invoice, links: Links) -> None:
     number = str(invoice.created["Number"])
-    invoice.ref = links.link("invoice", salesforce_id=invoice.opportunity_id, kashflow_key=number)
-    links.written(invoice.ref, "kashflow", payload_hash(invoice.payload))
-    amendments.remember_invoiced(invoice.opportunity, invoice.created, invoice.event)
+    with transaction.atomic():  # the link and its kept history (amendments.py) together
+        invoice.ref = links.link(
+            "invoice", salesforce_id=invoice.opportunity_id, kashflow_key=number
+        )
+        links.written(invoice.ref, "kashflow", payload_hash(invoice.payload))
+        amendments.remember_invoiced(invoice.opportunity, invoice.created, invoice.event)
     net = invoice.created.get("NetAmount")
     amount = invoice.opportunity.get("Amount")
     if net is not None and amount is not None and Decimal(str(net)) != Decimal(str(amount)):

@@ -43,7 +43,7 @@ KINDS = {
 }
 MARKER = re.compile(r"^(006[A-Za-z0-9]{12}(?:[A-Za-z0-9]{3})?)(?:-(CN|R)(\d+))?$")
 FIELDS = (
-    "Id, Name, Amount, CloseDate, KashFlow_Invoice_Number__c, KashFlow_Invoice_Status__c, "
+    "Id, Name, Amount, CloseDate, IsWon, KashFlow_Invoice_Number__c, KashFlow_Invoice_Status__c, "
     "KashFlow_Amount_Due__c"
 )
 CSV_COLUMNS = (
@@ -185,15 +185,16 @@ def _deal_lines(number, deal, invoice, credits, currency, since) -> list[Line]:
         return [Line("missing_in_kashflow", amount=_money(amount), explanation=why + ".", **base)]
     lines = []
     billed = Decimal(str(invoice.get("NetAmount") or 0)) + credits.get(deal["Id"], Decimal(0))
+    if not deal.get("IsWon", True):
+        amount = Decimal(0)  # a lost deal owes nothing: its invoice should be credited
     if billed != amount:
-        amendment = Amendment.objects.open().filter(opportunity_id=deal["Id"]).first()
         lines.append(
             Line(
                 "amount",
                 salesforce=_money(amount),
                 kashflow=_money(billed),
                 amount=_money(amount - billed),
-                explanation=f"Waiting for a decision: {amendment.headline}." if amendment else "",
+                explanation=_amendment_words(deal["Id"]),
                 **base,
             )
         )
@@ -225,6 +226,17 @@ def _deal_lines(number, deal, invoice, credits, currency, since) -> list[Line]:
             )
         )
     return lines
+
+
+def _amendment_words(opportunity_id: str) -> str:
+    """What the amendments queue says about a deal's changed amount, if anything."""
+    amendment = Amendment.objects.filter(opportunity_id=opportunity_id).first()
+    if amendment is None:
+        return ""
+    if amendment.status == Amendment.Status.OPEN:
+        return f"Waiting for a decision: {amendment.headline}."
+    by = f" by {amendment.decided_by}" if amendment.decided_by else ""
+    return f"{amendment.get_status_display()}{by}: {amendment.headline}."
 
 
 def _unlinked(salesforce, invoices, deals, decided, since) -> list[Line]:

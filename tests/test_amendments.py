@@ -9,9 +9,18 @@ from types import SimpleNamespace
 import pytest
 from django.contrib.auth.models import Group
 
+from integration import reconcile
 from integration.clients.kashflow import KashFlowClient
 from integration.clients.salesforce import SalesforceClient
-from integration.models import Amendment, AuditEntry, CrossRef, SyncRun, Trigger, WriteRecord
+from integration.models import (
+    Amendment,
+    AuditEntry,
+    CrossRef,
+    SyncEvent,
+    SyncRun,
+    Trigger,
+    WriteRecord,
+)
 from integration.sync import amendments, engine
 from integration.sync.amendments import DecisionError, decide
 from tests.sandbox_connections import connect_both, set_faults
@@ -192,6 +201,32 @@ def test_a_lost_deal_is_credited_whole(org, finance):
     credit = org.kashflow.get_invoice(int(amendment.credit_note_number))
     assert credit["GrossAmount"] == -original["GrossAmount"]
     assert len(credit["LineItems"]) == len(original["LineItems"])
+    # Settled: later runs open nothing new, and the reconciliation sees nothing owed.
+    org.salesforce.update("Opportunity", [{"Id": deal["Id"], "Description": "Lost to a rival"}])
+    run_invoices()
+    run_invoices(full=True)
+    assert Amendment.objects.open().count() == 0
+    lines = [
+        line
+        for line in reconcile.from_connections().lines
+        if line["opportunity_id"] == deal["Id"] and line["kind"] == "amount"
+    ]
+    assert lines == []
+
+
+def test_a_change_made_while_a_decision_is_under_way_waits_for_it(org, finance):
+    run_invoices()
+    deal = invoiced_deals(org)[0]
+    reduce(org, deal)
+    run_invoices()
+    [amendment] = Amendment.objects.open()
+    assert amendments._claim(amendment, Amendment.Action.CREDIT_DIFFERENCE)  # someone clicked
+    org.salesforce.update("Opportunity", [{"Id": deal["Id"], "StageName": "Closed Lost"}])
+    run_invoices()
+    amendment.refresh_from_db()
+    assert Amendment.Change.LOST not in amendment.changes  # not changed under the decision
+    waiting = SyncEvent.objects.get(error_code="DECISION_UNDER_WAY")
+    assert "under way" in waiting.message
 
 
 def test_a_replacement_credits_the_invoice_and_invoices_the_deal_as_it_is_now(org, finance):

@@ -174,11 +174,12 @@ def baseline(opportunity_id: str) -> dict | None:
 
 
 def differences(before: dict, now: dict, deleted: bool = False) -> list[str]:
-    """Which changes turn the deal as invoiced into the deal now (Amendment.Change values)."""
+    """Which changes turn the deal as invoiced (or as last settled) into the deal now
+    (Amendment.Change values). A deal settled as lost or deleted is not lost again."""
     if deleted:
-        return [Amendment.Change.DELETED]
+        return [] if before.get("deleted") else [Amendment.Change.DELETED]
     found = []
-    if now.get("StageName") == "Closed Lost" or now.get("lost"):
+    if now.get("lost") and not before.get("lost"):
         found.append(Amendment.Change.LOST)
     if _text(before.get("Amount")) != _text(now.get("Amount")):
         found.append(Amendment.Change.AMOUNT)
@@ -252,22 +253,25 @@ def process(events: list[SyncEvent], ctx: engine.RunContext) -> None:
             salesforce_id__in=[event.source_id for event in events],
         ).values_list("salesforce_id", "kashflow_key")
     )
-    outcomes = []
+    outcomes, writes = [], []
     for event in events:
         number = refs.get(event.source_id)
         if not number:
             outcomes.append(event.skipped("kashforce made no invoice for this deal."))
             continue
         try:
-            outcome = _compare(ctx, event, deals.get(event.source_id), number)
+            outcome, write = _compare(ctx, event, deals.get(event.source_id), number)
         except ApiError as exc:
             event.mark_failed(exc.message, exc.permanent, exc.code)
             continue
         if outcome is not None:
             outcomes.append(outcome)
+            writes += [write] if write else []
     if ctx.dry_run:
         return
-    with transaction.atomic():
+    with transaction.atomic():  # the amendments and the events' outcomes together
+        for write in writes:
+            write()
         SyncEvent.objects.finish(outcomes)
 
 
@@ -292,41 +296,53 @@ def _read_deals(ctx, ids: list[str]) -> dict[str, dict]:
 
 
 def _compare(ctx, event: SyncEvent, opportunity: dict | None, number: str):
+    """(the event's outcome, the amendment's write to make with it); raises ApiError."""
     deleted = opportunity is None or bool(opportunity.get("IsDeleted"))
     now = deal(opportunity) if opportunity else {"Name": "", "Amount": "", "Lines": []}
     if opportunity and opportunity.get("IsClosed") and not opportunity.get("IsWon"):
         now["lost"] = True
+    if deleted:
+        now["deleted"] = True
     before = baseline(event.source_id)
     if before is None:
         before = _from_kashflow(ctx.kashflow.get_invoice(int(number)))
     found = differences(before, now, deleted=deleted)
     open_amendment = Amendment.objects.open().filter(opportunity_id=event.source_id).first()
     if ctx.dry_run:
-        return None
+        return None, None
+    if open_amendment is not None and open_amendment.action:
+        # A decision is being carried out on what the amendment says: changing it now would
+        # settle the deal on figures nobody decided on. Looked at again once it is done.
+        event.mark_failed(
+            f"A decision on invoice {number} is under way; this later change of the deal is "
+            "compared once it is done.",
+            permanent=False,
+            code="DECISION_UNDER_WAY",
+        )
+        return None, None
     if not found:
-        if open_amendment is not None:
-            Amendment.objects.filter(pk=open_amendment.pk, status=Amendment.Status.OPEN).update(
+        if open_amendment is None:
+            return event.skipped(f"Invoice {number} still matches the deal.", number), None
+
+        def withdraw():
+            Amendment.objects.filter(
+                pk=open_amendment.pk, status=Amendment.Status.OPEN, action=""
+            ).update(
                 status=Amendment.Status.WITHDRAWN,
                 current=now,
                 changes=[],
                 message="The deal was changed back to what was invoiced.",
             )
-            return event.succeeded(
-                target_id=number,
-                message=f"The deal is back to what invoice {number} says; its amendment is "
-                "withdrawn.",
-            )
-        return event.skipped(f"Invoice {number} still matches the deal.", target_id=number)
+
+        message = f"The deal is back to what invoice {number} says; its amendment is withdrawn."
+        return event.succeeded(target_id=number, message=message), withdraw
     amendment = open_amendment or Amendment(
         opportunity_id=event.source_id, invoice_number=number, invoiced=before
     )
     amendment.opportunity_name = (opportunity or {}).get("Name") or amendment.opportunity_name
     amendment.changes, amendment.current = found, now
-    amendment.save()
-    return event.succeeded(
-        target_id=number,
-        message=f"{amendment.headline}: waiting for a Finance decision (Changes after invoicing).",
-    )
+    message = f"{amendment.headline}: waiting for a Finance decision (Changes after invoicing)."
+    return event.succeeded(target_id=number, message=message), amendment.save
 
 
 def _from_kashflow(invoice: dict) -> dict:
@@ -456,12 +472,9 @@ def _credit_once(ctx, amendment: Amendment, original: dict) -> str:
                 "credits": amendment.invoice_number,
                 "amendment": amendment.pk,
                 "changes": amendment.changes,
-                # A credit for the difference settles the deal as it is now.
-                **(
-                    {"deal": amendment.current}
-                    if amendment.action == Amendment.Action.CREDIT_DIFFERENCE
-                    else {}
-                ),
+                # The decision settles the deal as it is now (a replacement's invoice, made
+                # next, records the deal it invoices).
+                "deal": amendment.current,
             },
         )
     amendment.credit_note_number = number

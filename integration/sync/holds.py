@@ -54,7 +54,7 @@ def release(invoices: list, ctx) -> list:
     holds = {
         hold.opportunity_id: hold for hold in FinanceHold.objects.filter(opportunity_id__in=ids)
     }
-    free, outcomes = [], []
+    free, outcomes, held = [], [], []
     for invoice in invoices:
         if invoice.ref is not None:
             free.append(invoice)  # made already, or its making began: never held half-way
@@ -66,20 +66,24 @@ def release(invoices: list, ctx) -> list:
         if not reasons or (hold and hold.approved and _covers(hold, amount, issued)):
             free.append(invoice)
             continue
-        FinanceHold.objects.update_or_create(
-            opportunity_id=invoice.opportunity_id,
-            defaults={
+        held.append(
+            {
+                "opportunity_id": invoice.opportunity_id,
                 "opportunity_name": invoice.opportunity.get("Name") or "",
                 "reasons": reasons,
                 "amount": amount,
                 "issued": issued,
                 "event": invoice.event,
-                "approved_at": None,
-                "approved_by": None,
-            },
+            }
         )
         outcomes.append(invoice.event.skipped(describe(reasons, amount, issued, rules)))
-    SyncEvent.objects.finish(outcomes)
+    with transaction.atomic():  # the holds and their events' outcomes together
+        for hold in held:
+            FinanceHold.objects.update_or_create(
+                opportunity_id=hold.pop("opportunity_id"),
+                defaults={**hold, "approved_at": None, "approved_by": None},
+            )
+        SyncEvent.objects.finish(outcomes)
     return free
 
 

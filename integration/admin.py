@@ -19,14 +19,18 @@ from integration.forms import SECRET_LABELS, ConnectionForm, IgnoreForm
 from integration.models import (
     Alert,
     AlertDelivery,
+    Amendment,
     AuditEntry,
     Connection,
     CrossRef,
     Cursor,
     FieldMapping,
+    FinanceHold,
     MappingSet,
+    Reconciliation,
     SyncEvent,
     SyncRun,
+    WriteRecord,
 )
 
 
@@ -296,3 +300,43 @@ class AlertDeliveryAdmin(admin.ModelAdmin):
 
     def has_change_permission(self, request, obj=None):
         return False
+
+
+@admin.register(WriteRecord)
+class WriteRecordAdmin(AuditEntryAdmin):
+    """The kept history of writes, read-only like the audit trail (UK records: six years)."""
+
+    list_display = ["created_at", "flow", "action", "source_id", "target_id", "amount", "username"]
+    list_filter = ["flow", "action", "trigger"]
+    search_fields = ["=source_id", "=target_id", "username"]
+
+
+@admin.register(Amendment)
+class AmendmentAdmin(admin.ModelAdmin):
+    """Changes after invoicing; decided on the dashboard's page (credit notes are KashFlow
+    writes, made once), so the console only shows them."""
+
+    list_display = ["created_at", "invoice_number", "opportunity_id", "status", "decided_by"]
+    list_filter = ["status"]
+    search_fields = ["=invoice_number", "=opportunity_id", "opportunity_name"]
+
+    def has_add_permission(self, request):
+        return False
+
+    def has_change_permission(self, request, obj=None):
+        return False
+
+
+@admin.register(FinanceHold)
+class FinanceHoldAdmin(AmendmentAdmin):
+    list_display = ["created_at", "opportunity_name", "amount", "issued", "approved_by"]
+    list_filter = []
+    search_fields = ["=opportunity_id", "opportunity_name"]
+
+
+@admin.register(Reconciliation)
+class ReconciliationAdmin(AmendmentAdmin):
+    list_display = ["created_at", "trigger", "compared", "differences", "api_calls", "error"]
+    list_filter = ["trigger"]
+    search_fields = []
+    exclude = ["lines"]

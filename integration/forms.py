@@ -6,7 +6,16 @@ import re
 from django import forms
 from django.db.models import Q
 
-from integration.models import AuditEntry, Connection, Flow, SyncEvent, SyncRun, Transform, Trigger
+from integration.models import (
+    AuditEntry,
+    Connection,
+    FinanceSettings,
+    Flow,
+    SyncEvent,
+    SyncRun,
+    Transform,
+    Trigger,
+)
 
 # A guessable secret would make the webhook address guessable (token_urlsafe(24) is 32 chars).
 OUTBOUND_SECRET_MIN_LENGTH = 24
@@ -478,3 +487,16 @@ class VatRulesForm(forms.Form):
             "countries": self.cleaned_data["countries"],
             "products": self.cleaned_data["products"],
         }
+
+
+class FinanceSettingsForm(forms.ModelForm):
+    """What Finance approves before it is invoiced (integration/sync/holds.py)."""
+
+    class Meta:
+        model = FinanceSettings
+        fields = ["hold_above", "vat_closed_until"]
+        labels = {
+            "hold_above": "Hold invoices above (net)",
+            "vat_closed_until": "VAT periods closed up to",
+        }
+        widgets = {"vat_closed_until": forms.DateInput(attrs={"type": "date"})}

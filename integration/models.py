@@ -11,6 +11,7 @@ import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import date, datetime, time, timedelta
+from decimal import Decimal
 
 from django.conf import settings
 from django.core.serializers.json import DjangoJSONEncoder
@@ -768,12 +769,15 @@ class SyncEventQuerySet(models.QuerySet):
         if len(saved) == 1:
             # The claim is the UPDATE's condition, and its row count says whether it held.
             claimed_at = saved[0].event.claimed_at
-            if claimed_at is not None and self._record(saved, now, claimed_at=claimed_at):
-                recorded += saved
+            with transaction.atomic(savepoint=False):
+                if claimed_at is not None and self._record(saved, now, claimed_at=claimed_at):
+                    recorded += saved
+                    WriteRecord.keep(saved, now)
         elif saved:
             with transaction.atomic(savepoint=False):
                 held = self._held(saved)
                 self._record(held, now)
+                WriteRecord.keep(held, now)
             recorded += held
         for outcome in recorded:
             outcome.apply(now)
@@ -1257,6 +1261,9 @@ class AuditEntry(models.Model):
         ERROR_IGNORED = "error_ignored", "Error ignored"
         GROUP_RETRIED = "group_retried", "Group of errors retried"
         VAT_RULES_SAVED = "vat_rules_saved", "VAT rules saved"
+        AMENDMENT_DECIDED = "amendment_decided", "Change after invoicing decided"
+        HOLD_APPROVED = "hold_approved", "Held invoice approved"
+        FINANCE_SETTINGS_CHANGED = "finance_settings", "Finance settings changed"
 
     class ObjectType(models.TextChoices):
         CONNECTION = "connection", "Connection"
@@ -1264,6 +1271,9 @@ class AuditEntry(models.Model):
         EVENT = "event", "Sync event"
         RUN = "run", "Run"
         VAT_RULES = "vat_rules", "VAT rules"
+        AMENDMENT = "amendment", "Change after invoicing"
+        HOLD = "hold", "Finance hold"
+        FINANCE_SETTINGS = "finance_settings", "Finance settings"
 
     created_at = models.DateTimeField(default=timezone.now)
     user = models.ForeignKey(
@@ -1594,3 +1604,306 @@ def describe_vat_rule_changes(before: dict, after: dict) -> str:
             elif str(old[key]) != str(new[key]):
                 parts.append(f"{name}: {old[key]}% → {new[key]}%")
     return "; ".join(parts) or "no rule changed"
+
+
+# --------------------------------------------------------------------------------------------
+# Finance: changes after invoicing, holds, the kept history of writes, reconciliations
+
+
+class AmendmentQuerySet(models.QuerySet):
+    def open(self) -> AmendmentQuerySet:
+        return self.filter(status=Amendment.Status.OPEN)
+
+
+class Amendment(models.Model):
+    """An invoiced deal that changed after its invoice was made: a finance user decides what
+    becomes of the invoice (a credit note, a replacement, or accepting the change), since a
+    sent invoice is never changed silently. One open amendment per Opportunity: later changes
+    update it. The flow is integration/sync/amendments.py."""
+
+    class Change(models.TextChoices):
+        AMOUNT = "amount", "Amount changed"
+        LINES = "lines", "Products changed"
+        CLOSE_DATE = "close_date", "Close date changed"
+        LOST = "lost", "Moved to Closed Lost"
+        DELETED = "deleted", "Deleted in Salesforce"
+
+    class Status(models.TextChoices):
+        OPEN = "open", "Waiting for a decision"
+        CREDITED = "credited", "Credit note raised"
+        REPLACED = "replaced", "Replacement invoice raised"
+        ACCEPTED = "accepted", "Accepted as it is"
+        WITHDRAWN = "withdrawn", "Deal changed back"
+
+    class Action(models.TextChoices):
+        CREDIT_DIFFERENCE = "credit_difference", "Credit note for the difference"
+        CREDIT_WHOLE = "credit_whole", "Credit note for the whole invoice"
+        REPLACE = "replace", "Credit the invoice and raise a replacement"
+
+    opportunity_id = models.CharField(max_length=18)
+    opportunity_name = models.CharField(max_length=255, blank=True)
+    invoice_number = models.CharField(max_length=20)
+    changes = models.JSONField(default=list, blank=True)
+    # The deal as invoiced and as it is now: {"Amount", "CloseDate", "StageName", "Lines": [...]}.
+    invoiced = models.JSONField(default=dict, blank=True, encoder=DjangoJSONEncoder)
+    current = models.JSONField(default=dict, blank=True, encoder=DjangoJSONEncoder)
+    status = models.CharField(max_length=20, choices=Status.choices, default=Status.OPEN)
+    # A decision under way: recorded before KashFlow is called, so a retry finds what was made
+    # (by its marker in CustomerReference) instead of making it twice.
+    action = models.CharField(max_length=20, choices=Action.choices, blank=True)
+    working_since = models.DateTimeField(null=True, blank=True)
+    credit_note_number = models.CharField(max_length=20, blank=True)
+    credit_amount = models.DecimalField(max_digits=18, decimal_places=4, null=True, blank=True)
+    replacement_number = models.CharField(max_length=20, blank=True)
+    reason = models.TextField(blank=True)
+    message = models.TextField(blank=True)
+    decided_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    decided_at = models.DateTimeField(null=True, blank=True)
+    created_at = models.DateTimeField(default=timezone.now)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    objects = AmendmentQuerySet.as_manager()
+
+    class Meta:
+        ordering = ["-created_at", "-pk"]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["opportunity_id"],
+                condition=Q(status="open"),
+                name="one_open_amendment_per_deal",
+            )
+        ]
+        indexes = [models.Index(fields=["status", "-created_at"], name="amendment_status_recent")]
+        permissions = [
+            (
+                "decide_amendments",
+                "Can raise credit notes and replacement invoices for changed deals",
+            ),
+            ("approve_finance_holds", "Can approve invoices held for Finance"),
+        ]
+
+    def __str__(self) -> str:
+        return f"Invoice {self.invoice_number}: {self.headline}"
+
+    @property
+    def headline(self) -> str:
+        """The change in a finance user's words: "Invoice 1042 is £100.00, the deal is now
+        £200.00"."""
+        invoiced, now = self.invoiced.get("Amount"), self.current.get("Amount")
+        if Amendment.Change.DELETED in self.changes:
+            return f"Invoice {self.invoice_number} stands, but its deal was deleted in Salesforce"
+        if Amendment.Change.LOST in self.changes:
+            return f"Invoice {self.invoice_number} stands, but its deal is now Closed Lost"
+        if Amendment.Change.AMOUNT in self.changes:
+            return (
+                f"Invoice {self.invoice_number} is {_money(invoiced)}, "
+                f"the deal is now {_money(now)}"
+            )
+        if Amendment.Change.CLOSE_DATE in self.changes:
+            return (
+                f"Invoice {self.invoice_number} is dated {self.invoiced.get('CloseDate')}, "
+                f"the deal now closes on {self.current.get('CloseDate')}"
+            )
+        return f"Invoice {self.invoice_number}'s products changed on the deal (same total)"
+
+    @property
+    def difference(self):
+        """What the invoice is over the deal now (positive: the customer was overcharged)."""
+        from decimal import Decimal
+
+        invoiced = Decimal(str(self.invoiced.get("Amount") or 0))
+        if {Amendment.Change.DELETED, Amendment.Change.LOST} & set(self.changes):
+            return invoiced
+        return invoiced - Decimal(str(self.current.get("Amount") or 0))
+
+
+def _money(value) -> str:
+    from decimal import Decimal
+
+    if value in (None, ""):
+        return "no amount"
+    return f"£{Decimal(str(value)):,.2f}"
+
+
+class WriteRecord(models.Model):
+    """The kept history of every write to KashFlow or Salesforce: what, when, which records,
+    the amounts, who or what triggered it. Compact (no payloads) and never removed by the
+    nightly cleanup: UK VAT records are kept six years (VAT Notice 700/21). Written in the
+    same transaction as the outcome it records."""
+
+    class Action(models.TextChoices):
+        INVOICE_CREATED = "invoice_created", "Invoice made"
+        CREDIT_NOTE_CREATED = "credit_note_created", "Credit note made"
+        REPLACEMENT_CREATED = "replacement_created", "Replacement invoice made"
+        CHANGE_ACCEPTED = "change_accepted", "Change after invoicing accepted"
+        RECORD_WRITTEN = "record_written", "Record written"
+
+    created_at = models.DateTimeField(default=timezone.now)
+    flow = models.CharField(max_length=20, choices=Flow.choices)
+    action = models.CharField(max_length=30, choices=Action.choices)
+    source_object = models.CharField(max_length=80, blank=True)
+    source_id = models.CharField(max_length=100, blank=True)
+    target_object = models.CharField(max_length=80, blank=True)
+    target_id = models.CharField(max_length=100, blank=True)
+    amount = models.DecimalField(max_digits=18, decimal_places=4, null=True, blank=True)
+    currency = models.CharField(max_length=3, blank=True)
+    # Plain values only (ids, dates, amounts): what a VAT inspector asks for, not a payload.
+    details = models.JSONField(default=dict, blank=True, encoder=DjangoJSONEncoder)
+    # Kept as values, not foreign keys: runs and users may go, the history stays.
+    run_id = models.PositiveIntegerField(null=True, blank=True)
+    trigger = models.CharField(max_length=20, blank=True)
+    username = models.CharField(max_length=150, blank=True)
+
+    class Meta:
+        ordering = ["-created_at", "-pk"]
+        indexes = [
+            models.Index(fields=["source_id", "-created_at"], name="write_source_recent"),
+            models.Index(fields=["target_id", "-created_at"], name="write_target_recent"),
+            models.Index(fields=["-created_at"], name="write_recent"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.created_at:%Y-%m-%d} {self.get_action_display()} {self.target_id}"
+
+    @classmethod
+    def keep(cls, outcomes: list[Outcome], now: datetime) -> None:
+        """The kept history of the writes among a batch's recorded outcomes (those synced to
+        Salesforce or KashFlow), in the outcome's transaction: one read of the runs (who
+        triggered them), one INSERT; nothing at all for a batch with no write."""
+        written = [
+            o
+            for o in outcomes
+            if o.status == SyncEvent.Status.SUCCEEDED
+            and not (o.event.target_object or "").startswith("kashforce.")
+        ]
+        if not written:
+            return
+        runs = {
+            run["pk"]: run
+            for run in SyncRun.objects.filter(
+                pk__in={o.event.run_id for o in written if o.event.run_id}
+            ).values("pk", "trigger", "triggered_by__username")
+        }
+        cls.objects.bulk_create(
+            cls(
+                created_at=now,
+                flow=o.event.flow,
+                action=cls.Action.RECORD_WRITTEN,
+                source_object=o.event.source_object,
+                source_id=o.event.source_id,
+                target_object=o.event.target_object,
+                target_id=o.target_id or o.event.target_id,
+                amount=_payload_amount(o.event.payload),
+                details={"message": o.message[:500]} if o.message else {},
+                run_id=o.event.run_id,
+                trigger=runs.get(o.event.run_id, {}).get("trigger", ""),
+                username=runs.get(o.event.run_id, {}).get("triggered_by__username") or "",
+            )
+            for o in written
+        )
+
+
+def _payload_amount(payload) -> Decimal | None:
+    """The money a source record carries (a payment's Amount, an invoice's totals), if any."""
+    for name in ("Amount", "NetAmount", "GrossAmount", "TotalPrice"):
+        value = (payload or {}).get(name) if isinstance(payload, dict) else None
+        if value not in (None, ""):
+            try:
+                return Decimal(str(value)).quantize(Decimal("0.0001"))
+            except ArithmeticError:
+                return None
+    return None
+
+
+class FinanceSettings(models.Model):
+    """What Finance must approve before it is invoiced: one row, edited by an admin.
+
+    KashFlow's REST API publishes no closed-VAT-period date an integration could trust (its
+    `LockTransactionAfterVat` setting is a flag without a date, and `/vatreturns` is not in the
+    documented set we follow), so the lock date is entered here by an admin after each return.
+    """
+
+    hold_above = models.DecimalField(
+        max_digits=18,
+        decimal_places=2,
+        null=True,
+        blank=True,
+        help_text="Invoices with a net amount above this wait for Finance. Empty: no limit.",
+    )
+    vat_closed_until = models.DateField(
+        null=True,
+        blank=True,
+        help_text="The last day of the latest VAT period submitted. Invoices dated on or before "
+        "it wait for Finance.",
+    )
+    updated_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        verbose_name_plural = "finance settings"
+
+    def __str__(self) -> str:
+        return "Finance settings"
+
+    @classmethod
+    def current(cls) -> FinanceSettings:
+        return cls.objects.order_by("pk").first() or cls()
+
+
+class FinanceHold(models.Model):
+    """An invoice waiting for a Finance approval before it is raised in KashFlow."""
+
+    class Reason(models.TextChoices):
+        OVER_LIMIT = "over_limit", "Above the amount Finance approves"
+        CLOSED_PERIOD = "closed_period", "Dated into a closed VAT period"
+
+    opportunity_id = models.CharField(max_length=18, unique=True)
+    opportunity_name = models.CharField(max_length=255, blank=True)
+    reasons = models.JSONField(default=list, blank=True)
+    amount = models.DecimalField(max_digits=18, decimal_places=2, null=True, blank=True)
+    issued = models.DateField(null=True, blank=True)
+    # The invoices flow's event, set aside while it waits, put back in line when approved.
+    event = models.ForeignKey(
+        "SyncEvent", null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    approved_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    approved_at = models.DateTimeField(null=True, blank=True)
+    created_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        ordering = ["-created_at", "-pk"]
+
+    def __str__(self) -> str:
+        return f"Hold on {self.opportunity_name or self.opportunity_id}"
+
+    @property
+    def approved(self) -> bool:
+        return self.approved_at is not None
+
+
+class Reconciliation(models.Model):
+    """One comparison of Salesforce and KashFlow for the invoicing flow (integration/reconcile.py):
+    counts and totals per kind of difference and month; the lines themselves are in its CSV."""
+
+    created_at = models.DateTimeField(default=timezone.now)
+    finished_at = models.DateTimeField(null=True, blank=True)
+    since = models.DateField(null=True, blank=True)
+    trigger = models.CharField(max_length=20, choices=Trigger.choices, default=Trigger.MANUAL)
+    differences = models.PositiveIntegerField(default=0)
+    compared = models.PositiveIntegerField(default=0)
+    api_calls = models.PositiveIntegerField(default=0)
+    summary = models.JSONField(default=dict, blank=True, encoder=DjangoJSONEncoder)
+    lines = models.JSONField(default=list, blank=True, encoder=DjangoJSONEncoder)
+    error = models.TextField(blank=True)
+
+    class Meta:
+        ordering = ["-created_at", "-pk"]
+
+    def __str__(self) -> str:
+        return f"Reconciliation {self.created_at:%Y-%m-%d %H:%M}: {self.differences} difference(s)"

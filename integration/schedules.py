@@ -42,6 +42,12 @@ def wanted_schedules() -> list[dict]:
             "next_run": _next_quiet_hour(days=7 - datetime.now(UTC).weekday()),  # Monday
         },
         {
+            "name": "kashforce: nightly reconciliation",
+            "func": "integration.tasks.nightly_reconciliation",
+            "schedule_type": Schedule.DAILY,
+            "next_run": _next_quiet_hour() + timedelta(minutes=30),
+        },
+        {
             "name": "kashforce: nightly cleanup",
             "func": "integration.tasks.cleanup",
             "schedule_type": Schedule.DAILY,

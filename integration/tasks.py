@@ -30,3 +30,17 @@ def send_alerts() -> dict:
     from integration import alerts
 
     return alerts.run()
+
+
+def nightly_reconciliation() -> int:
+    """Compare Salesforce and KashFlow; the result is a Reconciliation row the overview shows."""
+    from integration import reconcile
+
+    return reconcile.from_connections(trigger="schedule").pk
+
+
+def reconciliation_now() -> int:
+    """A reconciliation a person asked for on its page."""
+    from integration import reconcile
+
+    return reconcile.from_connections(trigger="manual").pk

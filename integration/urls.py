@@ -1,6 +1,6 @@
 from django.urls import path
 
-from integration import alert_views, views, webhooks
+from integration import alert_views, finance_views, views, webhooks
 
 app_name = "dashboard"
 
@@ -42,6 +42,14 @@ urlpatterns = [
     path("profile/", alert_views.alert_profile, name="alert_profile"),
     path("profile/test/", alert_views.alert_profile_test, name="alert_profile_test"),
     path("account/two-step/", views.two_factor, name="two_factor"),
+    path("amendments/", finance_views.amendments, name="amendments"),
+    path("reconciliation/", finance_views.reconciliation, name="reconciliation"),
+    path("holds/", finance_views.holds, name="holds"),
+    path("holds/<int:pk>/approve/", finance_views.approve_hold, name="approve_hold"),
+    path("holds/settings/", finance_views.finance_settings, name="finance_settings"),
+    path("reconciliation.csv", finance_views.reconciliation_csv, name="reconciliation_csv"),
+    path("reconciliation/run/", finance_views.reconcile_now, name="reconcile_now"),
+    path("amendments/<int:pk>/decide/", finance_views.decide_amendment, name="decide_amendment"),
     path(
         "hooks/salesforce/outbound/<str:secret>/",
         webhooks.salesforce_outbound,

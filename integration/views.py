@@ -243,7 +243,18 @@ def overview(request):
             )
         ),
     }
+    context |= _finance_overview()
     return render(request, "integration/overview.html", context)
+
+
+def _finance_overview() -> dict:
+    """The last reconciliation and the changes after invoicing waiting for Finance (2 queries)."""
+    from integration.models import Amendment, Reconciliation
+
+    return {
+        "last_reconciliation": Reconciliation.objects.defer("lines", "summary").first(),
+        "open_amendments": Amendment.objects.open().count(),
+    }
 
 
 # --------------------------------------------------------------------------------------------
@@ -527,8 +538,20 @@ def timeline(request):
             "crossrefs": [(c, links.for_crossref(c)) for c in crossrefs],
             "entries": _timeline_entries(events, links),
             "limited": len(events) == TIMELINE_LIMIT,
+            "writes": _kept_history(sorted(ids)),
         }
     return render(request, "integration/timeline.html", context)
+
+
+def _kept_history(record_ids: list[str]) -> list:
+    """The kept history of writes to the record (six years; the events above go sooner)."""
+    from integration.models import WriteRecord
+
+    return list(
+        WriteRecord.objects.filter(Q(source_id__in=record_ids) | Q(target_id__in=record_ids))[
+            :TIMELINE_LIMIT
+        ]
+    )
 
 
 def _timeline_entries(events: list[SyncEvent], links: RecordLinks) -> list[dict]:

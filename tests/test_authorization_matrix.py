@@ -17,7 +17,7 @@ from django.middleware.csrf import _get_new_csrf_string
 from django.test import Client
 from django.urls import URLPattern, URLResolver, get_resolver, reverse
 
-from integration.models import AlertWebhook, SyncEvent
+from integration.models import AlertWebhook, Amendment, FinanceHold, SyncEvent
 from tests import factories
 
 pytestmark = pytest.mark.django_db
@@ -45,6 +45,8 @@ ADMIN_PAGE = row(LOGIN, FORBIDDEN, FORBIDDEN, OK, OK)
 POST_ONLY = row(LOGIN, NOT_ALLOWED, NOT_ALLOWED, NOT_ALLOWED, NOT_ALLOWED)
 OPERATE = row(LOGIN, FORBIDDEN, AWAY, AWAY, AWAY)
 ADMINISTER = row(LOGIN, FORBIDDEN, FORBIDDEN, AWAY, AWAY)
+# Finance's decisions: only the Finance group (not a role in this table) and a superuser.
+FINANCE = row(LOGIN, FORBIDDEN, FORBIDDEN, FORBIDDEN, AWAY)
 
 
 @dataclass
@@ -116,6 +118,24 @@ TABLE = {
     # only shows the page.
     "dashboard:two_factor": Url(get=row(LOGIN, OK, OK, OK, OK), post=row(LOGIN, OK, OK, OK, OK)),
     "dashboard:vat_rules": Url(get=ADMIN_PAGE, post=ADMINISTER, data={"countries": "NO 25"}),
+    "dashboard:amendments": Url(get=READ, post=READ),
+    "dashboard:reconciliation": Url(get=READ, post=READ),
+    "dashboard:holds": Url(get=READ, post=READ),
+    "dashboard:approve_hold": Url(get=POST_ONLY, post=FINANCE, kwargs="hold"),
+    "dashboard:finance_settings": Url(
+        get=POST_ONLY, post=ADMINISTER, data={"hold_above": "5000.00", "vat_closed_until": ""}
+    ),
+    "dashboard:reconciliation_csv": Url(
+        get=row(LOGIN, FORBIDDEN, NOT_FOUND, NOT_FOUND, NOT_FOUND),
+        post=row(LOGIN, FORBIDDEN, NOT_FOUND, NOT_FOUND, NOT_FOUND),
+    ),
+    "dashboard:reconcile_now": Url(get=POST_ONLY, post=OPERATE),
+    "dashboard:decide_amendment": Url(
+        get=POST_ONLY,
+        post=FINANCE,
+        kwargs="amendment",
+        data={"action": "accept", "reason": "Agreed with the customer"},
+    ),
     # Its own authentication (the secret path, then the org id): a wrong secret is a 404 for
     # everyone, signed in or not, and CSRF does not apply (Salesforce cannot send a token).
     "dashboard:salesforce_outbound": Url(get=everyone(NOT_ALLOWED), post=everyone(NOT_FOUND)),
@@ -162,12 +182,17 @@ def samples():
     webhook = AlertWebhook(name="Finance channel", kinds=["silence"])
     webhook.set_url("https://hooks.example.com/T/B/token")
     webhook.save()
+    amendment = Amendment.objects.create(
+        opportunity_id="006000000000001AAA", invoice_number="1042", changes=["amount"]
+    )
     return {
         "run": event.run,
         "event": event,
         "connection": connection,
         "mapping": mapping_set,
         "webhook": webhook,
+        "amendment": amendment,
+        "hold": FinanceHold.objects.create(opportunity_id="006000000000002AAA", amount=9000),
     }
 
 

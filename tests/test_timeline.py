@@ -59,8 +59,9 @@ def test_what_happened_to_invoice_1043(ops_client, invoice_1043, query):
 
 
 def test_timeline_query_count_is_fixed(ops_client, invoice_1043, django_assert_num_queries):
-    # session, user, permissions (2), cross-refs, events with their runs and resolvers, links
-    with django_assert_num_queries(7):
+    # session, user, permissions (2), cross-refs, events with their runs and resolvers, links,
+    # the kept history of writes
+    with django_assert_num_queries(8):
         ops_client.get(TIMELINE, {"q": "1043"})
 
 
@@ -73,3 +74,39 @@ def test_salesforce_id18_matches_salesforce():
     # Known pair from Salesforce's documentation of the case-safe id.
     assert salesforce_id18("001A0000006Vm9r") == "001A0000006Vm9rIAC"
     assert salesforce_id18(OPPORTUNITY) == OPPORTUNITY
+
+
+def test_the_kept_history_outlives_the_cleanup_and_the_timeline_shows_it(ops_client, ops_user):
+    from integration.models import SyncRun, WriteRecord
+    from integration.sync import engine
+
+    run = factories.SyncRunFactory(flow="payments", trigger="manual", triggered_by=ops_user)
+    event = factories.SyncEventFactory(
+        run=run,
+        flow="payments",
+        source_object="kashflow.Payment",
+        source_id="PAY-77",
+        target_object="salesforce.KashFlow_Payment__c",
+        payload={"Amount": "109.9950", "InvoiceNumber": 1043},
+        status=SyncEvent.Status.RUNNING,
+        claimed_at=timezone.now(),
+    )
+    assert event.mark_succeeded(target_id="a0B000000000001AAA", message="Payment synced.")
+    long_ago = timezone.now() - timedelta(days=400)
+    SyncEvent.objects.update(created_at=long_ago)
+    SyncRun.objects.update(created_at=long_ago)
+    WriteRecord.objects.update(created_at=long_ago)
+
+    assert engine.cleanup()["events"] == 1  # the payload goes after the retention period...
+
+    [kept] = WriteRecord.objects.all()  # ...the history of the write stays
+    assert (kept.source_id, kept.target_id, str(kept.amount), kept.username) == (
+        "PAY-77",
+        "a0B000000000001AAA",
+        "109.9950",
+        "olivia",
+    )
+    response = ops_client.get(TIMELINE, {"q": "PAY-77"})
+    assert response.status_code == 200, response
+    page = response.content.decode()
+    assert "Kept history of writes" in page and "109.9950" in page and "olivia" in page

@@ -580,9 +580,13 @@ class SalesforceClient:
 
     # Reading --------------------------------------------------------------------------------------
 
-    def query(self, soql: str) -> Iterator[dict]:
-        """Every record of a SOQL query, following nextRecordsUrl; numbers as Decimal."""
-        page = self._call("GET", "read records", lambda sf: sf.query(soql))
+    def query(self, soql: str, include_deleted: bool = False) -> Iterator[dict]:
+        """Every record of a SOQL query, following nextRecordsUrl; numbers as Decimal.
+        `include_deleted` reads through queryAll, which also returns deleted records (IsDeleted)
+        still in the recycle bin."""
+        page = self._call(
+            "GET", "read records", lambda sf: sf.query(soql, include_deleted=include_deleted)
+        )
         while True:
             yield from page["records"]
             next_url = page.get("nextRecordsUrl")

@@ -25,11 +25,12 @@ from decimal import Decimal
 
 from django.conf import settings
 from django.core.cache import cache
+from django.db import transaction
 
 from integration.clients.errors import ApiError
 from integration.mapping import apply_mapping, line_vat_amount, payload_hash
 from integration.models import CrossRef, Cursor, Direction, SyncEvent
-from integration.sync import engine
+from integration.sync import amendments, engine, holds
 from integration.sync.links import Links
 from integration.sync.mappings import MappingMissing, active_rows, context, salesforce_fields
 from integration.sync.new_customers import ensure_customers
@@ -80,10 +81,17 @@ class InvoicesFlow:
             newest = max(newest, *(opportunity["SystemModstamp"] for opportunity in page))
         if newest and not ctx.dry_run:
             Cursor.advance(self.name, connection, newest)
+        amendments.collect(ctx)  # invoiced deals that changed: never dropped (amendments.py)
 
     # Process ----------------------------------------------------------------------------------
 
     def process(self, events: list[SyncEvent], ctx: engine.RunContext) -> None:
+        changed = [event for event in events if amendments.is_invoiced_change(event)]
+        if changed:
+            amendments.process(changed, ctx)
+            events = [event for event in events if event not in changed]
+            if not events:
+                return
         events = [event for event in events if not _skipped_for_its_amount(event)]
         if not events:
             return
@@ -117,7 +125,7 @@ class InvoicesFlow:
         for invoice in invoices:
             if not invoice.event.is_error:  # its customer could not be made: keep that reason
                 _map(invoice, rows, links, customers, products)
-        ready = [i for i in invoices if not i.event.is_error]
+        ready = holds.release([i for i in invoices if not i.event.is_error], ctx)
         if ctx.dry_run:
             return _plan(ctx, ready)
         for invoice in ready:
@@ -537,8 +545,12 @@ def _create_once(ctx, invoice: _Invoice, links: Links) -> None:
 
 def _record_number(invoice: _Invoice, links: Links) -> None:
     number = str(invoice.created["Number"])
-    invoice.ref = links.link("invoice", salesforce_id=invoice.opportunity_id, kashflow_key=number)
-    links.written(invoice.ref, "kashflow", payload_hash(invoice.payload))
+    with transaction.atomic():  # the link and its kept history (amendments.py) together
+        invoice.ref = links.link(
+            "invoice", salesforce_id=invoice.opportunity_id, kashflow_key=number
+        )
+        links.written(invoice.ref, "kashflow", payload_hash(invoice.payload))
+        amendments.remember_invoiced(invoice.opportunity, invoice.created, invoice.event)
     net = invoice.created.get("NetAmount")
     amount = invoice.opportunity.get("Amount")
     if net is not None and amount is not None and Decimal(str(net)) != Decimal(str(amount)):
@@ -592,6 +604,38 @@ def _write_back_failed(error: ApiError) -> str:
         "The invoice is in KashFlow, but Salesforce did not take its number and status; "
         f"the retry only writes them back. ({error.message})"
     )
+
+
+# Replacements (amendments.py) -------------------------------------------------------------------
+
+
+def replacement_payload(ctx, opportunity_id: str) -> tuple[dict | None, dict, str]:
+    """The invoice this flow would make for the deal as it is now: (opportunity, payload,
+    problem); a problem in plain words when it cannot be invoiced."""
+    try:
+        rows = _Rows.load(ctx)
+        opportunity = _read_opportunities(ctx, [opportunity_id]).get(opportunity_id)
+    except MappingMissing as exc:
+        return None, {}, str(exc)
+    if opportunity is None or not _lines(opportunity):
+        return None, {}, "The deal is no longer Closed Won with products, so it cannot be invoiced."
+    links = Links().prefetch("invoice", "salesforce", [opportunity_id])
+    event = SyncEvent(flow="invoices", source_object=SOURCE, source_id=opportunity_id)
+    invoice = _Invoice(event=event, opportunity=opportunity)
+    _prefetch_links(links, [invoice])
+    _map(invoice, rows, links)
+    if invoice.event.is_error:
+        return opportunity, {}, invoice.event.message
+    return opportunity, invoice.payload, ""
+
+
+def write_back_invoice(ctx, opportunity_id: str, created: dict) -> None:
+    """The invoice's number, status and amount due onto its Opportunity (raises ApiError)."""
+    rows = _Rows.load(ctx)
+    mapped = apply_mapping(rows.write_back, created, context(Links(), rows.fields))
+    [result] = ctx.salesforce.update("Opportunity", [{"Id": opportunity_id, **mapped.payload}])
+    if not result.success:
+        raise result.error
 
 
 # Dry run and helpers ------------------------------------------------------------------------------

@@ -1,7 +1,8 @@
 """Seeds: what a reset puts in the simulated account.
 
 - `empty`: reference data only (nominals, bank accounts, payment methods, VAT rates);
-- `demo`: about 200 customers, 60 products and 300 invoices, some paid, some part-paid;
+- `demo`: about 200 customers, 60 products and 300 invoices, some paid, some part-paid, told
+  by sandbox/story.py with the Salesforce demo: the invoices of its invoiced deals are here;
 - `key=value,...`, e.g. `customers=10000,invoices=0,products=60`: the same generators at other
   sizes. Keys for the other simulator are ignored. `names=<seed>` picks another fake data seed.
 
@@ -17,7 +18,7 @@ import uuid
 from datetime import datetime, timedelta
 from decimal import Decimal
 
-from sandbox import fake
+from sandbox import fake, story
 
 from .invoices import due_date, line_amounts, payment_state
 from .lookups import country_name
@@ -83,7 +84,10 @@ def apply(txn: Txn, seed: str) -> None:
     _products(txn, products)
     if sizes["invoices"] and not customers:
         raise invalid("A seed with invoices needs customers.")
-    _invoices(txn, sizes["invoices"], customers, products, today, rng)
+    if seed.strip() == "demo":
+        _story_invoices(txn, story.demo(products), customers, products, today)
+    else:
+        _invoices(txn, sizes["invoices"], customers, products, today, rng)
 
 
 def _reference_data(txn: Txn) -> None:
@@ -190,31 +194,95 @@ def _invoices(txn, count, customers, products, today, rng) -> None:
             _seed_line(rng, index, products, nominal_names, nominal_ids)
             for index in range(1, rng.randint(1, 4) + 1)
         ]
-        net = sum(Decimal(line["Net"]) for line in lines)
-        vat = sum(Decimal(line["VATAmount"]) for line in lines)
-        payments, payment_id = _seed_payments(rng, net + vat, issued, today, payment_id)
-        state = payment_state(net + vat, payments)
-        doc = {
-            "Currency": "GBP", "ExchangeRate": "1", "Address": customer["address"],
-            "DeliveryAddress": None,
-            "UseCustomDeliveryAddress": False, "ProjectNumber": 0, "IsArchived": False,
-            "Document": _guid(rng),
-            "LineItems": lines, "PaymentLines": payments,
-        }  # fmt: skip
-        reference = f"PO-{rng.randint(10000, 99999)}" if rng.random() < 0.4 else ""
-        rows.append(
-            (number, customer["id"], reference, format_datetime(issued),
-             format_datetime(due_date(issued, customer["terms"])), format_datetime(issued),
-             to_pence4(net), to_pence4(vat), to_pence4(net + vat), to_pence4(state["paid"]),
-             state["status"], state["paid_date"], state["last_payment_date"], json.dumps(doc))
-        )  # fmt: skip
+        gross = sum(Decimal(line["Net"]) + Decimal(line["VATAmount"]) for line in lines)
+        payments, payment_id = _seed_payments(rng, gross, issued, today, payment_id)
+        rows.append(_invoice_row(rng, number, customer, issued, lines, payments))
+    _insert_invoices(txn, rows)
+    _set_counter(txn, "payment", payment_id)
+
+
+def _story_invoices(txn, told, customers, products, today) -> None:
+    """The demo's invoices from sandbox/story.py: the invoices of the Salesforce demo's invoiced
+    deals (same numbers, customers, lines and payments) among KashFlow's own."""
+    nominal_names = {code: name for _, code, name, _ in NOMINALS}
+    nominal_ids = {code: nominal_id for nominal_id, code, _, _ in NOMINALS}
+    rng = random.Random("kashflow:story")  # only for ids and references: the money is told
+    rows, payment_id = [], 0
+    for invoice in told.invoices:
+        customer = customers[invoice.customer]
+        issued = today - timedelta(days=invoice.days_ago)
+        lines = []
+        for index, line in enumerate(invoice.lines, start=1):
+            product = products[line["product"]]
+            nominal = product["nominal_code"]
+            net, vat = story.line_net(line), story.line_vat(line)
+            lines.append(
+                {
+                    "Number": index,
+                    "Description": product["description"],
+                    "Quantity": str(line["quantity"]),
+                    "Rate": str(line["rate"]),
+                    "VATLevel": str(line["vat_level"]),
+                    "VATAmount": str(vat),
+                    "VATExempt": False,
+                    "NominalCode": nominal,
+                    "NominalId": nominal_ids[nominal],
+                    "NominalName": nominal_names[nominal],
+                    "ProductCode": product["code"],
+                    "ProductName": product["name"],
+                    "ProjectNumber": 0,
+                    "Net": str(net),
+                }
+            )
+        payments = []
+        if invoice.paid() > 0:
+            payment_id += 1
+            paid_on = min(issued + timedelta(days=invoice.paid_days_after), today)
+            payments.append(_payment(rng, payment_id, invoice.paid(), paid_on))
+        rows.append(_invoice_row(rng, invoice.number, customer, issued, lines, payments))
+    _insert_invoices(txn, rows)
+    _set_counter(txn, "payment", payment_id)
+
+
+def _payment(rng, payment_id: int, amount: Decimal, paid_on: datetime) -> dict:
+    return {
+        "Id": payment_id, "Date": format_datetime(paid_on), "Amount": str(amount),
+        "Method": rng.choice(PAYMENT_METHODS)[0], "AccountId": 101 if rng.random() < 0.9 else 102,
+        "Reference": f"BACS{rng.randint(100000, 999999)}", "Note": "", "BulkId": 0,
+        "BulkPaymentNumber": 0, "BFSTransactionId": 0, "BankTransactionId": 0,
+        "BankReconciliationId": 0, "PaymentProcessor": 0, "PaymentProcessorEnumValue": 0,
+        "Permalink": f"/v2/documents/invoice/payment/{_guid(rng)}",
+        "VATReturnId": 0, "IsPaymentCreditNote": False, "InvoiceNumber": 0,
+    }  # fmt: skip
+
+
+def _invoice_row(rng, number, customer, issued, lines, payments) -> tuple:
+    net = sum(Decimal(line["Net"]) for line in lines)
+    vat = sum(Decimal(line["VATAmount"]) for line in lines)
+    state = payment_state(net + vat, payments)
+    doc = {
+        "Currency": "GBP", "ExchangeRate": "1", "Address": customer["address"],
+        "DeliveryAddress": None,
+        "UseCustomDeliveryAddress": False, "ProjectNumber": 0, "IsArchived": False,
+        "Document": _guid(rng),
+        "LineItems": lines, "PaymentLines": payments,
+    }  # fmt: skip
+    reference = f"PO-{rng.randint(10000, 99999)}" if rng.random() < 0.4 else ""
+    return (
+        number, customer["id"], reference, format_datetime(issued),
+        format_datetime(due_date(issued, customer["terms"])), format_datetime(issued),
+        to_pence4(net), to_pence4(vat), to_pence4(net + vat), to_pence4(state["paid"]),
+        state["status"], state["paid_date"], state["last_payment_date"], json.dumps(doc),
+    )  # fmt: skip
+
+
+def _insert_invoices(txn, rows: list[tuple]) -> None:
     txn.db.executemany(
         "INSERT INTO invoices (number, customer_id, customer_reference, issued, due, created,"
         " net_4, vat_4, gross_4, paid_4, status, paid_date, last_payment_date, doc)"
         " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
         rows,
     )
-    _set_counter(txn, "payment", payment_id)
 
 
 def _seed_line(rng, index, products, nominal_names, nominal_ids) -> dict:
@@ -243,15 +311,7 @@ def _seed_payments(rng, gross, issued, today, payment_id) -> tuple[list, int]:
     amount = round_money(gross * share)
     payment_id += 1
     paid_on = min(issued + timedelta(days=rng.randint(1, 45)), today)
-    payment = {
-        "Id": payment_id, "Date": format_datetime(paid_on), "Amount": str(amount),
-        "Method": rng.choice(PAYMENT_METHODS)[0], "AccountId": 101 if rng.random() < 0.9 else 102,
-        "Reference": f"BACS{rng.randint(100000, 999999)}", "Note": "", "BulkId": 0,
-        "BulkPaymentNumber": 0, "BFSTransactionId": 0, "BankTransactionId": 0,
-        "BankReconciliationId": 0, "PaymentProcessor": 0, "PaymentProcessorEnumValue": 0,
-        "Permalink": f"/v2/documents/invoice/payment/{_guid(rng)}",
-        "VATReturnId": 0, "IsPaymentCreditNote": False, "InvoiceNumber": 0,
-    }  # fmt: skip
+    payment = _payment(rng, payment_id, amount, paid_on)
     return [payment], payment_id
 
 

@@ -3,8 +3,9 @@
 - `empty`: the schema and the standard price book only.
 - `demo`: 150 Accounts (the first companies of `sandbox.fake`, which the KashFlow simulator's
   customers share, so names line up), a Contact each, 60 Product2 with standard price book
-  entries, 400 Opportunities across the stages with 1-4 line items; Closed Won ones carry a
-  KashFlow invoice number except the 8 most recent, which are waiting to be invoiced.
+  entries, 400 Opportunities across the stages with 1-4 line items, from the story the KashFlow
+  demo tells too (sandbox/story.py): Closed Won ones carry their KashFlow invoice's number,
+  status and amount due, except the 8 most recent, which are waiting to be invoiced.
 - `key=value,...` (shared with the KashFlow app; each reads the keys it knows): `customers`,
   `accounts` (default: as many as `customers`; `accounts=0` leaves the org without Accounts, for a
   first load from KashFlow), `contacts` (default: one per Account), `products`,
@@ -17,7 +18,7 @@ Records are written with executemany in one transaction, so 10,000+ rows take a 
 import random
 from datetime import UTC, date, datetime, timedelta
 
-from sandbox import fake
+from sandbox import fake, story
 from sandbox.salesforce import schema
 from sandbox.salesforce.store import Store, format_datetime
 
@@ -99,7 +100,9 @@ def _build(store: Store, seed: str, counts: dict) -> str:
     )
     names = counts.get("names", "demo")
     accounts = _accounts(store, rows, stamps, _account_count(counts), names, counts.get("contacts"))
-    if accounts and entries:
+    if seed == "demo":
+        _story_opportunities(store, rows, stamps, accounts, entries, pricebook)
+    elif accounts and entries:
         _opportunities(store, rows, stamps, rng, accounts, entries, pricebook, counts)
     if counts.get("multicurrency"):
         _multi_currency(store, rows, stamps)
@@ -280,6 +283,55 @@ def _opportunities(store, rows, stamps, rng, accounts, entries, pricebook, count
         rows += [("Opportunity", opportunity), *(("OpportunityLineItem", line) for line in lines)]
         opportunities.append(opportunity)
     _invoice_numbers(opportunities, counts.get("won_uninvoiced", 0))
+
+
+def _story_opportunities(store, rows, stamps, accounts, entries, pricebook) -> None:
+    """The demo's deals from sandbox/story.py, which the KashFlow demo invoices alike: the
+    invoiced ones carry their KashFlow invoice's number, status and amount due."""
+    today = date.today()
+    for deal in story.demo(fake.products(story.PRODUCTS, "demo")).deals:
+        account = accounts[deal.account]
+        stage = deal.stage
+        opportunity = _record(
+            "Opportunity",
+            _next_id(store, "Opportunity"),
+            stamps(),
+            AccountId=account["Id"],
+            Name=f"{account['Name']} - order {deal.index + 1}",
+            StageName=stage[0],
+            CloseDate=(today + timedelta(days=deal.days_from_today)).isoformat(),
+            Probability=stage[1],
+            IsClosed=stage[2],
+            IsWon=stage[3],
+            ForecastCategoryName=stage[4],
+            Pricebook2Id=pricebook["Id"],
+            HasOpportunityLineItem=True,
+        )
+        lines = []
+        for sort, line in enumerate(deal.lines_in_salesforce(), start=1):
+            entry, product = entries[line.product]
+            lines.append(
+                _record(
+                    "OpportunityLineItem",
+                    _next_id(store, "OpportunityLineItem"),
+                    stamps(),
+                    OpportunityId=opportunity["Id"],
+                    PricebookEntryId=entry["Id"],
+                    Product2Id=product["Id"],
+                    Name=f"{opportunity['Name']} {product['Name']}"[:376],
+                    ProductCode=product["ProductCode"],
+                    Quantity=float(line.quantity),
+                    UnitPrice=entry["UnitPrice"],
+                    ListPrice=entry["UnitPrice"],
+                    Discount=float(line.discount) if line.discount is not None else None,
+                    TotalPrice=float(line.total),
+                    SortOrder=sort,
+                )
+            )
+        opportunity["Amount"] = float(sum(line.total for line in deal.lines_in_salesforce()))
+        if deal.invoice is not None:
+            opportunity.update(story.shown(deal))
+        rows += [("Opportunity", opportunity), *(("OpportunityLineItem", line) for line in lines)]
 
 
 def _line(store, stamps, rng, opportunity, sort_order, entry, product) -> dict:

@@ -75,3 +75,18 @@ def org_switches(sandbox, **switches) -> dict:
 def connect_both(sandbox, method="sf_jwt"):
     """Active Salesforce and KashFlow connections to the sandbox, as the flows use them."""
     return salesforce_connection(sandbox, method=method), kashflow_connection(sandbox)
+
+
+def link_products(expected: int | None = None) -> None:
+    """The products sync links each Product2 to its KashFlow product, as it does in the first
+    minute of a trial: an invoice waits for its products' links. The products' own ledger rows
+    are then removed, so a test looks at the invoices' ledger only."""
+    from integration.models import CrossRef, SyncEvent, SyncRun, Trigger
+    from integration.sync import engine
+
+    run = engine.start_run("products", Trigger.MANUAL)
+    engine.execute_run(run.pk)
+    if expected is not None:
+        assert CrossRef.objects.filter(object_type="product").count() == expected
+    SyncEvent.objects.all().delete()
+    SyncRun.objects.all().delete()

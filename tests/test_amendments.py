@@ -23,7 +23,7 @@ from integration.models import (
 )
 from integration.sync import amendments, engine
 from integration.sync.amendments import DecisionError, decide
-from tests.sandbox_connections import connect_both, set_faults
+from tests.sandbox_connections import connect_both, link_products, set_faults
 
 pytestmark = pytest.mark.django_db
 
@@ -34,6 +34,7 @@ SEED = "customers=3,accounts=6,products=12,opportunities=40,won_uninvoiced=6"
 def org(sandbox):
     sandbox.reset(SEED)
     salesforce, kashflow = connect_both(sandbox)
+    link_products()
     return SimpleNamespace(
         sandbox=sandbox, salesforce=SalesforceClient(salesforce), kashflow=KashFlowClient(kashflow)
     )

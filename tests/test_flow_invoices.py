@@ -14,7 +14,7 @@ from integration.clients.salesforce import SalesforceClient
 from integration.models import CrossRef, SyncEvent, SyncRun, Trigger
 from integration.sync import engine, invoices
 from tests.fixtures_sandbox import control
-from tests.sandbox_connections import calls, connect_both
+from tests.sandbox_connections import calls, connect_both, link_products
 
 pytestmark = pytest.mark.django_db
 
@@ -26,20 +26,10 @@ SEED = "customers=3,accounts=6,products=12,opportunities=40,won_uninvoiced=6"
 def org(sandbox):
     sandbox.reset(SEED)
     salesforce, kashflow = connect_both(sandbox)
-    link_products()
+    link_products(expected=12)
     return SimpleNamespace(
         sandbox=sandbox, salesforce=SalesforceClient(salesforce), kashflow=KashFlowClient(kashflow)
     )
-
-
-def link_products() -> None:
-    """The products sync links each Product2 to its KashFlow product, as it does in the first
-    minute of a trial: an invoice waits for its products' links (see the tests below)."""
-    run = engine.start_run("products", Trigger.MANUAL)
-    engine.execute_run(run.pk)
-    assert CrossRef.objects.filter(object_type="product").count() == 12
-    SyncEvent.objects.all().delete()  # the tests below look at the invoices' ledger only
-    SyncRun.objects.all().delete()
 
 
 def run_invoices(**kwargs) -> SyncRun:

@@ -12,7 +12,7 @@ from integration.clients.kashflow import KashFlowClient
 from integration.clients.salesforce import SalesforceClient
 from integration.models import AuditEntry, FinanceHold, FinanceSettings, SyncEvent, SyncRun, Trigger
 from integration.sync import engine
-from tests.sandbox_connections import connect_both
+from tests.sandbox_connections import connect_both, link_products
 
 pytestmark = pytest.mark.django_db
 
@@ -23,6 +23,7 @@ SEED = "customers=3,accounts=6,products=12,opportunities=40,won_uninvoiced=6"
 def org(sandbox):
     sandbox.reset(SEED)
     salesforce, kashflow = connect_both(sandbox)
+    link_products()
     return SimpleNamespace(
         sandbox=sandbox, salesforce=SalesforceClient(salesforce), kashflow=KashFlowClient(kashflow)
     )

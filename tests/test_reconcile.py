@@ -17,7 +17,7 @@ from integration.clients.salesforce import SalesforceClient
 from integration.models import CrossRef, Reconciliation, Trigger
 from integration.sync import engine
 from tests.fixtures_sandbox import control
-from tests.sandbox_connections import calls, connect_both
+from tests.sandbox_connections import calls, connect_both, link_products
 
 pytestmark = pytest.mark.django_db
 
@@ -29,6 +29,7 @@ SEED = "customers=3,accounts=6,products=12,opportunities=30,won_uninvoiced=30"
 def org(sandbox):
     sandbox.reset(SEED)
     salesforce, kashflow = connect_both(sandbox)
+    link_products()
     org = SimpleNamespace(
         sandbox=sandbox, salesforce=SalesforceClient(salesforce), kashflow=KashFlowClient(kashflow)
     )

@@ -614,7 +614,7 @@ def replacement_payload(ctx, opportunity_id: str) -> tuple[dict | None, dict, st
     problem); a problem in plain words when it cannot be invoiced."""
     try:
         rows = _Rows.load(ctx)
-        opportunity = _read_opportunities(ctx, [opportunity_id]).get(opportunity_id)
+        opportunity = _read_opportunities(ctx, [opportunity_id], rows).get(opportunity_id)
     except MappingMissing as exc:
         return None, {}, str(exc)
     if opportunity is None or not _lines(opportunity):
@@ -623,7 +623,20 @@ def replacement_payload(ctx, opportunity_id: str) -> tuple[dict | None, dict, st
     event = SyncEvent(flow="invoices", source_object=SOURCE, source_id=opportunity_id)
     invoice = _Invoice(event=event, opportunity=opportunity)
     _prefetch_links(links, [invoice])
-    _map(invoice, rows, links)
+    unlinked = _unlinked_products(opportunity, links)
+    if unlinked and not settings.KASHFORCE["DEFAULT_NOMINAL_FOR_UNLINKED_PRODUCTS"]:
+        return (
+            opportunity,
+            {},
+            (
+                f"Its products are not linked to KashFlow products yet ({', '.join(unlinked)}); "
+                "the products sync links them. Try again once it has."
+            ),
+        )
+    invoice.currency = _deal_currency(ctx, opportunity)
+    customers = _kashflow_customers(ctx, links, [invoice])
+    products = _kashflow_products(ctx, links, [invoice])
+    _map(invoice, rows, links, customers, products)
     if invoice.event.is_error:
         return opportunity, {}, invoice.event.message
     return opportunity, invoice.payload, ""

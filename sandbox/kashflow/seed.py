@@ -21,7 +21,7 @@ from decimal import Decimal
 from sandbox import fake, story
 
 from .invoices import due_date, line_amounts, payment_state
-from .lookups import country_name
+from .lookups import CURRENCIES, country_name
 from .store import Txn
 from .wire import MIDDAY, format_datetime, invalid, round_money, to_pence4
 
@@ -113,7 +113,9 @@ def _customers(txn: Txn, companies: list[dict], latest: datetime, rng: random.Ra
              format_datetime(updated), json.dumps(doc))
         )  # fmt: skip
         address = {**doc["Addresses"][0], "CountryName": country_name(company["country_code"])}
-        seeded.append({"terms": doc["PaymentTerms"], "address": address})
+        seeded.append(
+            {"terms": doc["PaymentTerms"], "address": address, "currency": doc["Currency"]}
+        )
     txn.db.executemany(
         "INSERT INTO customers (code, name, email, created, updated, doc)"
         " VALUES (?, ?, ?, ?, ?, ?)",
@@ -261,7 +263,10 @@ def _invoice_row(rng, number, customer, issued, lines, payments) -> tuple:
     vat = sum(Decimal(line["VATAmount"]) for line in lines)
     state = payment_state(net + vat, payments)
     doc = {
-        "Currency": "GBP", "ExchangeRate": "1", "Address": customer["address"],
+        # An invoice is in its customer's currency, as KashFlow raises it by default.
+        "Currency": customer.get("currency", "GBP"),
+        "ExchangeRate": str(CURRENCIES[customer.get("currency", "GBP")]["ExchangeRate"]),
+        "Address": customer["address"],
         "DeliveryAddress": None,
         "UseCustomDeliveryAddress": False, "ProjectNumber": 0, "IsArchived": False,
         "Document": _guid(rng),

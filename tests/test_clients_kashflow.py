@@ -201,6 +201,49 @@ def test_sign_in_failures_are_permanent_and_in_plain_words(
     assert connection.last_check_message == message
 
 
+@pytest.mark.parametrize(
+    ("step", "status", "body"),
+    [
+        # What KashFlow answers to a wrong password is undocumented: no code may be relied on.
+        ("POST", 401, {"Message": "Authorization has been denied for this request."}),
+        ("PUT", 401, {"Message": "Authorization has been denied for this request."}),
+        ("POST", 400, {"Error": "SomethingNew", "Message": "Login failed."}),
+        ("PUT", 429, {"Message": "Too many requests."}),
+        ("POST", 404, {}),
+    ],
+)
+def test_every_4xx_from_sign_in_is_permanent_tried_once_and_stops_signing_in(
+    connection, api, fast_retries, step, status, body
+):
+    api.on(step, "/v2/sessiontoken", reply(status, body))
+
+    with pytest.raises(ApiError) as caught:
+        client_for(connection, api).login()
+
+    assert caught.value.permanent
+    assert len(api.calls(step, "/v2/sessiontoken")) == 1  # never repeated
+    assert "KashFlow refused the sign-in" in caught.value.message
+    connection.refresh_from_db()
+    assert connection.sign_in_refused_at is not None
+    # Any client, any process: no more sign-ins until an admin changes it or presses Test.
+    with pytest.raises(ApiError) as again:
+        client_for(Connection.objects.get(pk=connection.pk), api).login()
+    assert again.value.code == "SIGN_IN_PAUSED"
+    assert "presses Test" in again.value.message
+    assert len(api.calls(step, "/v2/sessiontoken")) == 1
+
+
+def test_a_5xx_from_sign_in_is_a_temporary_failure_that_pauses_nothing(connection, api):
+    api.on("POST", "/v2/sessiontoken", reply(500, {"Message": "An error has occurred."}))
+
+    with pytest.raises(ApiError) as caught:
+        client_for(connection, api).login()
+
+    assert caught.value.transient
+    connection.refresh_from_db()
+    assert connection.sign_in_refused_at is None
+
+
 def test_secrets_stay_out_of_errors_and_logs(connection, api, caplog):
     caplog.set_level(logging.DEBUG)
     # An API that echoes what it was sent, as some do.
@@ -726,7 +769,9 @@ def test_sandbox_wrong_memorable_word_is_named_and_no_secret_leaks(sandbox, capl
     with pytest.raises(ApiError) as caught:
         KashFlowClient(connection).login()
 
-    assert caught.value.message == "KashFlow rejected the memorable word."
+    assert caught.value.message.startswith(
+        "KashFlow refused the sign-in (HTTP 401). Check the memorable word, then press Test."
+    )
     connection.refresh_from_db()
     for text in (str(caught.value), caplog.text, connection.last_check_message):
         assert password not in text and "zzzzzzzzzzzzzz" not in text

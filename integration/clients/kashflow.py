@@ -111,7 +111,36 @@ def _to_wire(value: object) -> object:
 
 
 def _retryable(response: requests.Response) -> bool:
+    if _is_sign_in(response) and 400 <= response.status_code < 500:
+        return False  # a refused sign-in is never repeated: each try nears the lock-out
     return response.status_code in RETRY_STATUSES or _error_code(response) == SQL_TIMEOUT
+
+
+def _is_sign_in(response: requests.Response) -> bool:
+    url = getattr(response.request, "url", None) or response.url or ""
+    return url.split("?", 1)[0].rstrip("/").lower().endswith("/sessiontoken")
+
+
+def sign_in_error(response: requests.Response, step: str = "POST") -> ApiError:
+    """Any 4xx from /sessiontoken: the sign-in was refused, permanently.
+
+    KashFlow does not document its answer to a wrong password or memorable word (only that
+    auth failures are 401s and that failed attempts lock the account), so no code is relied
+    on: the known codes only choose the words.
+    """
+    body = _error_body(response)
+    code = str(body.get("Error") or "")
+    detail = str(body.get("Message") or "").strip()
+    # Step 2 is only reached with the password accepted: its refusal is the memorable word's.
+    what = "the memorable word" if step == "PUT" else "the username and password"
+    message = LOGIN_MESSAGES.get(code) or (
+        f"KashFlow refused the sign-in (HTTP {response.status_code}). Check {what}, then "
+        "press Test." + (f" KashFlow said: {detail}" * bool(detail))
+    )
+    return ApiError(
+        message, permanent=True, system=SYSTEM, code=code or str(response.status_code),
+        status=response.status_code,
+    )  # fmt: skip
 
 
 def _error_body(response: requests.Response) -> dict:
@@ -175,6 +204,13 @@ class KashFlowClient:
         """Sign in (both steps), store the session token for every process; returns step 2's
         answer (CompanyName, ...). Raises ApiError(permanent=True) with plain words on a wrong
         password or memorable word, a locked account or API access turned off."""
+        if self.connection.sign_in_refused():
+            raise ApiError(
+                self.connection.sign_in_pause_reason,
+                permanent=True,
+                system=SYSTEM,
+                code="SIGN_IN_PAUSED",
+            )
         secrets = self.connection.get_secrets()
         try:
             step1 = self._login_step(
@@ -188,9 +224,11 @@ class KashFlowClient:
             )
         except ApiError as exc:
             if exc.permanent:
-                # Say so on the Connection at once: scheduled runs retrying a wrong password
+                # Say so on the Connection at once, and sign in no more with these credentials
+                # until an admin changes them or presses Test: runs retrying a wrong password
                 # would lock the account after a few attempts.
                 self.connection.record_check(False, exc.message)
+                self.connection.refuse_sign_in(exc.message)
             raise
         self._token = step2["SessionToken"]
         remember(self._token)  # redacted from logs from now on, like every decrypted secret
@@ -204,6 +242,8 @@ class KashFlowClient:
             response = self.session.request(method, url, data=dumps(body), headers=JSON_HEADERS)
         except requests.RequestException as exc:
             raise network_error(SYSTEM, "GET", exc) from None  # a login repeats safely
+        if 400 <= response.status_code < 500:
+            raise sign_in_error(response, method)
         if response.status_code >= 400:
             raise error_from_response(response, "sign in")
         return response.json()

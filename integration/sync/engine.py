@@ -551,7 +551,7 @@ def execute_run(run_id: int, *, on_progress=None, hand_over: bool = True) -> Non
     )
     try:
         flow = get_flow(run.flow)
-        if _waits_for_budget(run):
+        if _waits_for_connection(run) or _waits_for_budget(run):
             return
         if run.collected_at is None and not _collect(flow, ctx):
             return  # another worker is collecting; it will process afterwards
@@ -559,6 +559,25 @@ def execute_run(run_id: int, *, on_progress=None, hand_over: bool = True) -> Non
     except Exception as exc:
         log.exception("run=%s flow=%s failed", run.pk, run.flow)
         run.fail(f"The run stopped: {exc}")
+
+
+def _waits_for_connection(run: SyncRun) -> bool:
+    """Runs wait, without calling out, while a connection's sign-in stands refused (any run:
+    signing in again could lock the account; the events stay due for when it is put right),
+    and scheduled runs wait while KashFlow is backing us off after "too busy" answers."""
+    for connection in Connection.objects.filter(is_active=True).order_by("kind"):
+        if connection.sign_in_refused_at is not None:
+            run.wait_for_budget(connection.sign_in_pause_reason)
+            return True
+        if run.trigger == Trigger.SCHEDULE and connection.busy_now():
+            until = timezone.localtime(connection.busy_until).strftime("%H:%M")
+            run.wait_for_budget(
+                f"{connection.get_kind_display()} answered that it was too busy "
+                f"{connection.busy_count} time(s) in a row; scheduled syncs wait until {until} "
+                "to let it recover. Manual syncs still run."
+            )
+            return True
+    return False
 
 
 def _waits_for_budget(run: SyncRun) -> bool:

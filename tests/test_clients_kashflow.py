@@ -552,6 +552,7 @@ def test_invoices_with_payments_fetches_only_paid_ones(connection, api):
 def test_products_are_created_and_updated_by_nominal_code_and_code(connection, api):
     stored = {"Id": 7, "NominalCode": 4000, "Code": "SOF 1/A", "Name": "Sofa", "Price": 499.5}
     api.on("POST", "/v2/products", reply(201, stored))
+    api.on("GET", "/v2/products/4000/.*", reply(200, {**stored, "VATRate": 20.0}))
     api.on("PUT", "/v2/products/4000/.*", reply(200, {**stored, "Description": "Blue"}))
     client = client_for(connection, api)
 
@@ -564,7 +565,15 @@ def test_products_are_created_and_updated_by_nominal_code_and_code(connection, a
     assert '"Price":499.50' in api.calls("POST", "/v2/products")[0].body
     put = api.calls("PUT", "/v2/products/.*")[0]
     assert put.path_url == "/v2/products/4000/SOF%201%2FA"
-    assert body_of(put) == {"Description": "Blue"}
+    # KashFlow's PUT replaces the whole product: what it holds now goes back with the change.
+    assert body_of(put) == {
+        "NominalCode": 4000,
+        "Code": "SOF 1/A",
+        "Name": "Sofa",
+        "Price": 499.5,
+        "VATRate": 20.0,
+        "Description": "Blue",
+    }
     assert updated["Description"] == "Blue"
 
 
@@ -736,6 +745,30 @@ def test_sandbox_invoices_round_trip_money_and_dates_exactly(sandbox, sandbox_ka
     assert [i["Number"] for i in found] == [created["Number"]]
     client.update_invoice(created["Number"], {"CustomerReference": "SF-0061x000001-B"})
     assert client.find_invoices_by_reference("SF-0061x000001") == []
+
+
+def test_sandbox_reference_search_is_loose_and_the_client_keeps_only_the_exact_marker(
+    sandbox, sandbox_kashflow
+):
+    client = new_client(sandbox_kashflow)
+    client.create_customer({"Code": "ACME01", "Name": "Acme Ltd"})
+    client.create_customer({"Code": "006HS00000ABCDE", "Name": "Named like an Id Ltd"})
+    line = {"Description": "Work for 006Hs00000AbCdE", "Rate": Decimal("10"), "NominalCode": 4000}
+
+    def invoice(customer, reference, lines=(line,)):
+        body = {"CustomerCode": customer, "CustomerReference": reference, "LineItems": [*lines]}
+        return client.create_invoice(body)["Number"]
+
+    mine = invoice("ACME01", "006Hs00000AbCdE", lines=[{**line, "Description": "Chairs"}])
+    invoice("ACME01", "006Hs00000ABCDE")  # another Opportunity: Salesforce ids are case-exact
+    invoice("ACME01", "006Hs00000AbCdE-credit")
+    invoice("006HS00000ABCDE", "PO 12")
+
+    # KashFlow's searchtext finds them all (its matching is undocumented) ...
+    loose = list(client.invoices(searchtext="006Hs00000AbCdE"))
+    assert len(loose) == 4
+    # ... and the marker search keeps the one whose CustomerReference is exactly the marker.
+    assert [i["Number"] for i in client.find_invoices_by_reference("006Hs00000AbCdE")] == [mine]
 
 
 def test_sandbox_customers_changed_since_stops_at_the_watermark(sandbox, sandbox_kashflow):

@@ -401,9 +401,18 @@ class KashFlowClient:
         return self._request("POST", "/invoices", what, body=invoice)
 
     def update_invoice(self, number: int, changes: dict) -> dict:
-        """Update; PaymentLines, when given, are the invoice's whole set of payments."""
+        """Change the fields in `changes` and keep the rest; returns the stored invoice.
+
+        KashFlow's PUT replaces the whole invoice (a field left out is cleared: its payments,
+        its lines, its reference), so this reads the invoice, merges the changes in and sends
+        the whole of it. PaymentLines, when given, are the invoice's whole set of payments.
+        """
+        current = self.get_invoice(number)
         return self._request(
-            "PUT", f"/invoices/{int(number)}", f"update invoice {number}", body=changes
+            "PUT",
+            f"/invoices/{int(number)}",
+            f"update invoice {number}",
+            body=_merged(current, changes, INVOICE_READ_ONLY),
         )
 
     def invoices_with_payments(self, issued_from: date | None = None) -> Iterator[dict]:
@@ -430,10 +439,21 @@ class KashFlowClient:
         what = f"create product {product.get('NominalCode', '')}/{product.get('Code', '')}"
         return self._request("POST", "/products", what, body=product)
 
-    def update_product(self, nominal_code: int | str, code: str, changes: dict) -> dict:
-        """Update with the fields given; returns the stored product."""
+    def get_product(self, nominal_code: int | str, code: str) -> dict:
         path = f"/products/{int(nominal_code)}/{_key(code)}"
-        return self._request("PUT", path, f"update product {nominal_code}/{code}", body=changes)
+        return _record(self._request("GET", path, f"read product {nominal_code}/{code}"))
+
+    def update_product(self, nominal_code: int | str, code: str, changes: dict) -> dict:
+        """Change the fields in `changes` and keep the rest; returns the stored product.
+
+        KashFlow's PUT replaces the whole product (a field left out is cleared or the call is
+        refused), so this reads the product as KashFlow holds it now, merges the changes in
+        and sends the whole of it.
+        """
+        path = f"/products/{int(nominal_code)}/{_key(code)}"
+        current = self.get_product(nominal_code, code)
+        body = _merged(current, changes, PRODUCT_READ_ONLY)
+        return self._request("PUT", path, f"update product {nominal_code}/{code}", body=body)
 
     def nominals(self) -> list[dict]:
         return list(self._pages("/nominals", "list nominal codes"))
@@ -446,6 +466,45 @@ class KashFlowClient:
 
     def vat_rates(self) -> list[dict]:
         return list(self._pages("/vat/settings/vatrates", "list VAT rates"))
+
+
+# Fields KashFlow computes or sets itself: never sent back in a whole-object PUT.
+PRODUCT_READ_ONLY = {"Id", "NominalId", "PurchaseNominalId", "PurchaseSubNominalId"}
+INVOICE_READ_ONLY = {
+    "Id", "CustomerId", "CustomerName", "CustomerKey", "CustomerContactName",
+    "CustomerContactFirstName", "CustomerContactLastName", "CreatedDate", "OverdueDays",
+    "NetAmount", "VATAmount", "GrossAmount", "TotalPaidAmount", "DueAmount", "FormattedDueAmount",
+    "HomeCurrencyGrossAmount", "HomeCurrencyVATAmount", "ProjectGrossAmount", "Status", "PaidDate",
+    "LastPaymentDate", "Permalink", "PackingSlipPermalink", "PreviousNumber", "NextNumber",
+    "FileCount", "VATReturnId", "EmailCount", "ReminderLetters", "VATNumber", "CustomerDiscount",
+}  # fmt: skip
+
+
+def _merged(current: dict, changes: dict, read_only: set[str]) -> dict:
+    """The whole object for a PUT: what KashFlow holds now, with `changes` on top."""
+    whole = {name: value for name, value in current.items() if name not in read_only}
+    return {**whole, **changes}
+
+
+def _record(answer) -> dict:
+    """A single-record answer, or ApiError: a list or nothing where a record should be is not a
+    record (and must never be merged into a PUT as if it were)."""
+    if not isinstance(answer, dict) or not answer:
+        raise unreadable("a record", answer)
+    return answer
+
+
+def unreadable(expected: str, answer) -> ApiError:
+    """KashFlow answered 2xx with something that is not what the API promises: transient (a
+    server hiccup usually clears), so it is retried and then goes to the error queue."""
+    shape = type(answer).__name__ if answer is not None else "nothing"
+    return ApiError(
+        f"KashFlow answered with {shape} where {expected} was expected; nothing was changed "
+        "on the strength of it, and kashforce will try again.",
+        permanent=False,
+        system=SYSTEM,
+        code="UNREADABLE_ANSWER",
+    )
 
 
 def _key(code: str) -> str:

@@ -48,6 +48,12 @@ class Api:
     def put(self, url, body=None, **kw):
         return self.call("PUT", url, body, **kw)
 
+    def put_whole(self, url, changes):
+        """A PUT as a KashFlow client must send it: the whole object, changed where asked."""
+        status, current = self.get(url)
+        assert status == 200, current
+        return self.put(url, {**current, **changes})
+
     def delete(self, url, **kw):
         return self.call("DELETE", url, **kw)
 
@@ -424,7 +430,7 @@ def test_due_date_follows_the_customer_payment_terms(api):
 def test_payment_lines_move_status_due_amount_and_paid_date(api):
     api.post("/v2/customers", customer_body())
     api.post("/v2/invoices", invoice_body())  # gross 120.00
-    status, invoice = api.put("/v2/invoices/1", {"PaymentLines": [payment("50.00")]})
+    status, invoice = api.put_whole("/v2/invoices/1", {"PaymentLines": [payment("50.00")]})
     assert status == 200
     assert (invoice["Status"], invoice["DueAmount"]) == ("Part Paid", Decimal("70.00"))
     assert invoice["PaidDate"] is None
@@ -432,19 +438,38 @@ def test_payment_lines_move_status_due_amount_and_paid_date(api):
     first = invoice["PaymentLines"][0]
     assert first["Id"] > 0
     lines = [first, payment("70.00", Date="2024-10-25")]
-    _, invoice = api.put("/v2/invoices/1", {"PaymentLines": lines})
+    _, invoice = api.put_whole("/v2/invoices/1", {"PaymentLines": lines})
     assert (invoice["Status"], invoice["DueAmount"]) == ("Paid", Decimal(0))
     assert invoice["TotalPaidAmount"] == Decimal("120.00")
     assert invoice["PaidDate"] == "2024-10-25 12:00:00"
     assert invoice["PaymentLines"][0]["Id"] == first["Id"]
 
 
-def test_put_without_payment_lines_keeps_them_and_an_empty_list_removes_them(api):
+def test_an_invoice_put_replaces_the_whole_invoice(api):
     api.post("/v2/customers", customer_body())
     api.post("/v2/invoices", invoice_body(PaymentLines=[payment("120")]))
-    _, invoice = api.put("/v2/invoices/1", {"CustomerReference": "006XX000001"})
+    # The whole invoice sent back with one change keeps the rest, payments included.
+    _, invoice = api.put_whole("/v2/invoices/1", {"CustomerReference": "006XX000001"})
     assert (invoice["Status"], len(invoice["PaymentLines"])) == ("Paid", 1)
-    _, invoice = api.put("/v2/invoices/1", {"PaymentLines": []})
+    assert invoice["GrossAmount"] == Decimal("120.00")
+    # A partial body is refused without its required fields ...
+    status, body = api.put("/v2/invoices/1", {"CustomerReference": "006XX000002"})
+    assert (status, body["Message"]) == (400, "CustomerCode is required.")
+    status, body = api.put("/v2/invoices/1", {"CustomerCode": "ACME001"})
+    assert (status, body["Message"]) == (400, "IssuedDate is required.")
+    # ... and with them, everything left out is cleared: reference, lines and payments.
+    _, invoice = api.put(
+        "/v2/invoices/1", {"CustomerCode": "ACME001", "IssuedDate": invoice["IssuedDate"]}
+    )
+    assert invoice["CustomerReference"] == ""
+    assert (invoice["LineItems"], invoice["PaymentLines"]) == ([], [])
+    assert (invoice["GrossAmount"], invoice["Status"]) == (Decimal(0), "Paid")
+
+
+def test_an_empty_payment_list_removes_the_payments(api):
+    api.post("/v2/customers", customer_body())
+    api.post("/v2/invoices", invoice_body(PaymentLines=[payment("120")]))
+    _, invoice = api.put_whole("/v2/invoices/1", {"PaymentLines": []})
     assert (invoice["Status"], invoice["DueAmount"]) == ("Unpaid", Decimal("120.00"))
 
 
@@ -460,7 +485,7 @@ def test_put_without_payment_lines_keeps_them_and_an_empty_list_removes_them(api
 def test_invalid_payment_line_is_400_naming_the_field(api, line, field):
     api.post("/v2/customers", customer_body())
     api.post("/v2/invoices", invoice_body())
-    status, body = api.put("/v2/invoices/1", {"PaymentLines": [line]})
+    status, body = api.put_whole("/v2/invoices/1", {"PaymentLines": [line]})
     assert (status, body["Error"]) == (400, "ValidationError")
     assert f"PaymentLines[0].{field}" in body["Message"]
     assert api.get("/v2/invoices/1")[1]["PaymentLines"] == []
@@ -517,7 +542,7 @@ def test_customer_aggregates_follow_its_invoices(api):
 def test_put_renumbering_an_invoice_answers_201_and_delete_is_204(api):
     api.post("/v2/customers", customer_body())
     api.post("/v2/invoices", invoice_body())
-    status, invoice = api.put("/v2/invoices/1", {"Number": 7})
+    status, invoice = api.put_whole("/v2/invoices/1", {"Number": 7})
     assert (status, invoice["Number"]) == (201, 7)
     assert api.delete("/v2/invoices/7") == (204, None)
     assert api.get("/v2/invoices/7") == (
@@ -561,6 +586,25 @@ def test_products_are_keyed_by_nominal_and_code(api):
     assert (status, body["Price"], body["NominalCode"]) == (200, Decimal("9.99"), 4010)
     assert api.get("/v2/nominals/4000/products")[1]["MetaData"]["TotalRecords"] == 1
     assert api.get("/v2/products/list?perpage=101")[0] == 400
+
+
+def test_a_product_put_replaces_the_whole_product(api):
+    product = {"Code": "W1", "NominalCode": 4000, "Name": "Widget", "Description": "Blue",
+               "Price": "9.99", "VATRate": 20, "InUse": True}  # fmt: skip
+    api.post("/v2/products", product)
+
+    # A partial body: KashFlow's PUT is a full replacement, so the name is required ...
+    status, body = api.put("/v2/products/4000/W1", {"Description": "Red"})
+    assert (status, body["Message"]) == (400, "Name is required.")
+    # ... and every field left out is cleared.
+    status, body = api.put("/v2/products/4000/W1", {"Name": "Widget", "Description": "Red"})
+    assert status == 200
+    assert (body["Description"], body["Price"], body["VATRate"]) == ("Red", 0, 0)
+    assert body["InUse"] is False
+    # The whole object sent back, changed in one field, keeps the rest.
+    _, body = api.put("/v2/products/4000/W1", {**product, "Description": "Green"})
+    assert (body["Name"], body["Price"], body["VATRate"]) == ("Widget", Decimal("9.99"), 20)
+    assert body["Description"] == "Green"
 
 
 def test_invoice_line_with_a_product_takes_its_name_and_vat_rate(api):

@@ -147,7 +147,8 @@ def test_invoice_over_http_money_on_the_wire_and_payments(kashflow):
     assert '"GrossAmount":119.9900' in response.text
     number = response.json()["Number"]
     payment = {"Amount": "100.00", "Date": "2024-10-20", "AccountId": 101, "Method": 1}
-    status, invoice = kashflow.json("PUT", f"/invoices/{number}", json={"PaymentLines": [payment]})
+    whole = {**response.json(), "PaymentLines": [payment]}  # a PUT replaces the whole invoice
+    status, invoice = kashflow.json("PUT", f"/invoices/{number}", json=whole)
     assert (status, invoice["Status"], invoice["DueAmount"]) == (200, "Part Paid", Decimal("19.99"))
 
 

@@ -28,6 +28,7 @@ from urllib.parse import quote
 from zoneinfo import ZoneInfo
 
 import requests
+from django.conf import settings
 
 from integration.clients.errors import ApiError, network_error
 from integration.clients.http import RETRY_STATUSES, ApiSession, dumps, retry_after_seconds
@@ -274,10 +275,27 @@ class KashFlowClient:
             self._renew_token(stale=token)
             response = self._send(method, path, self._token, params, body)
         if response.status_code >= 400:
+            if _error_code(response) == SQL_TIMEOUT:
+                self._note_busy()
             raise error_from_response(response, what)
+        self.connection.clear_busy()  # a write only when it was backing off
         if response.status_code == 204 or not response.content:
             return None
         return json.loads(response.text, parse_float=Decimal)
+
+    def _note_busy(self) -> None:
+        """KashFlow timed out on its database even after the session's retries: scheduled runs
+        leave this account alone for a while, longer each time in a row (engine)."""
+        conf = settings.KASHFORCE
+        until = self.connection.note_busy(
+            conf["KASHFLOW_BUSY_BACKOFF_SECONDS"], conf["KASHFLOW_BUSY_MAX_SECONDS"]
+        )
+        log.warning(
+            "kashflow too busy connection=%s count=%s until=%s",
+            self.connection.pk,
+            self.connection.busy_count,
+            until.isoformat(),
+        )
 
     def _send(self, method, path, token, params, body) -> requests.Response:
         headers = {**JSON_HEADERS, "Authorization": f"KfToken {token}"}
@@ -388,8 +406,18 @@ class KashFlowClient:
         ]
 
     def get_invoice(self, number: int) -> dict:
-        """The full invoice: LineItems, PaymentLines, Permalink."""
-        return self._request("GET", f"/invoices/{int(number)}", f"read invoice {number}")
+        """The full invoice: LineItems, PaymentLines, Permalink.
+
+        Raises ApiError (UNREADABLE_ANSWER, transient) when the answer is not an invoice with
+        its LineItems and PaymentLines lists: a missing list is never read as an empty one."""
+        invoice = _record(
+            self._request("GET", f"/invoices/{int(number)}", f"read invoice {number}")
+        )
+        for name in ("LineItems", "PaymentLines"):
+            items = invoice.get(name)
+            if not isinstance(items, list) or not all(isinstance(i, dict) for i in items):
+                raise unreadable(f"invoice {number} with its {name} list", items)
+        return invoice
 
     def create_invoice(self, invoice: dict) -> dict:
         """Create; returns the stored invoice with its Number and computed totals.

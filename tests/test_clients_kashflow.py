@@ -6,6 +6,7 @@ from decimal import Decimal
 
 import pytest
 import requests
+from django.utils import timezone
 
 from integration.clients import http
 from integration.clients.errors import ApiError
@@ -296,6 +297,33 @@ def test_the_sql_timeout_400_is_retried_with_backoff(connection, api, fast_retri
 
     assert client_for(connection, api).get_customer("ACME01")["Code"] == "ACME01"
     assert len(fast_retries) == 1
+
+
+def test_sql_timeouts_that_outlast_the_retries_back_the_account_off_longer_each_time(
+    connection, api, fast_retries, settings
+):
+    settings.KASHFORCE = {
+        **settings.KASHFORCE,
+        "KASHFLOW_BUSY_BACKOFF_SECONDS": 60,
+        "KASHFLOW_BUSY_MAX_SECONDS": 150,
+    }
+    timeout = {"Error": "-2146232060", "Message": "Execution Timeout Expired."}
+    api.on("GET", "/v2/invoices", *[reply(400, timeout)] * 9, reply(200, page([])))
+    client = client_for(connection, api)
+    waits = []
+    for _ in range(3):
+        before = timezone.now()
+        with pytest.raises(ApiError) as caught:
+            list(client.invoices())
+        assert caught.value.transient
+        connection.refresh_from_db()
+        waits.append(round((connection.busy_until - before).total_seconds() / 10) * 10)
+
+    assert connection.busy_count == 3
+    assert waits == [60, 120, 150]  # doubling, up to the maximum
+    assert list(client.invoices()) == []  # KashFlow answers again: the back-off is over
+    connection.refresh_from_db()
+    assert (connection.busy_count, connection.busy_until) == (0, None)
 
 
 def test_retries_are_bounded_and_end_in_a_transient_error(connection, api, fast_retries):

@@ -14,7 +14,7 @@ from django.utils import timezone
 
 from integration.clients.kashflow import KashFlowClient
 from integration.clients.salesforce import SalesforceClient
-from integration.models import CrossRef, SyncEvent, SyncRun, Trigger
+from integration.models import CrossRef, Cursor, SyncEvent, SyncRun, Trigger
 from integration.sync import engine
 from tests.fake_api import use_fast_retries
 from tests.fixtures_sandbox import control
@@ -470,3 +470,65 @@ def test_four_decimal_payments_and_the_amount_due_are_carried_exactly(org):
     assert amounts == [Decimal("10.005"), Decimal("0.0049")]
     # KashFlow's due is 99.99 - 10.0099 = 89.9801, not 89.98.
     assert opportunity(org, deal.opportunity_id)["KashFlow_Amount_Due__c"] == Decimal("89.9801")
+
+
+# -- What a run costs (issue #12: not 400 days of invoices every minute) -------------------------
+
+
+@pytest.fixture
+def slices(settings):
+    settings.KASHFORCE = {
+        **settings.KASHFORCE,
+        "PAYMENTS_LOOKBACK_DAYS": 400,
+        "PAYMENTS_RECENT_DAYS": 31,
+        "PAYMENTS_SLICE_DAYS": 100,
+    }
+
+
+def test_an_older_paid_invoice_is_visited_by_its_slice_not_every_run(org, slices):
+    deal = invoiced_opportunity(org, issued=date.today() - timedelta(days=200))
+    pay(org, deal.number, ("99.99", date(2026, 2, 1), BACS))  # paid: not in the unpaid pass
+
+    written = []
+    for _ in range(5):
+        reset_stats(org.sandbox)
+        run = run_payments()
+        written.append(run.written_count)
+        # Whatever the lookback holds: the unpaid, the recent and one slice, a call each here.
+        assert calls(org.sandbox, "kashflow", "GET /v2/invoices") <= 3 + 1
+
+    # Windows of 100 days from 400 days back: [-400, -301], [-300, -201], [-200, -101] has it.
+    assert written == [0, 0, 1, 0, 0]
+    assert len(payment_records(org, deal.opportunity_id)) == 1
+
+
+def test_an_older_unpaid_invoice_paid_off_is_found_on_the_next_run(org, slices):
+    deal = invoiced_opportunity(org, issued=date.today() - timedelta(days=200))
+    run_payments()  # listed by the unpaid pass, and seen unpaid
+    assert opportunity(org, deal.opportunity_id)["KashFlow_Invoice_Status__c"] == "Unpaid"
+    pay(org, deal.number, ("99.99", date(2026, 2, 1), BACS))  # paid off: leaves the unpaid pass
+
+    run = run_payments()
+
+    assert run.written_count == 1, run.summary
+    assert opportunity(org, deal.opportunity_id)["KashFlow_Invoice_Status__c"] == "Paid"
+    assert [r["Amount__c"] for r in payment_records(org, deal.opportunity_id)] == [Decimal("99.99")]
+
+
+def test_line_checks_take_the_paid_invoices_in_turn(org, settings):
+    settings.KASHFORCE = {**settings.KASHFORCE, "PAYMENTS_LINE_CHECKS": 2}
+    deals = [invoiced_opportunity(org) for _ in range(3)]
+    for deal in deals:
+        pay(org, deal.number, ("99.99", date(2026, 2, 1), BACS))
+    run_payments()
+
+    checked, last = [], []
+    for _ in range(3):
+        reset_stats(org.sandbox)
+        run_payments()
+        checked.append(calls(org.sandbox, "kashflow", "GET /v2/invoices/{number}"))
+        last.append(Cursor.objects.get(flow="payments", name="lines").value)
+
+    assert checked == [2, 2, 2]  # never more than the budget ...
+    first, second, third = (str(deal.number) for deal in deals)
+    assert last == [second, first, third]  # ... and round the three in turn: 1 2, 3 1, 2 3

@@ -3,16 +3,24 @@ with each invoice's status and amount due written back to its Opportunity.
 
 KashFlow has no payments list and no modified-since filter: payments live inside invoices, and
 only the invoice list's summaries (TotalPaidAmount, DueAmount, Status) say that they changed.
-Collect pages through the summaries of invoices issued within PAYMENTS_LOOKBACK_DAYS (every
-invoice on a full run), 200 a call, keeps the invoices linked to an Opportunity and records one
-only when its paid state differs from the one last seen in the ledger. A quiet day costs one
-KashFlow call per 200 invoices and nothing in Salesforce.
+So that a run's cost does not grow with the PAYMENTS_LOOKBACK_DAYS window, collect reads, 200 a
+call, the window's invoices not fully paid, those issued in the last PAYMENTS_RECENT_DAYS, and a
+slice of PAYMENTS_SLICE_DAYS of the older ones (the next slice each run, from a cursor that moves
+only once a slice was read whole). It keeps the invoices linked to an Opportunity and records one
+when its paid state differs from the one last seen in the ledger. Two bounded checks follow:
+PAYMENTS_LINE_CHECKS unchanged paid invoices, in turn, are read in full and recorded when their
+payment lines differ from those last synced (the ledger's content hash covers the lines), so an
+edit that keeps the totals is found; and up to PAYMENTS_GONE_CHECKS invoices last seen with money
+due that no list showed are read, to record a payment (paid off) or a deletion (a 404: an error
+for a person, never a silent "unpaid"). A full run reads every invoice. README "What a payments
+run costs" has the figures.
 
 Process takes 50 invoices:
 - each invoice with money paid is read in full, one GET each: list summaries leave PaymentLines
   out and KashFlow offers no other read of sales-invoice payments (no payments list, no bulk
   payment GET). An invoice whose summary says nothing is paid has no payment lines, so it is
-  not read;
+  not read. An answer without a well-formed PaymentLines list is unreadable (retried, then the
+  error queue): an absence never deletes a payment;
 - one SOQL reads the batch's Opportunities with their payment records, so unchanged payments and
   Opportunities are skipped by comparing with what Salesforce holds now, and a payment removed
   in KashFlow (a reversal) is found;

@@ -569,7 +569,11 @@ def test_invoices_with_payments_fetches_only_paid_ones(connection, api):
             ),
         ),
     )
-    api.on("GET", "/v2/invoices/2", reply(200, {"Number": 2, "PaymentLines": [{"Id": 5}]}))
+    api.on(
+        "GET",
+        "/v2/invoices/2",
+        reply(200, {"Number": 2, "LineItems": [], "PaymentLines": [{"Id": 5}]}),
+    )
 
     paid = list(client_for(connection, api).invoices_with_payments(date(2024, 1, 1)))
 

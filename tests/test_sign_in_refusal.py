@@ -56,6 +56,9 @@ def test_a_refused_kashflow_sign_in_is_tried_once_not_every_minute(sandbox):
     for run in runs[1:]:
         assert run.status == SyncRun.Status.WAITING
         assert run.summary == reason
+    # One waiting run says so, not one a minute: the schedule and the sweeper reuse it.
+    assert len({run.pk for run in runs[1:]}) == 1
+    assert SyncRun.objects.filter(flow="payments").count() == 2
 
 
 def test_the_overview_says_in_plain_words_that_syncs_are_paused(sandbox, ops_client):

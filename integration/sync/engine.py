@@ -212,6 +212,10 @@ def start_run(
     this call is picked up even if the run was about to finish (see _finish_if_done).
     """
     FlowName(flow)  # ValueError for an unknown flow name
+    if trigger in (Trigger.SCHEDULE, Trigger.RETRY) and not dry_run and not params:
+        waiting = _still_paused(flow)
+        if waiting is not None:
+            return waiting  # one waiting run says so; not another every minute
     run = None
     if not dry_run and not params:
         unfinished = (
@@ -559,6 +563,20 @@ def execute_run(run_id: int, *, on_progress=None, hand_over: bool = True) -> Non
     except Exception as exc:
         log.exception("run=%s flow=%s failed", run.pk, run.flow)
         run.fail(f"The run stopped: {exc}")
+
+
+def _still_paused(flow: str) -> SyncRun | None:
+    """The flow's latest run, when it is waiting on a sign-in refusal that still stands."""
+    refused = (
+        Connection.objects.filter(is_active=True, sign_in_refused_at__isnull=False)
+        .order_by("kind")
+        .first()
+    )
+    if refused is None:
+        return None
+    last = SyncRun.objects.filter(flow=flow).order_by("-pk").first()
+    paused = last is not None and last.status == SyncRun.Status.WAITING
+    return last if paused and last.summary == refused.sign_in_pause_reason else None
 
 
 def _waits_for_connection(run: SyncRun) -> bool:

@@ -4,8 +4,8 @@ with each invoice's status and amount due written back to its Opportunity.
 KashFlow has no payments list and no modified-since filter: payments live inside invoices, and
 only the invoice list's summaries (TotalPaidAmount, DueAmount, Status) say that they changed.
 So that a run's cost does not grow with the PAYMENTS_LOOKBACK_DAYS window, collect reads, 200 a
-call, the window's invoices not fully paid, those issued in the last PAYMENTS_RECENT_DAYS, and a
-slice of PAYMENTS_SLICE_DAYS of the older ones (the next slice each run, from a cursor that moves
+call, the invoices issued in the last PAYMENTS_RECENT_DAYS, the older ones of the window not fully
+paid, and a slice of PAYMENTS_SLICE_DAYS of the older ones (the next slice each run, from a cursor that moves
 only once a slice was read whole). It keeps the invoices linked to an Opportunity and records one
 when its paid state differs from the one last seen in the ledger. Two bounded checks follow:
 PAYMENTS_LINE_CHECKS unchanged paid invoices, in turn, are read in full and recorded when their
@@ -81,11 +81,11 @@ class PaymentsFlow:
         lookback = today - timedelta(days=conf["PAYMENTS_LOOKBACK_DAYS"])
         recent = max(lookback, today - timedelta(days=conf["PAYMENTS_RECENT_DAYS"]))
         reading = _Reading(self, ctx)
-        # Every run: what can still be paid, and everything issued lately.
-        reading.read(
-            ctx.kashflow.invoices(issuedatefrom=lookback, statusfilter=NOT_FULLY_PAID), opened=True
-        )
+        # Every run: everything issued lately, and the older invoices that can still be paid.
         reading.read(ctx.kashflow.invoices(issuedatefrom=recent))
+        if recent > lookback:
+            older = {"issuedatefrom": lookback, "issuedateto": recent - timedelta(days=1)}
+            reading.read(ctx.kashflow.invoices(**older, statusfilter=NOT_FULLY_PAID))
         # And a slice of the older ones, so each is visited within LOOKBACK / SLICE runs.
         window = _slice(ctx, lookback, recent)
         if window:
@@ -192,17 +192,14 @@ class _Reading:
     def __init__(self, flow: PaymentsFlow, ctx: engine.RunContext):
         self.flow, self.ctx = flow, ctx
         self.listed: set[str] = set()  # every invoice number any pass listed
-        self.opened: set[str] = set()  # those the not-fully-paid pass listed
         self.unchanged: list[tuple] = []  # (summary, latest event) of synced, unchanged ones
 
-    def read(self, summaries, opened: bool = False) -> None:
+    def read(self, summaries) -> None:
         for page in engine.pages(summaries, PAGE):
             for summary in page:
                 if not isinstance(summary, dict) or "Number" not in summary:
                     raise unreadable("an invoice summary with its Number", summary)
             numbers = [str(s["Number"]) for s in page]
-            if opened:
-                self.opened.update(numbers)
             fresh = [s for s in page if str(s["Number"]) not in self.listed]
             self.listed.update(numbers)
             self.unchanged += self.flow._record_page(self.ctx, fresh)

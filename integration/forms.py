@@ -220,6 +220,13 @@ class ConnectionForm(forms.ModelForm):
             self.describe_changes(),
         )
 
+    def _changes_sign_in(self) -> bool:
+        """Whether this save changes what a sign-in sends (after a refusal, it may be tried)."""
+        sign_in_fields = {"username", "auth_method", "consumer_key", "base_url", "login_url"}
+        return bool(sign_in_fields & set(self.changed_data)) or any(
+            self.cleaned_data.get(name) for name in SECRET_LABELS if name != "outbound_secret"
+        )
+
     def save(self, commit=True):
         connection = super().save(commit=False)
         for name in SECRET_LABELS:
@@ -229,6 +236,8 @@ class ConnectionForm(forms.ModelForm):
         if self.instance.pk and self.endpoint_changes():
             # The session was issued by the old host; it is not sent to the new one.
             connection.encrypted_session, connection.session_obtained_at = "", None
+        if connection.sign_in_refused_at and self._changes_sign_in():
+            connection.clear_sign_in_refusal(save=False)  # new credentials may be tried
         if commit:
             connection.save()
         return connection

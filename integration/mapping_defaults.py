@@ -200,7 +200,9 @@ INVOICE_TO_OPPORTUNITY = Template(
     [
         row("KashFlow_Invoice_Number__c", "Number", required=True),
         row("KashFlow_Invoice_Status__c", "Status"),
-        row("KashFlow_Amount_Due__c", "DueAmount", "decimal", places=2),
+        # KashFlow keeps four decimals (10.005): carried exactly, so the amount due in
+        # Salesforce is KashFlow's (109.995, not 110.00). The field is made with 4 decimals.
+        row("KashFlow_Amount_Due__c", "DueAmount", "decimal", places=4),
     ],
     update_only=True,
 )  # fmt: skip
@@ -212,7 +214,7 @@ PAYMENT_TO_SALESFORCE = Template(
             sources=[{"value": "KF-PAY-"}, "Id"], separator=""),
         row("Opportunity__c", "InvoiceNumber", "lookup", required=True,
             object_type="invoice", side="kashflow"),
-        row("Amount__c", "Amount", "decimal", required=True, places=2),
+        row("Amount__c", "Amount", "decimal", required=True, places=4),  # exact, as KashFlow
         row("Payment_Date__c", "Date", "date", required=True, to="salesforce"),
         row("Method__c", "MethodName", fallbacks=["Method"]),
         row("Invoice_Number__c", "InvoiceNumber"),

@@ -131,6 +131,15 @@ class Connection(models.Model):
     api_usage_limit = models.PositiveIntegerField(null=True, blank=True)
     api_usage_at = models.DateTimeField(null=True, blank=True)
     is_active = models.BooleanField(default=True)
+    # A refused sign-in (wrong password, memorable word, locked account): nothing signs in with
+    # these credentials again until an admin changes them or presses Test, because every
+    # attempt brings the account closer to the service's lock-out.
+    sign_in_refused_at = models.DateTimeField(null=True, blank=True, editable=False)
+    sign_in_refused_message = models.TextField(blank=True, editable=False)
+    # KashFlow answered "too busy" (SQL timeouts): scheduled runs wait until busy_until, and each
+    # busy answer in a row doubles the wait (busy_count).
+    busy_until = models.DateTimeField(null=True, blank=True, editable=False)
+    busy_count = models.PositiveIntegerField(default=0, editable=False)
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
 
@@ -230,6 +239,69 @@ class Connection(models.Model):
             last_checked_at=self.last_checked_at,
             last_check_message=self.last_check_message,
         )
+
+    # Sign-in refusals and busy answers -------------------------------------------------------
+
+    def refuse_sign_in(self, message: str) -> None:
+        """The service refused these credentials: stop signing in with them (see the fields)."""
+        self.sign_in_refused_at = timezone.now()
+        self.sign_in_refused_message = secrets.redact(message).replace("\x00", "")
+        Connection.objects.filter(pk=self.pk).update(
+            sign_in_refused_at=self.sign_in_refused_at,
+            sign_in_refused_message=self.sign_in_refused_message,
+        )
+
+    def clear_sign_in_refusal(self, save: bool = True) -> None:
+        """New credentials, or an admin's Test: one sign-in may be tried again."""
+        self.sign_in_refused_at, self.sign_in_refused_message = None, ""
+        if save:
+            Connection.objects.filter(pk=self.pk).update(
+                sign_in_refused_at=None, sign_in_refused_message=""
+            )
+
+    def sign_in_refused(self) -> bool:
+        """Whether a refusal is on record now (read fresh: another process may have set it)."""
+        if self.pk is None:
+            return self.sign_in_refused_at is not None
+        fresh = Connection.objects.filter(pk=self.pk).values_list("sign_in_refused_at", flat=True)
+        self.sign_in_refused_at = fresh.first()
+        return self.sign_in_refused_at is not None
+
+    @property
+    def sign_in_pause_reason(self) -> str:
+        """Plain words for the overview and the runs a refusal stops."""
+        if self.sign_in_refused_at is None:
+            return ""
+        when = timezone.localtime(self.sign_in_refused_at)
+        stamp = (
+            when.strftime("%H:%M")
+            if when.date() == timezone.localdate()
+            else (when.strftime("%d %b %Y %H:%M"))
+        )
+        secret = "password or memorable word" if self.kind == self.Kind.KASHFLOW else "credentials"
+        return (
+            f"{self.get_kind_display()} refused the sign-in at {stamp}; scheduled syncs are "
+            f"paused until an admin updates the {secret} or presses Test."
+        )
+
+    def note_busy(self, base_seconds: float, max_seconds: float) -> datetime:
+        """KashFlow said it was too busy again: wait twice as long as last time before
+        scheduled runs call it again; returns until when."""
+        count = self.busy_count + 1
+        wait = min(max_seconds, base_seconds * 2 ** (count - 1))
+        self.busy_count, self.busy_until = count, timezone.now() + timedelta(seconds=wait)
+        Connection.objects.filter(pk=self.pk).update(
+            busy_count=self.busy_count, busy_until=self.busy_until
+        )
+        return self.busy_until
+
+    def clear_busy(self) -> None:
+        if self.busy_count or self.busy_until:
+            self.busy_count, self.busy_until = 0, None
+            Connection.objects.filter(pk=self.pk).update(busy_count=0, busy_until=None)
+
+    def busy_now(self) -> bool:
+        return self.busy_until is not None and self.busy_until > timezone.now()
 
     def record_api_usage(self, used: int, limit: int) -> None:
         self.api_usage_used, self.api_usage_limit = used, limit
@@ -512,7 +584,7 @@ class SyncRun(models.Model):
         SUCCEEDED = "succeeded", "Succeeded"
         PARTIAL = "partial", "Finished with errors"
         FAILED = "failed", "Failed"
-        WAITING = "waiting", "Waiting (API budget)"
+        WAITING = "waiting", "Waiting (API budget or a paused connection)"
 
     flow = models.CharField(max_length=20, choices=Flow.choices)
     trigger = models.CharField(max_length=20, choices=Trigger.choices)

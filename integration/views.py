@@ -228,7 +228,12 @@ def overview(request):
         "warnings_this_week": SyncEvent.objects.with_warnings()
         .filter(created_at__gte=_start_of(week_start))
         .count(),
-        "failing_connections": [c for c in connections if c.status == Connection.Status.FAILING],
+        "failing_connections": [
+            c
+            for c in connections
+            if c.status == Connection.Status.FAILING and c.sign_in_refused_at is None
+        ],
+        "paused_connections": [c for c in connections if c.sign_in_refused_at is not None],
         "salesforce_usage": [c for c in connections if c.kind == Connection.Kind.SALESFORCE],
         "silent_since": latest if latest and latest < now - stale_after else None,
         "never_synced": latest is None,

@@ -399,6 +399,18 @@ KASHFORCE = {
     # The name of Opportunity's child relationship to KashFlow_Payment__c (the admin chose it
     # when making the Opportunity__c lookup). Empty: read from describe(Opportunity).
     "PAYMENTS_RELATIONSHIP": _read("KASHFORCE_PAYMENTS_RELATIONSHIP", env.str, ""),
+    # Each run reads the unpaid invoices of the lookback and those issued in the last RECENT
+    # days; older ones are read a slice of SLICE days per run, so each is visited within
+    # LOOKBACK / SLICE runs. LINE_CHECKS full invoices a run are read to find payment edits that
+    # keep the totals; GONE_CHECKS a run to confirm an unpaid invoice vanished (deleted).
+    "PAYMENTS_RECENT_DAYS": _read("KASHFORCE_PAYMENTS_RECENT_DAYS", env.int, 31),
+    "PAYMENTS_SLICE_DAYS": _read("KASHFORCE_PAYMENTS_SLICE_DAYS", env.int, 4),
+    "PAYMENTS_LINE_CHECKS": _read("KASHFORCE_PAYMENTS_LINE_CHECKS", env.int, 20),
+    "PAYMENTS_GONE_CHECKS": _read("KASHFORCE_PAYMENTS_GONE_CHECKS", env.int, 20),
+    # After KashFlow's "too busy" answers (SQL timeouts), scheduled runs wait this long, doubled
+    # for each such answer in a row, up to the maximum (seconds).
+    "KASHFLOW_BUSY_BACKOFF_SECONDS": _read("KASHFORCE_KASHFLOW_BUSY_BACKOFF_SECONDS", env.int, 60),
+    "KASHFLOW_BUSY_MAX_SECONDS": _read("KASHFORCE_KASHFLOW_BUSY_MAX_SECONDS", env.int, 3600),
     # Which Opportunities become invoices (a SOQL condition on Opportunity).
     "INVOICE_WHEN": _read("KASHFORCE_INVOICE_WHEN", env.str, "IsWon = true AND Amount > 0"),
     # This site's address as people reach it: alerts link back to the page that explains them.

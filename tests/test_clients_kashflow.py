@@ -6,6 +6,7 @@ from decimal import Decimal
 
 import pytest
 import requests
+from django.utils import timezone
 
 from integration.clients import http
 from integration.clients.errors import ApiError
@@ -201,6 +202,49 @@ def test_sign_in_failures_are_permanent_and_in_plain_words(
     assert connection.last_check_message == message
 
 
+@pytest.mark.parametrize(
+    ("step", "status", "body"),
+    [
+        # What KashFlow answers to a wrong password is undocumented: no code may be relied on.
+        ("POST", 401, {"Message": "Authorization has been denied for this request."}),
+        ("PUT", 401, {"Message": "Authorization has been denied for this request."}),
+        ("POST", 400, {"Error": "SomethingNew", "Message": "Login failed."}),
+        ("PUT", 429, {"Message": "Too many requests."}),
+        ("POST", 404, {}),
+    ],
+)
+def test_every_4xx_from_sign_in_is_permanent_tried_once_and_stops_signing_in(
+    connection, api, fast_retries, step, status, body
+):
+    api.on(step, "/v2/sessiontoken", reply(status, body))
+
+    with pytest.raises(ApiError) as caught:
+        client_for(connection, api).login()
+
+    assert caught.value.permanent
+    assert len(api.calls(step, "/v2/sessiontoken")) == 1  # never repeated
+    assert "KashFlow refused the sign-in" in caught.value.message
+    connection.refresh_from_db()
+    assert connection.sign_in_refused_at is not None
+    # Any client, any process: no more sign-ins until an admin changes it or presses Test.
+    with pytest.raises(ApiError) as again:
+        client_for(Connection.objects.get(pk=connection.pk), api).login()
+    assert again.value.code == "SIGN_IN_PAUSED"
+    assert "presses Test" in again.value.message
+    assert len(api.calls(step, "/v2/sessiontoken")) == 1
+
+
+def test_a_5xx_from_sign_in_is_a_temporary_failure_that_pauses_nothing(connection, api):
+    api.on("POST", "/v2/sessiontoken", reply(500, {"Message": "An error has occurred."}))
+
+    with pytest.raises(ApiError) as caught:
+        client_for(connection, api).login()
+
+    assert caught.value.transient
+    connection.refresh_from_db()
+    assert connection.sign_in_refused_at is None
+
+
 def test_secrets_stay_out_of_errors_and_logs(connection, api, caplog):
     caplog.set_level(logging.DEBUG)
     # An API that echoes what it was sent, as some do.
@@ -253,6 +297,33 @@ def test_the_sql_timeout_400_is_retried_with_backoff(connection, api, fast_retri
 
     assert client_for(connection, api).get_customer("ACME01")["Code"] == "ACME01"
     assert len(fast_retries) == 1
+
+
+def test_sql_timeouts_that_outlast_the_retries_back_the_account_off_longer_each_time(
+    connection, api, fast_retries, settings
+):
+    settings.KASHFORCE = {
+        **settings.KASHFORCE,
+        "KASHFLOW_BUSY_BACKOFF_SECONDS": 60,
+        "KASHFLOW_BUSY_MAX_SECONDS": 150,
+    }
+    timeout = {"Error": "-2146232060", "Message": "Execution Timeout Expired."}
+    api.on("GET", "/v2/invoices", *[reply(400, timeout)] * 9, reply(200, page([])))
+    client = client_for(connection, api)
+    waits = []
+    for _ in range(3):
+        before = timezone.now()
+        with pytest.raises(ApiError) as caught:
+            list(client.invoices())
+        assert caught.value.transient
+        connection.refresh_from_db()
+        waits.append(round((connection.busy_until - before).total_seconds() / 10) * 10)
+
+    assert connection.busy_count == 3
+    assert waits == [60, 120, 150]  # doubling, up to the maximum
+    assert list(client.invoices()) == []  # KashFlow answers again: the back-off is over
+    connection.refresh_from_db()
+    assert (connection.busy_count, connection.busy_until) == (0, None)
 
 
 def test_retries_are_bounded_and_end_in_a_transient_error(connection, api, fast_retries):
@@ -402,7 +473,7 @@ def test_a_list_page_that_is_not_a_well_formed_page_is_an_error_not_the_end(
         read.extend(LISTS[path](client_for(connection, api)))
 
     assert len(read) == 1  # page 1 was read; page 2 ends the walk with an error, not quietly
-    assert caught.value.code == "unreadable_answer" and caught.value.transient
+    assert caught.value.code == "UNREADABLE_ANSWER" and caught.value.transient
     assert "cannot read" in caught.value.message and "page 2" in caught.value.message
 
 
@@ -421,7 +492,7 @@ def test_a_200_that_is_not_json_is_an_unreadable_answer(connection, api):
     api.on("GET", "/v2/customers", reply(200, "<html><body>Service Unavailable</body></html>"))
     with pytest.raises(ApiError) as caught:
         list(client_for(connection, api).customers())
-    assert caught.value.code == "unreadable_answer" and "not JSON" in caught.value.message
+    assert caught.value.code == "UNREADABLE_ANSWER" and "not JSON" in caught.value.message
 
 
 @pytest.mark.parametrize("answer", [{"Message": "An error has occurred."}, ["x"], "text"])
@@ -429,7 +500,7 @@ def test_a_look_up_list_that_is_not_a_list_is_an_error(connection, api, answer):
     api.on("GET", "/v2/vat/settings/vatrates", reply(200, answer))
     with pytest.raises(ApiError) as caught:
         client_for(connection, api).vat_rates()
-    assert caught.value.code == "unreadable_answer"
+    assert caught.value.code == "UNREADABLE_ANSWER"
 
 
 def test_a_look_up_list_is_a_bare_array_or_an_envelope(connection, api):
@@ -532,7 +603,11 @@ def test_invoices_with_payments_fetches_only_paid_ones(connection, api):
             ),
         ),
     )
-    api.on("GET", "/v2/invoices/2", reply(200, {"Number": 2, "PaymentLines": [{"Id": 5}]}))
+    api.on(
+        "GET",
+        "/v2/invoices/2",
+        reply(200, {"Number": 2, "LineItems": [], "PaymentLines": [{"Id": 5}]}),
+    )
 
     paid = list(client_for(connection, api).invoices_with_payments(date(2024, 1, 1)))
 
@@ -543,6 +618,7 @@ def test_invoices_with_payments_fetches_only_paid_ones(connection, api):
 def test_products_are_created_and_updated_by_nominal_code_and_code(connection, api):
     stored = {"Id": 7, "NominalCode": 4000, "Code": "SOF 1/A", "Name": "Sofa", "Price": 499.5}
     api.on("POST", "/v2/products", reply(201, stored))
+    api.on("GET", "/v2/products/4000/.*", reply(200, {**stored, "VATRate": 20.0}))
     api.on("PUT", "/v2/products/4000/.*", reply(200, {**stored, "Description": "Blue"}))
     client = client_for(connection, api)
 
@@ -555,7 +631,15 @@ def test_products_are_created_and_updated_by_nominal_code_and_code(connection, a
     assert '"Price":499.50' in api.calls("POST", "/v2/products")[0].body
     put = api.calls("PUT", "/v2/products/.*")[0]
     assert put.path_url == "/v2/products/4000/SOF%201%2FA"
-    assert body_of(put) == {"Description": "Blue"}
+    # KashFlow's PUT replaces the whole product: what it holds now goes back with the change.
+    assert body_of(put) == {
+        "NominalCode": 4000,
+        "Code": "SOF 1/A",
+        "Name": "Sofa",
+        "Price": 499.5,
+        "VATRate": 20.0,
+        "Description": "Blue",
+    }
     assert updated["Description"] == "Blue"
 
 
@@ -729,6 +813,30 @@ def test_sandbox_invoices_round_trip_money_and_dates_exactly(sandbox, sandbox_ka
     assert client.find_invoices_by_reference("SF-0061x000001") == []
 
 
+def test_sandbox_reference_search_is_loose_and_the_client_keeps_only_the_exact_marker(
+    sandbox, sandbox_kashflow
+):
+    client = new_client(sandbox_kashflow)
+    client.create_customer({"Code": "ACME01", "Name": "Acme Ltd"})
+    client.create_customer({"Code": "006HS00000ABCDE", "Name": "Named like an Id Ltd"})
+    line = {"Description": "Work for 006Hs00000AbCdE", "Rate": Decimal("10"), "NominalCode": 4000}
+
+    def invoice(customer, reference, lines=(line,)):
+        body = {"CustomerCode": customer, "CustomerReference": reference, "LineItems": [*lines]}
+        return client.create_invoice(body)["Number"]
+
+    mine = invoice("ACME01", "006Hs00000AbCdE", lines=[{**line, "Description": "Chairs"}])
+    invoice("ACME01", "006Hs00000ABCDE")  # another Opportunity: Salesforce ids are case-exact
+    invoice("ACME01", "006Hs00000AbCdE-credit")
+    invoice("006HS00000ABCDE", "PO 12")
+
+    # KashFlow's searchtext finds them all (its matching is undocumented) ...
+    loose = list(client.invoices(searchtext="006Hs00000AbCdE"))
+    assert len(loose) == 4
+    # ... and the marker search keeps the one whose CustomerReference is exactly the marker.
+    assert [i["Number"] for i in client.find_invoices_by_reference("006Hs00000AbCdE")] == [mine]
+
+
 def test_sandbox_update_customer_keeps_every_field_it_does_not_change(sandbox, sandbox_kashflow):
     client = new_client(sandbox_kashflow)
     client.create_customer(
@@ -767,7 +875,9 @@ def test_sandbox_wrong_memorable_word_is_named_and_no_secret_leaks(sandbox, capl
     with pytest.raises(ApiError) as caught:
         KashFlowClient(connection).login()
 
-    assert caught.value.message == "KashFlow rejected the memorable word."
+    assert caught.value.message.startswith(
+        "KashFlow refused the sign-in (HTTP 401). Check the memorable word, then press Test."
+    )
     connection.refresh_from_db()
     for text in (str(caught.value), caplog.text, connection.last_check_message):
         assert password not in text and "zzzzzzzzzzzzzz" not in text

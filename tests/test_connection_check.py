@@ -93,7 +93,10 @@ def test_wrong_kashflow_credentials_are_named_without_repeating_them(sandbox, ca
 
     result = check_connection(connection)
 
-    assert result.message == "KashFlow rejected the username or password."
+    assert result.message == (
+        "KashFlow refused the sign-in (HTTP 401). Check the username and password, then press "
+        "Test. KashFlow said: Authorization has been denied for this request."
+    )
     status, message = stored(connection)
     assert status == Connection.Status.FAILING
     for text in (message, caplog.text):

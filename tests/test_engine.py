@@ -13,6 +13,7 @@ from django_q.models import OrmQ, Schedule
 from integration.models import Connection, SyncEvent, SyncRun, Trigger
 from integration.sync import engine
 from tests.factories import (
+    KashFlowConnectionFactory,
     SalesforceConnectionFactory,
     SyncEventFactory,
     SyncRunFactory,
@@ -310,6 +311,32 @@ def test_scheduled_run_waits_when_the_api_budget_is_spent(flow, settings):
     manual = _run_now()
     assert manual.status == SyncRun.Status.SUCCEEDED
     assert Connection.objects.get().over_api_budget()
+
+
+def test_scheduled_runs_wait_while_kashflow_is_backing_off_and_manual_ones_run(flow):
+    connection = KashFlowConnectionFactory()
+    connection.note_busy(60, 3600)
+    connection.note_busy(60, 3600)
+    run = engine.start_run("products", Trigger.SCHEDULE)
+    engine.execute_run(run.pk)
+    run.refresh_from_db()
+    assert run.status == SyncRun.Status.WAITING
+    assert run.summary.startswith("KashFlow answered that it was too busy 2 time(s) in a row;")
+    assert "scheduled syncs wait until" in run.summary
+    assert _run_now().status == SyncRun.Status.SUCCEEDED
+
+
+def test_every_run_waits_while_a_sign_in_stands_refused(flow):
+    flow.source = [{"Code": "P1", "Name": "Widget"}]
+    connection = SalesforceConnectionFactory()
+    connection.refuse_sign_in("Salesforce rejected the username, password or security token.")
+    for trigger in (Trigger.SCHEDULE, Trigger.MANUAL, Trigger.RETRY):
+        run = engine.start_run("products", trigger)
+        engine.execute_run(run.pk)
+        run.refresh_from_db()
+        assert run.status == SyncRun.Status.WAITING
+        assert run.summary == connection.sign_in_pause_reason
+    assert SyncEvent.objects.count() == 0  # nothing read, nothing signed in
 
 
 def test_an_unbuilt_flow_fails_the_run_with_a_clear_message(monkeypatch):

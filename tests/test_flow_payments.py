@@ -1,6 +1,8 @@
 """Payments flow end to end: payment lines of KashFlow invoices → KashFlow_Payment__c records and
 the Opportunity's status, over real sockets against the sandbox, with the real clients."""
 
+import json
+import re
 from datetime import date, timedelta
 from decimal import Decimal
 from types import SimpleNamespace
@@ -8,10 +10,11 @@ from types import SimpleNamespace
 import pytest
 from django.db import connection
 from django.test.utils import CaptureQueriesContext
+from django.utils import timezone
 
 from integration.clients.kashflow import KashFlowClient
 from integration.clients.salesforce import SalesforceClient
-from integration.models import CrossRef, SyncEvent, SyncRun, Trigger
+from integration.models import CrossRef, Cursor, SyncEvent, SyncRun, Trigger
 from integration.sync import engine
 from tests.fake_api import use_fast_retries
 from tests.fixtures_sandbox import control
@@ -112,9 +115,10 @@ def test_payments_reach_salesforce_to_the_penny_with_date_and_method(org):
 
     run = run_payments()
 
-    # One invoice list page, one invoice GET, the payment methods once; in Salesforce one query,
-    # one upsert of the three payments and one Opportunity update (describes are cached).
-    assert calls(org.sandbox, "kashflow", "/invoices") == 2
+    # Three list calls (the unpaid invoices, the recent ones, this run's slice of older ones),
+    # one invoice GET, the payment methods once; in Salesforce one query, one upsert of the
+    # three payments and one Opportunity update (describes are cached).
+    assert calls(org.sandbox, "kashflow", "GET /v2/invoices") == 3 + 1
     assert calls(org.sandbox, "kashflow", "/paymentmethods") == 1
     assert calls(org.sandbox, "salesforce", "/query") == 1
     assert calls(org.sandbox, "salesforce", "composite/sobjects") == 2
@@ -133,7 +137,7 @@ def test_payments_reach_salesforce_to_the_penny_with_date_and_method(org):
         assert ref.salesforce_id == record["Id"]
 
 
-def test_a_second_run_writes_nothing_and_costs_one_kashflow_call(org):
+def test_a_second_run_writes_nothing_and_costs_its_list_calls_and_one_line_check(org):
     deal = invoiced_opportunity(org)
     pay(org, deal.number, ("10.00", date(2026, 2, 1), BACS))
     assert run_payments().written_count == 1
@@ -144,7 +148,9 @@ def test_a_second_run_writes_nothing_and_costs_one_kashflow_call(org):
     assert again.status == SyncRun.Status.SUCCEEDED
     assert again.written_count == 0
     assert control(org.sandbox.info["control"]["salesforce"], "stats")["total"] == 0
-    assert control(org.sandbox.info["control"]["kashflow"], "stats")["total"] == 1  # the list
+    # The three list calls, and the paid invoice read in full once to check its payment lines.
+    assert control(org.sandbox.info["control"]["kashflow"], "stats")["total"] == 3 + 1
+    assert calls(org.sandbox, "kashflow", "GET /v2/invoices/{number}") == 1
     assert SyncEvent.objects.filter(flow="payments").count() == 1
 
 
@@ -318,3 +324,231 @@ def test_payments_are_read_through_the_relationship_the_admin_named(org):
     again = run_payments()
     assert again.failed_count == 0, again.summary
     assert [r["Amount__c"] for r in payment_records(org, deal.opportunity_id)] == [Decimal("66.66")]
+
+
+# -- Nothing lost, nothing deleted on an absence (issue #13 cases 2, 4, 9) ----------------------
+
+
+def spoil_invoice_answers(monkeypatch, spoil):
+    """KashFlow's GET /invoices/{n} answers, changed by `spoil(body)` on the way in (a real
+    socket, a real answer, then spoiled as a faulty server would send it)."""
+    original = KashFlowClient._send
+
+    def send(self, method, path, token, params, body):
+        response = original(self, method, path, token, params, body)
+        if method == "GET" and re.fullmatch(r"/invoices/\d+", path) and response.ok:
+            response._content = json.dumps(spoil(response.json())).encode()
+        return response
+
+    monkeypatch.setattr(KashFlowClient, "_send", send)
+    return lambda: monkeypatch.setattr(KashFlowClient, "_send", original)
+
+
+@pytest.mark.parametrize(
+    "spoil",
+    [
+        lambda invoice: {k: v for k, v in invoice.items() if k != "PaymentLines"},
+        lambda invoice: {**invoice, "PaymentLines": None},
+        lambda invoice: {**invoice, "PaymentLines": {"Id": 1}},
+        lambda invoice: {**invoice, "PaymentLines": [{"Date": "2026-02-01"}]},
+    ],
+    ids=["missing", "null", "not-a-list", "lines-without-id-or-amount"],
+)
+def test_an_invoice_answer_without_its_payment_lines_deletes_nothing(org, monkeypatch, spoil):
+    deal = invoiced_opportunity(org)
+    lines = pay(org, deal.number, ("50.00", date(2026, 2, 1), BACS))
+    run_payments()
+    pay(org, deal.number, ("20.00", date(2026, 2, 9), CARD), keep=lines)
+    restore = spoil_invoice_answers(monkeypatch, spoil)
+
+    run = run_payments()
+
+    # Unreadable, not "every payment reversed": the 50.00 stays, and the event waits to retry.
+    assert [r["Amount__c"] for r in payment_records(org, deal.opportunity_id)] == [Decimal("50")]
+    assert opportunity(org, deal.opportunity_id)["KashFlow_Amount_Due__c"] == Decimal("49.99")
+    event = SyncEvent.objects.get(source_id=str(deal.number), status="failed_transient")
+    assert event.error_code == "UNREADABLE_ANSWER"
+    assert "KashFlow answered with" in event.message
+    assert run.failed_count == 1
+    restore()
+    SyncEvent.objects.filter(pk=event.pk).update(next_attempt_at=timezone.now())
+    retry = run_payments()
+    assert retry.written_count == 1, retry.summary
+    amounts = [r["Amount__c"] for r in payment_records(org, deal.opportunity_id)]
+    assert sorted(amounts) == [Decimal("20"), Decimal("50")]
+
+
+def test_unreadable_payment_lines_go_to_the_error_queue_after_the_retries(org, monkeypatch):
+    deal = invoiced_opportunity(org)
+    lines = pay(org, deal.number, ("50.00", date(2026, 2, 1), BACS))
+    run_payments()
+    pay(org, deal.number, ("20.00", date(2026, 2, 9), CARD), keep=lines)
+    spoil_invoice_answers(monkeypatch, lambda i: {**i, "PaymentLines": None})
+
+    for _ in range(settings_attempts()):
+        run_payments()
+        SyncEvent.objects.filter(status="failed_transient").update(next_attempt_at=timezone.now())
+
+    event = SyncEvent.objects.unresolved().get(source_id=str(deal.number))
+    assert event.status == SyncEvent.Status.FAILED_PERMANENT
+    assert event.message.startswith("Gave up after")
+    assert len(payment_records(org, deal.opportunity_id)) == 1
+
+
+def settings_attempts() -> int:
+    from django.conf import settings
+
+    return settings.KASHFORCE["MAX_ATTEMPTS"]
+
+
+def test_a_malformed_payment_methods_answer_is_unreadable_not_a_crash(org, monkeypatch):
+    deal = invoiced_opportunity(org)
+    pay(org, deal.number, ("50.00", date(2026, 2, 1), BACS))
+    monkeypatch.setattr(KashFlowClient, "payment_methods", lambda self, kind="invoice": [{"x": 1}])
+
+    run = run_payments()
+
+    event = SyncEvent.objects.get(source_id=str(deal.number))
+    assert (event.status, event.error_code) == ("failed_transient", "UNREADABLE_ANSWER")
+    assert run.failed_count == 1
+    assert payment_records(org, deal.opportunity_id) == []
+
+
+@pytest.mark.parametrize(
+    "edit",
+    [
+        # a date changed
+        lambda lines: [lines[0], {**lines[1], "Date": date(2026, 2, 20)}],
+        # two payments swapped (each keeps its id, the amounts change places)
+        lambda lines: [
+            {**lines[0], "Amount": lines[1]["Amount"]},
+            {**lines[1], "Amount": lines[0]["Amount"]},
+        ],
+        # 50 + 70 edited to 60 + 60 (well, 49.99 + 50: the invoice is 99.99)
+        lambda lines: [
+            {**lines[0], "Amount": Decimal("49.99")},
+            {**lines[1], "Amount": Decimal("50.00")},
+        ],
+    ],
+    ids=["date-changed", "swapped", "same-total-new-split"],
+)
+def test_payment_edits_that_keep_the_totals_are_found_on_the_next_run(org, edit):
+    deal = invoiced_opportunity(org)
+    lines = pay(
+        org, deal.number, ("39.99", date(2026, 2, 1), BACS), ("60.00", date(2026, 2, 8), CARD)
+    )
+    run_payments()
+    edited = org.kashflow.update_invoice(deal.number, {"PaymentLines": edit(lines)})
+    assert edited["TotalPaidAmount"] == Decimal("99.99")  # the summary says nothing changed
+
+    run = run_payments()
+
+    assert run.written_count == 1, run.summary
+    records = payment_records(org, deal.opportunity_id)
+    expected = sorted(
+        (f"KF-PAY-{line['Id']}", line["Amount"], line["Date"][:10])
+        for line in edited["PaymentLines"]
+    )
+    assert [(r["ExternalID__c"], r["Amount__c"], r["Payment_Date__c"]) for r in records] == expected
+    assert run_payments().written_count == 0  # and once put right, it stays quiet
+
+
+def test_an_invoice_deleted_in_kashflow_is_a_visible_error_not_silently_unpaid(org):
+    deal = invoiced_opportunity(org)
+    lines = pay(org, deal.number, ("50.00", date(2026, 2, 1), BACS))
+    run_payments()
+    assert opportunity(org, deal.opportunity_id)["KashFlow_Invoice_Status__c"] == "Part Paid"
+    org.kashflow.update_invoice(deal.number, {"PaymentLines": []})  # KashFlow refuses to
+    org.kashflow._request("DELETE", f"/invoices/{deal.number}", "delete")  # delete paid ones
+    del lines
+
+    run = run_payments()
+
+    error = SyncEvent.objects.unresolved().get(source_id=str(deal.number))
+    assert (error.status, error.error_code) == ("failed_permanent", "INVOICE_DELETED")
+    assert error.message.startswith(f"Invoice {deal.number} was deleted in KashFlow")
+    assert deal.opportunity_id in error.message
+    assert run.failed_count == 1
+    # Found once: later runs do not read it again or pile up errors.
+    reset_stats(org.sandbox)
+    assert run_payments().failed_count == 0
+    assert calls(org.sandbox, "kashflow", "GET /v2/invoices/{number}") == 0
+    assert SyncEvent.objects.unresolved().count() == 1
+
+
+# -- Money to the last decimal (issue #14 case 4) -------------------------------------------------
+
+
+def test_four_decimal_payments_and_the_amount_due_are_carried_exactly(org):
+    deal = invoiced_opportunity(org)
+    pay(org, deal.number, ("10.005", date(2026, 2, 1), BACS), ("0.0049", date(2026, 2, 2), CARD))
+
+    run = run_payments()
+
+    assert run.written_count == 1, run.summary
+    amounts = [r["Amount__c"] for r in payment_records(org, deal.opportunity_id)]
+    assert amounts == [Decimal("10.005"), Decimal("0.0049")]
+    # KashFlow's due is 99.99 - 10.0099 = 89.9801, not 89.98.
+    assert opportunity(org, deal.opportunity_id)["KashFlow_Amount_Due__c"] == Decimal("89.9801")
+
+
+# -- What a run costs (issue #12: not 400 days of invoices every minute) -------------------------
+
+
+@pytest.fixture
+def slices(settings):
+    settings.KASHFORCE = {
+        **settings.KASHFORCE,
+        "PAYMENTS_LOOKBACK_DAYS": 400,
+        "PAYMENTS_RECENT_DAYS": 31,
+        "PAYMENTS_SLICE_DAYS": 100,
+    }
+
+
+def test_an_older_paid_invoice_is_visited_by_its_slice_not_every_run(org, slices):
+    deal = invoiced_opportunity(org, issued=date.today() - timedelta(days=200))
+    pay(org, deal.number, ("99.99", date(2026, 2, 1), BACS))  # paid: not in the unpaid pass
+
+    written = []
+    for _ in range(5):
+        reset_stats(org.sandbox)
+        run = run_payments()
+        written.append(run.written_count)
+        # Whatever the lookback holds: the unpaid, the recent and one slice, a call each here.
+        assert calls(org.sandbox, "kashflow", "GET /v2/invoices") <= 3 + 1
+
+    # Windows of 100 days from 400 days back: [-400, -301], [-300, -201], [-200, -101] has it.
+    assert written == [0, 0, 1, 0, 0]
+    assert len(payment_records(org, deal.opportunity_id)) == 1
+
+
+def test_an_older_unpaid_invoice_paid_off_is_found_on_the_next_run(org, slices):
+    deal = invoiced_opportunity(org, issued=date.today() - timedelta(days=200))
+    run_payments()  # listed by the unpaid pass, and seen unpaid
+    assert opportunity(org, deal.opportunity_id)["KashFlow_Invoice_Status__c"] == "Unpaid"
+    pay(org, deal.number, ("99.99", date(2026, 2, 1), BACS))  # paid off: leaves the unpaid pass
+
+    run = run_payments()
+
+    assert run.written_count == 1, run.summary
+    assert opportunity(org, deal.opportunity_id)["KashFlow_Invoice_Status__c"] == "Paid"
+    assert [r["Amount__c"] for r in payment_records(org, deal.opportunity_id)] == [Decimal("99.99")]
+
+
+def test_line_checks_take_the_paid_invoices_in_turn(org, settings):
+    settings.KASHFORCE = {**settings.KASHFORCE, "PAYMENTS_LINE_CHECKS": 2}
+    deals = [invoiced_opportunity(org) for _ in range(3)]
+    for deal in deals:
+        pay(org, deal.number, ("99.99", date(2026, 2, 1), BACS))
+    run_payments()
+
+    checked, last = [], []
+    for _ in range(3):
+        reset_stats(org.sandbox)
+        run_payments()
+        checked.append(calls(org.sandbox, "kashflow", "GET /v2/invoices/{number}"))
+        last.append(Cursor.objects.get(flow="payments", name="lines").value)
+
+    assert checked == [2, 2, 2]  # never more than the budget ...
+    first, second, third = (str(deal.number) for deal in deals)
+    assert last == [second, first, third]  # ... and round the three in turn: 1 2, 3 1, 2 3

@@ -163,6 +163,35 @@ def test_a_description_changed_in_salesforce_reaches_kashflow_and_stops_there(ca
     assert writes(org.sandbox) == 0
 
 
+def test_a_salesforce_description_edit_leaves_kashflow_name_price_and_vat_intact(org):
+    # KashFlow's PUT replaces the whole product: a PUT of the description alone would blank
+    # the name, the price and the VAT rate (or be refused).
+    org.kashflow.create_product(
+        {"NominalCode": 4050, "Code": "BOOK", "Name": "Atlas", "Description": "Maps",
+         "Price": Decimal("24.99"), "VATRate": Decimal("5"), "WholeSalePrice": Decimal("12.5"),
+         "InUse": True}
+    )  # fmt: skip
+    run_products()
+    atlas = product2(org, "4050-BOOK")
+    org.salesforce.update("Product2", [{"Id": atlas["Id"], "Description": "World maps, 2027"}])
+    reset_stats(org.sandbox)
+
+    run = run_products()
+
+    assert run.status == SyncRun.Status.SUCCEEDED, run.summary
+    # Read as KashFlow holds it now, then written whole: one GET and one PUT.
+    assert calls(org.sandbox, "kashflow", "GET /v2/products/{nominalCode}/{code}") == 1
+    assert calls(org.sandbox, "kashflow", "PUT /v2/products") == 1
+    stored = org.kashflow.get_product(4050, "BOOK")
+    assert stored["Description"] == "World maps, 2027"
+    assert (stored["Name"], stored["Price"], stored["VATRate"]) == (
+        "Atlas",
+        Decimal("24.99"),
+        Decimal("5"),
+    )
+    assert (stored["WholeSalePrice"], stored["InUse"]) == (Decimal("12.5"), True)
+
+
 def test_a_kashflow_owned_field_changed_in_salesforce_is_put_right_not_copied(catalogue):
     org = catalogue
     run_products()

@@ -41,7 +41,12 @@ def check_connection(connection: Connection, user=None) -> CheckResult:
     """Sign in and report; the outcome is stored with `connection.record_check` and the
     audit trail says who tested it."""
     try:
-        result = _incomplete(connection) or _check(connection)
+        # Pressing Test is the admin's say-so for one more sign-in after a refusal; a refusal
+        # now is recorded again by the client.
+        result = _incomplete(connection)
+        if result is None:
+            connection.clear_sign_in_refusal()
+            result = _check(connection)
     except ApiError as exc:
         result = CheckResult(False, exc.message)
     except SecretDecryptionError as exc:

@@ -28,6 +28,7 @@ from urllib.parse import quote
 from zoneinfo import ZoneInfo
 
 import requests
+from django.conf import settings
 
 from integration.clients.errors import ApiError, network_error
 from integration.clients.http import RETRY_STATUSES, ApiSession, dumps, retry_after_seconds
@@ -129,7 +130,36 @@ def _to_wire(value: object) -> object:
 
 
 def _retryable(response: requests.Response) -> bool:
+    if _is_sign_in(response) and 400 <= response.status_code < 500:
+        return False  # a refused sign-in is never repeated: each try nears the lock-out
     return response.status_code in RETRY_STATUSES or _error_code(response) == SQL_TIMEOUT
+
+
+def _is_sign_in(response: requests.Response) -> bool:
+    url = getattr(response.request, "url", None) or response.url or ""
+    return url.split("?", 1)[0].rstrip("/").lower().endswith("/sessiontoken")
+
+
+def sign_in_error(response: requests.Response, step: str = "POST") -> ApiError:
+    """Any 4xx from /sessiontoken: the sign-in was refused, permanently.
+
+    KashFlow does not document its answer to a wrong password or memorable word (only that
+    auth failures are 401s and that failed attempts lock the account), so no code is relied
+    on: the known codes only choose the words.
+    """
+    body = _error_body(response)
+    code = str(body.get("Error") or "")
+    detail = str(body.get("Message") or "").strip()
+    # Step 2 is only reached with the password accepted: its refusal is the memorable word's.
+    what = "the memorable word" if step == "PUT" else "the username and password"
+    message = LOGIN_MESSAGES.get(code) or (
+        f"KashFlow refused the sign-in (HTTP {response.status_code}). Check {what}, then "
+        "press Test." + (f" KashFlow said: {detail}" * bool(detail))
+    )
+    return ApiError(
+        message, permanent=True, system=SYSTEM, code=code or str(response.status_code),
+        status=response.status_code,
+    )  # fmt: skip
 
 
 def _error_body(response: requests.Response) -> dict:
@@ -193,6 +223,13 @@ class KashFlowClient:
         """Sign in (both steps), store the session token for every process; returns step 2's
         answer (CompanyName, ...). Raises ApiError(permanent=True) with plain words on a wrong
         password or memorable word, a locked account or API access turned off."""
+        if self.connection.sign_in_refused():
+            raise ApiError(
+                self.connection.sign_in_pause_reason,
+                permanent=True,
+                system=SYSTEM,
+                code="SIGN_IN_PAUSED",
+            )
         secrets = self.connection.get_secrets()
         try:
             step1 = self._login_step(
@@ -206,9 +243,11 @@ class KashFlowClient:
             )
         except ApiError as exc:
             if exc.permanent:
-                # Say so on the Connection at once: scheduled runs retrying a wrong password
+                # Say so on the Connection at once, and sign in no more with these credentials
+                # until an admin changes them or presses Test: runs retrying a wrong password
                 # would lock the account after a few attempts.
                 self.connection.record_check(False, exc.message)
+                self.connection.refuse_sign_in(exc.message)
             raise
         self._token = step2["SessionToken"]
         remember(self._token)  # redacted from logs from now on, like every decrypted secret
@@ -222,6 +261,8 @@ class KashFlowClient:
             response = self.session.request(method, url, data=dumps(body), headers=JSON_HEADERS)
         except requests.RequestException as exc:
             raise network_error(SYSTEM, "GET", exc) from None  # a login repeats safely
+        if 400 <= response.status_code < 500:
+            raise sign_in_error(response, method)
         if response.status_code >= 400:
             raise error_from_response(response, "sign in")
         return response.json()
@@ -252,13 +293,30 @@ class KashFlowClient:
             self._renew_token(stale=token)
             response = self._send(method, path, self._token, params, body)
         if response.status_code >= 400:
+            if _error_code(response) == SQL_TIMEOUT:
+                self._note_busy()
             raise error_from_response(response, what)
+        self.connection.clear_busy()  # a write only when it was backing off
         if response.status_code == 204 or not response.content:
             return None
         try:
             return json.loads(response.text, parse_float=Decimal)
         except ValueError:
             raise unreadable(what, f"HTTP {response.status_code} that is not JSON") from None
+
+    def _note_busy(self) -> None:
+        """KashFlow timed out on its database even after the session's retries: scheduled runs
+        leave this account alone for a while, longer each time in a row (engine)."""
+        conf = settings.KASHFORCE
+        until = self.connection.note_busy(
+            conf["KASHFLOW_BUSY_BACKOFF_SECONDS"], conf["KASHFLOW_BUSY_MAX_SECONDS"]
+        )
+        log.warning(
+            "kashflow too busy connection=%s count=%s until=%s",
+            self.connection.pk,
+            self.connection.busy_count,
+            until.isoformat(),
+        )
 
     def _send(self, method, path, token, params, body) -> requests.Response:
         headers = {**JSON_HEADERS, "Authorization": f"KfToken {token}"}
@@ -356,8 +414,18 @@ class KashFlowClient:
         ]
 
     def get_invoice(self, number: int) -> dict:
-        """The full invoice: LineItems, PaymentLines, Permalink."""
-        return self._request("GET", f"/invoices/{int(number)}", f"read invoice {number}")
+        """The full invoice: LineItems, PaymentLines, Permalink.
+
+        Raises ApiError (UNREADABLE_ANSWER, transient) when the answer is not an invoice with
+        its LineItems and PaymentLines lists: a missing list is never read as an empty one."""
+        invoice = _record(
+            self._request("GET", f"/invoices/{int(number)}", f"read invoice {number}")
+        )
+        for name in ("LineItems", "PaymentLines"):
+            items = invoice.get(name)
+            if not isinstance(items, list) or not all(isinstance(i, dict) for i in items):
+                raise unexpected_shape(f"invoice {number} with its {name} list", items)
+        return invoice
 
     def create_invoice(self, invoice: dict) -> dict:
         """Create; returns the stored invoice with its Number and computed totals.
@@ -369,9 +437,18 @@ class KashFlowClient:
         return self._request("POST", "/invoices", what, body=invoice)
 
     def update_invoice(self, number: int, changes: dict) -> dict:
-        """Update; PaymentLines, when given, are the invoice's whole set of payments."""
+        """Change the fields in `changes` and keep the rest; returns the stored invoice.
+
+        KashFlow's PUT replaces the whole invoice (a field left out is cleared: its payments,
+        its lines, its reference), so this reads the invoice, merges the changes in and sends
+        the whole of it. PaymentLines, when given, are the invoice's whole set of payments.
+        """
+        current = self.get_invoice(number)
         return self._request(
-            "PUT", f"/invoices/{int(number)}", f"update invoice {number}", body=changes
+            "PUT",
+            f"/invoices/{int(number)}",
+            f"update invoice {number}",
+            body=_merged(current, changes, INVOICE_READ_ONLY),
         )
 
     def invoices_with_payments(self, issued_from: date | None = None) -> Iterator[dict]:
@@ -398,10 +475,21 @@ class KashFlowClient:
         what = f"create product {product.get('NominalCode', '')}/{product.get('Code', '')}"
         return self._request("POST", "/products", what, body=product)
 
-    def update_product(self, nominal_code: int | str, code: str, changes: dict) -> dict:
-        """Update with the fields given; returns the stored product."""
+    def get_product(self, nominal_code: int | str, code: str) -> dict:
         path = f"/products/{int(nominal_code)}/{_key(code)}"
-        return self._request("PUT", path, f"update product {nominal_code}/{code}", body=changes)
+        return _record(self._request("GET", path, f"read product {nominal_code}/{code}"))
+
+    def update_product(self, nominal_code: int | str, code: str, changes: dict) -> dict:
+        """Change the fields in `changes` and keep the rest; returns the stored product.
+
+        KashFlow's PUT replaces the whole product (a field left out is cleared or the call is
+        refused), so this reads the product as KashFlow holds it now, merges the changes in
+        and sends the whole of it.
+        """
+        path = f"/products/{int(nominal_code)}/{_key(code)}"
+        current = self.get_product(nominal_code, code)
+        body = _merged(current, changes, PRODUCT_READ_ONLY)
+        return self._request("PUT", path, f"update product {nominal_code}/{code}", body=body)
 
     def nominals(self) -> list[dict]:
         return list(self._pages("/nominals", "list nominal codes", paged=False))
@@ -426,7 +514,7 @@ def unreadable(what: str, reason: str, answer: object = None) -> ApiError:
         f"{detail} Nothing was skipped; kashforce will read it again on the next run.",
         permanent=False,
         system=SYSTEM,
-        code="unreadable_answer",
+        code="UNREADABLE_ANSWER",
     )
 
 
@@ -450,6 +538,45 @@ def _page_items(answer: object, what: str, page: int) -> tuple[list[dict], bool]
     if more and not data:
         raise unreadable(what, f"page {page} is empty but says more pages follow", answer)
     return _items(data, what, page), more
+
+
+# Fields KashFlow computes or sets itself: never sent back in a whole-object PUT.
+PRODUCT_READ_ONLY = {"Id", "NominalId", "PurchaseNominalId", "PurchaseSubNominalId"}
+INVOICE_READ_ONLY = {
+    "Id", "CustomerId", "CustomerName", "CustomerKey", "CustomerContactName",
+    "CustomerContactFirstName", "CustomerContactLastName", "CreatedDate", "OverdueDays",
+    "NetAmount", "VATAmount", "GrossAmount", "TotalPaidAmount", "DueAmount", "FormattedDueAmount",
+    "HomeCurrencyGrossAmount", "HomeCurrencyVATAmount", "ProjectGrossAmount", "Status", "PaidDate",
+    "LastPaymentDate", "Permalink", "PackingSlipPermalink", "PreviousNumber", "NextNumber",
+    "FileCount", "VATReturnId", "EmailCount", "ReminderLetters", "VATNumber", "CustomerDiscount",
+}  # fmt: skip
+
+
+def _merged(current: dict, changes: dict, read_only: set[str]) -> dict:
+    """The whole object for a PUT: what KashFlow holds now, with `changes` on top."""
+    whole = {name: value for name, value in current.items() if name not in read_only}
+    return {**whole, **changes}
+
+
+def _record(answer) -> dict:
+    """A single-record answer, or ApiError: a list or nothing where a record should be is not a
+    record (and must never be merged into a PUT as if it were)."""
+    if not isinstance(answer, dict) or not answer:
+        raise unexpected_shape("a record", answer)
+    return answer
+
+
+def unexpected_shape(expected: str, answer) -> ApiError:
+    """KashFlow answered 2xx with something that is not what the API promises: transient (a
+    server hiccup usually clears), so it is retried and then goes to the error queue."""
+    shape = type(answer).__name__ if answer is not None else "nothing"
+    return ApiError(
+        f"KashFlow answered with {shape} where {expected} was expected; nothing was changed "
+        "on the strength of it, and kashforce will try again.",
+        permanent=False,
+        system=SYSTEM,
+        code="UNREADABLE_ANSWER",
+    )
 
 
 def _key(code: str) -> str:

@@ -505,8 +505,17 @@ class SalesforceClient:
     def login(self) -> dict:
         """Sign in with the connection's method and store the token for every process.
 
-        Raises ApiError with plain words (permanent for wrong credentials and the like).
+        Raises ApiError with plain words (permanent for wrong credentials and the like). After
+        a refusal nothing signs in again until an admin changes the credentials or presses
+        Test (Connection.refuse_sign_in): repeated failed logins can lock the user.
         """
+        if self.connection.sign_in_refused():
+            raise ApiError(
+                self.connection.sign_in_pause_reason,
+                permanent=True,
+                system=SYSTEM,
+                code="SIGN_IN_PAUSED",
+            )
         try:
             kwargs, _, _ = login_arguments(self.connection)
             token, instance = SalesforceLogin(
@@ -517,6 +526,7 @@ class SalesforceClient:
             error = login_error(exc, password=password)
             if error.permanent:
                 self.connection.record_check(False, error.message)
+                self.connection.refuse_sign_in(error.message)
             raise error from None
         except requests.RequestException as exc:
             raise network_error(SYSTEM, "GET", exc) from None  # a login repeats safely

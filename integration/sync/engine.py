@@ -212,6 +212,10 @@ def start_run(
     this call is picked up even if the run was about to finish (see _finish_if_done).
     """
     FlowName(flow)  # ValueError for an unknown flow name
+    if trigger in (Trigger.SCHEDULE, Trigger.RETRY) and not dry_run and not params:
+        waiting = _still_paused(flow)
+        if waiting is not None:
+            return waiting  # one waiting run says so; not another every minute
     run = None
     if not dry_run and not params:
         unfinished = (
@@ -551,7 +555,7 @@ def execute_run(run_id: int, *, on_progress=None, hand_over: bool = True) -> Non
     )
     try:
         flow = get_flow(run.flow)
-        if _waits_for_budget(run):
+        if _waits_for_connection(run) or _waits_for_budget(run):
             return
         if run.collected_at is None and not _collect(flow, ctx):
             return  # another worker is collecting; it will process afterwards
@@ -561,6 +565,39 @@ def execute_run(run_id: int, *, on_progress=None, hand_over: bool = True) -> Non
         # A collect that stops moves no cursor: the next run reads the same changes again.
         phase = " while reading changes" if run.collected_at is None else ""
         run.fail(f"The run stopped{phase}: {exc}")
+
+
+def _still_paused(flow: str) -> SyncRun | None:
+    """The flow's latest run, when it is waiting on a sign-in refusal that still stands."""
+    refused = (
+        Connection.objects.filter(is_active=True, sign_in_refused_at__isnull=False)
+        .order_by("kind")
+        .first()
+    )
+    if refused is None:
+        return None
+    last = SyncRun.objects.filter(flow=flow).order_by("-pk").first()
+    paused = last is not None and last.status == SyncRun.Status.WAITING
+    return last if paused and last.summary == refused.sign_in_pause_reason else None
+
+
+def _waits_for_connection(run: SyncRun) -> bool:
+    """Runs wait, without calling out, while a connection's sign-in stands refused (any run:
+    signing in again could lock the account; the events stay due for when it is put right),
+    and scheduled runs wait while KashFlow is backing us off after "too busy" answers."""
+    for connection in Connection.objects.filter(is_active=True).order_by("kind"):
+        if connection.sign_in_refused_at is not None:
+            run.wait_for_budget(connection.sign_in_pause_reason)
+            return True
+        if run.trigger == Trigger.SCHEDULE and connection.busy_now():
+            until = timezone.localtime(connection.busy_until).strftime("%H:%M")
+            run.wait_for_budget(
+                f"{connection.get_kind_display()} answered that it was too busy "
+                f"{connection.busy_count} time(s) in a row; scheduled syncs wait until {until} "
+                "to let it recover. Manual syncs still run."
+            )
+            return True
+    return False
 
 
 def _waits_for_budget(run: SyncRun) -> bool:

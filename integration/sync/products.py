@@ -2,8 +2,10 @@
 
 Each field has a master side (`params.master` on the mapping rows): KashFlow owns the key, code,
 name and price; Salesforce owns the description and whether the product is active. A create
-sends every row; an update sends only the fields the source side owns, so neither side
-overwrites what the other owns.
+sends every row; an update changes only the fields the source side owns, so neither side
+overwrites what the other owns. KashFlow's PUT replaces the whole product, so a KashFlow update
+reads the product as KashFlow holds it, merges those fields in and writes it whole
+(KashFlowClient.update_product).
 
 Collect, one run for both directions:
 - KashFlow → Salesforce: every KashFlow product (products are few: one call per 100), recorded
@@ -20,8 +22,8 @@ Process, per batch of up to 200:
   entries; one collections upsert on ExternalID__c writes the new and changed products; one
   call creates the missing price book entries and one updates the changed prices. The standard
   Pricebook2 Id is read once per task.
-- Salesforce → KashFlow: a linked product gets the fields Salesforce owns (one PUT each, only
-  when they differ); a Product2 with no KashFlow product becomes one (nominal code from the
+- Salesforce → KashFlow: a linked product gets the fields Salesforce owns (one GET and one
+  whole-product PUT each, only when they differ); a Product2 with no KashFlow product becomes one (nominal code from the
   default, price from its standard price book entry) and is linked, and its ExternalID__c is
   set to the KashFlow key in one collections call, so the next KashFlow → Salesforce pass
   matches it instead of making a second Product2.
@@ -523,7 +525,8 @@ def _standard_price(record: dict) -> dict:
 
 
 def _update_owned_fields(ctx, event, key, rows, mapping_context, products, links) -> None:
-    """Send KashFlow the fields Salesforce owns, when they differ (one PUT)."""
+    """Send KashFlow the fields Salesforce owns, when they differ (the client reads the
+    product and PUTs it whole with them merged in: KashFlow's PUT replaces every field)."""
     product = products[key]
     mapped = preview(rows_owned_by(rows, "salesforce"), event.payload, mapping_context, product)
     if mapped.errors:

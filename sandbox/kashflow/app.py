@@ -145,7 +145,8 @@ class KashFlowApp:
             txn.run("DELETE FROM sessions WHERE token = ?", (token,))
 
     def error_response(self, status: int, code: str, message: str) -> Response:
-        body = dumps({"Error": code, "Message": message})
+        # No code at all where KashFlow's code is unknown (ASP.NET's bare {"Message"} answer).
+        body = dumps({"Error": code, "Message": message} if code else {"Message": message})
         return Response(status, body, {"Content-Type": "application/json; charset=utf-8"})
 
     def reset(self, seed_name: str) -> None:

@@ -4,8 +4,11 @@ Step 1 (POST /sessiontoken) checks user name and password and asks for three let
 memorable word; step 2 (PUT /sessiontoken) checks them and issues the session token that every
 other call sends as `Authorization: KfToken <token>`. A token lives while it is used: the clock
 slides on every call (reference §2.2). What KashFlow answers to a wrong password or memorable word
-is not documented; we follow the reference's proposal (§2.3): 400 InvalidCredentials and
-InvalidMemorableWord, and AccountLocked (401) once `lockout_after` attempts in a row have failed.
+is not documented: the documented auth failures are all 401s, so a wrong password, wrong letters
+and an unknown or expired temporary token all get ASP.NET Web API's bare 401 (`{"Message":
+"Authorization has been denied for this request."}`), with no error code a client could come to
+depend on and no hint of which part was wrong. AccountLocked (401, documented) once
+`lockout_after` attempts in a row have failed.
 """
 
 import json
@@ -58,7 +61,7 @@ def start_login(txn: Txn, body, options: dict) -> dict:
     fields = Fields(body)
     user_ok = fields.text("UserName").lower() == account["username"].lower()
     if not (user_ok and secrets.compare_digest(fields.text("Password"), account["password"])):
-        _fail(txn, options, ApiError(400, "InvalidCredentials", "Invalid username or password."))
+        _fail(txn, options, refused())
     word_length = len(account["memorable_word"])
     positions = sorted(random.SystemRandom().sample(range(1, word_length + 1), 3))
     token = str(uuid.uuid4()).upper()
@@ -91,12 +94,11 @@ def finish_login(txn: Txn, body, options: dict) -> dict:
     row = txn.one("SELECT * FROM temporary_tokens WHERE token = ?", (token,))
     # A temporary token is good for one attempt, right or wrong: guessing means starting again.
     txn.run("DELETE FROM temporary_tokens WHERE token = ?", (token,))
-    wrong_word = ApiError(400, "InvalidMemorableWord", "Memorable word characters are incorrect.")
     max_age = timedelta(minutes=float(options.get("temp_token_minutes", 5)))
     if row is None or txn.now - from_db(row["created"]) > max_age:
-        raise ApiError(400, "InvalidMemorableWord", "Temporary token is invalid or has expired.")
+        raise refused(commit=True)  # commit: the token used up stays used up
     if not _word_matches(fields, json.loads(row["positions"]), account["memorable_word"]):
-        _fail(txn, options, wrong_word)
+        _fail(txn, options, refused())
     txn.run("UPDATE account SET failures = 0")
     session = str(uuid.uuid4()).upper()
     txn.run(
@@ -115,6 +117,11 @@ def finish_login(txn: Txn, body, options: dict) -> dict:
         "SubscriptionExpiryDate": "2099-12-31 12:00:00",
         "HasTemporaryPassword": False,
     }
+
+
+def refused(commit: bool = False) -> ApiError:
+    """A refused sign-in step: a bare 401 with no code (see the module's docstring)."""
+    return ApiError(401, "", "Authorization has been denied for this request.", commit=commit)
 
 
 def _word_matches(fields: Fields, positions: list[int], word: str) -> bool:

@@ -8,8 +8,13 @@ The maths, all in Decimal with half-up rounding:
 - Status "Paid" when Paid >= Gross, "Part Paid" when something is paid, else "Unpaid". The exact
   part-paid string is not documented; "Part Paid" is our choice.
 
-Payments travel inside the invoice as PaymentLines: on PUT the list, when sent, is the complete
-new set (lines keep their Id; a line without one is new); when left out, payments stay as they are.
+PUT replaces the whole invoice, as KashFlow's PUTs are reported to ("a full replacement, not a
+partial update; leaving lines out clears them", hcs-app's notes from live use): a field left out
+is cleared (CustomerReference to "", LineItems and PaymentLines to none, the addresses, project
+and flags to empty), DueDate left out is worked out again from the customer's terms, Currency
+left out is the customer's, and a body without CustomerCode or IssuedDate is refused. Payments
+travel inside the invoice as PaymentLines, the complete new set (lines keep their Id; a line
+without one is new).
 """
 
 import json
@@ -235,10 +240,15 @@ def _filters(txn: Txn, request) -> tuple[str, dict]:
             clauses.append(f"substr(i.issued, 1, 10) {operator} :{name}")
             params[name] = Fields({name: value}).when(name).date().isoformat()
     if search := request.param("searchtext"):
-        # The Opportunity Id kashforce writes to CustomerReference is found this way.
+        # The spec says only "Search by reference"; what it matches is unknown, so it is as
+        # loose as plausible: the number exactly, or a case-insensitive substring of the
+        # CustomerReference, the customer's name or code, or a line's description. A client
+        # looking for an exact reference must check it on its side.
         clauses.append(
             "(CAST(i.number AS TEXT) = :search_exact OR i.customer_reference LIKE :search"
-            " OR c.name LIKE :search)"
+            " OR c.name LIKE :search OR c.code LIKE :search"
+            " OR EXISTS (SELECT 1 FROM json_each(i.doc, '$.LineItems') AS line"
+            " WHERE json_extract(line.value, '$.Description') LIKE :search))"
         )
         params.update(search_exact=search.strip(), search=f"%{search.strip()}%")
     return " AND ".join(clauses), params
@@ -288,35 +298,35 @@ def create_invoice(txn: Txn, request) -> tuple[int, dict]:
 def update_invoice(txn: Txn, request, number: str) -> tuple[int, dict]:
     row = find(txn, number)
     fields = Fields(loads(request.body))
-    doc = json.loads(row["doc"])
+    old = json.loads(row["doc"])
     new_number = fields.integer("Number") or row["number"]
     if new_number != row["number"]:
         _check_number_free(txn, new_number)
-    customer_id = _customer(txn, fields)["id"] if fields.has("CustomerCode") else row["customer_id"]
-    issued = _day(fields.when("IssuedDate", from_db(row["issued"])))
-    due = _day(fields.when("DueDate", from_db(row["due"])))
-    if fields.has("Currency"):
-        currency = fields.child("Currency")
-        doc["Currency"] = lookups.currency(currency.text("Code", doc["Currency"]))["Code"]
-        doc["ExchangeRate"] = str(currency.money("ExchangeRate", Decimal(doc["ExchangeRate"])))
-    for name in ("Address", "DeliveryAddress"):
-        if fields.has(name):
-            doc[name] = _address(fields, name, None)
-    for name in ("UseCustomDeliveryAddress", "IsArchived"):
-        if fields.has(name):
-            doc[name] = fields.flag(name)
-    if fields.has("ProjectNumber"):
-        doc["ProjectNumber"] = fields.integer("ProjectNumber")
-    if fields.has("LineItems"):
-        doc["LineItems"] = _lines(txn, fields.items("LineItems"))
-    if fields.has("PaymentLines"):
-        doc["PaymentLines"] = _payments(txn, fields.items("PaymentLines"), doc["PaymentLines"])
-    reference = fields.text("CustomerReference", row["customer_reference"])
+    customer = _customer(txn, fields)  # required: the PUT is the whole invoice
+    if fields.when("IssuedDate") is None:
+        raise invalid("IssuedDate is required.")
+    customer_doc = json.loads(customer["doc"])
+    issued = _day(fields.when("IssuedDate"))
+    due = _day(fields.when("DueDate") or due_date(issued, customer_doc["PaymentTerms"]))
+    currency = fields.child("Currency")
+    doc = {
+        "Currency": lookups.currency(currency.text("Code", customer_doc["Currency"]))["Code"],
+        "Address": _address(fields, "Address", None),
+        "DeliveryAddress": _address(fields, "DeliveryAddress", None),
+        "UseCustomDeliveryAddress": fields.flag("UseCustomDeliveryAddress"),
+        "ProjectNumber": fields.integer("ProjectNumber"),
+        "IsArchived": fields.flag("IsArchived"),
+        "Document": old["Document"],
+        "LineItems": _lines(txn, fields.items("LineItems")),
+        "PaymentLines": _payments(txn, fields.items("PaymentLines"), old["PaymentLines"]),
+    }
+    doc["ExchangeRate"] = str(currency.money("ExchangeRate", None)
+                              or lookups.CURRENCIES[doc["Currency"]]["ExchangeRate"])  # fmt: skip
     txn.run(
         "UPDATE invoices SET number = ?, customer_id = ?, customer_reference = ?, issued = ?,"
         " due = ? WHERE id = ?",
-        (new_number, customer_id, reference, format_datetime(issued), format_datetime(due),
-         row["id"]),
+        (new_number, customer["id"], fields.text("CustomerReference"), format_datetime(issued),
+         format_datetime(due), row["id"]),
     )  # fmt: skip
     _save(txn, new_number, doc)
     # The spec answers 201 when the PUT changed the invoice number.
@@ -365,7 +375,7 @@ def _day(moment: datetime) -> datetime:
 
 
 def _address(fields: Fields, name: str, default: dict | None) -> dict | None:
-    if not fields.has(name):
+    if not fields.has(name) or fields.raw[name.lower()] is None:
         return None if default is None else _address_out(default)
     raw = fields.child(name)
     address = {key: raw.text(key) for key in ("Line1", "Line2", "Line3", "Line4", "PostCode")}

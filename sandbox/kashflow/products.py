@@ -1,6 +1,11 @@
 """Products, keyed by (NominalCode, Code): the same code may exist under two nominals (§4.5).
 
 The spec caps product pages at 100 records and defaults to 10.
+
+PUT replaces the whole product, as KashFlow's PUTs are reported to ("a full replacement, not a
+partial update", hcs-app's notes from live use): a field left out is cleared (Description to
+"", Price, VATRate and the other numbers to 0, the flags and InUse to false), and a body without
+a Name is refused. Code and NominalCode left out mean the path's (no rename).
 """
 
 import json
@@ -114,18 +119,14 @@ def update_product(txn: Txn, request, nominal_code: str, code: str) -> tuple[int
     moved = (new_nominal, new_code.lower()) != (row["nominal_code"], row["code"].lower())
     if moved:
         _check_free(txn, new_nominal, new_code)
-    doc = _apply(fields, json.loads(row["doc"]))
+    name = fields.text("Name").strip()
+    if not name:
+        raise invalid("Name is required.")
+    doc = _apply(fields, _blank_doc())  # the whole product: what is left out is cleared
     txn.run(
         "UPDATE products SET nominal_code = ?, code = ?, name = ?, in_use = ?, doc = ?"
         " WHERE id = ?",
-        (
-            new_nominal,
-            new_code,
-            fields.text("Name", row["name"]).strip() or row["name"],
-            fields.flag("InUse", bool(row["in_use"])),
-            json.dumps(doc),
-            row["id"],
-        ),
+        (new_nominal, new_code, name, fields.flag("InUse"), json.dumps(doc), row["id"]),
     )
     return (201 if moved else 200), product_json(find(txn, str(new_nominal), new_code))
 

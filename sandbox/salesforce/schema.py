@@ -241,7 +241,8 @@ OBJECTS = [
             Field("Description", "textarea", length=32000),
             _string("KashFlow_Invoice_Number__c", 32, custom=True),
             _string("KashFlow_Invoice_Status__c", 32, custom=True),
-            _money("KashFlow_Amount_Due__c", custom=True),
+            # kashforce's own fields keep KashFlow's four decimals (README, "The org's fields").
+            Field("KashFlow_Amount_Due__c", "currency", precision=18, scale=4, custom=True),
         ],
         children={
             "OpportunityLineItems": ("OpportunityLineItem", "OpportunityId"),
@@ -360,7 +361,7 @@ OBJECTS = [
                 reference_to=("Opportunity",),
                 relationship_name="Opportunity__r",
             ),
-            _money("Amount__c", custom=True),
+            Field("Amount__c", "currency", precision=18, scale=4, custom=True),  # as KashFlow
             Field("Payment_Date__c", "date", custom=True),
             _string("Method__c", 64, custom=True),
             _string("Invoice_Number__c", 32, custom=True),

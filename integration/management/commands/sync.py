@@ -59,7 +59,8 @@ class Command(BaseCommand):
             self.stdout.write(self.style.SUCCESS(line))
             return
         self.stdout.write(self.style.WARNING(line))
-        if run.status == SyncRun.Status.FAILED and not run.failed_count:
+        waiting = run.status == SyncRun.Status.WAITING  # a paused connection, the API budget
+        if waiting or (run.status == SyncRun.Status.FAILED and not run.failed_count):
             raise CommandError(run.summary, returncode=2)
         for event in SyncEvent.objects.unresolved().filter(run=run)[:20]:
             self.stdout.write(f"  {event.source_object} {event.source_id}: {event.message}")

@@ -377,16 +377,10 @@ def _stuck(flow: Flow, grace: timedelta, now: datetime) -> dict | None:
 
 
 def sign_in_refused_since(connection: Connection) -> datetime | None:
-    """Since when the connection's sign-in is refused (a wrong password, a revoked app, a
-    locked user), or None: the clients and the connection check record such a failure on the
-    Connection (record_check).
-
-    The one place the alert reads it: when Connection gains its own "sign-in refused" state,
-    point this function at that field.
-    """
-    if connection.status != Connection.Status.FAILING:
-        return None
-    return connection.last_checked_at or connection.updated_at
+    """Since when Salesforce or KashFlow refuses the connection's sign-in (a wrong password, a
+    revoked app, a locked user), or None. A refusal pauses every run of the connection until
+    an admin changes its credentials or presses Test (Connection.refuse_sign_in)."""
+    return connection.sign_in_refused_at
 
 
 def find_refused_sign_ins(now: datetime) -> int:
@@ -400,8 +394,9 @@ def find_refused_sign_ins(now: datetime) -> int:
             "title": f"The {connection.get_kind_display()} connection “{connection.name}” is refused",
             "message": (
                 f"{connection.get_kind_display()} refused kashforce with the connection "
-                f"“{connection.name}” ({_when(since)}): {connection.last_check_message} Its "
-                "syncs cannot run until an Integration admin puts this right."
+                f"“{connection.name}” ({_when(since)}): {connection.sign_in_refused_message} "
+                "Its syncs are paused until an Integration admin updates its credentials or "
+                "presses Test."
             ),
             "link": _path("dashboard:connections"),
         }

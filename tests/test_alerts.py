@@ -118,7 +118,7 @@ def test_each_alert_kind_arrives_once_at_the_smtp_server_and_the_webhook(
     ran(Flow.INVOICES, now - timedelta(hours=3))  # silent: 1 minute's schedule, 30 minutes' grace
     failed_event(failed_at=now - timedelta(minutes=5))  # a new cause
     failed_event(code="FIELD_CUSTOM_VALIDATION_EXCEPTION", failed_at=now - timedelta(hours=30))
-    kashflow.record_check(False, "KashFlow refused the sign-in: the password is wrong.")
+    kashflow.refuse_sign_in("KashFlow refused the sign-in: the password is wrong.")
     salesforce.record_api_usage(90_000, 100_000)  # over the 80% share
     alerts.report_reconciliation("run-7", 3, "/reconciliation/7/")
 
@@ -721,13 +721,12 @@ def test_the_webhook_text_escapes_what_slack_reads_as_markup(listener, webhook, 
 @pytest.mark.django_db
 def test_a_refused_connection_alerts_once_until_it_works_again(smtp, knobs):
     kashflow = factories.KashFlowConnectionFactory(name="Accounts")
-    kashflow.record_check(False, "KashFlow refused the sign-in: the memorable word is wrong.")
+    kashflow.refuse_sign_in("KashFlow refused the sign-in: the memorable word is wrong.")
     alerts.run()
-    kashflow.record_check(False, "KashFlow refused the sign-in: the memorable word is wrong.")
-    alerts.run()  # refused again (a second check): the same occurrence
-    kashflow.record_check(True, "Signed in.")
+    alerts.run()  # still refused: the same occurrence
+    kashflow.clear_sign_in_refusal()  # an admin pressed Test, or changed the memorable word
     alerts.run()
-    kashflow.record_check(False, "KashFlow refused the sign-in: the account is locked.")
+    kashflow.refuse_sign_in("KashFlow refused the sign-in: the account is locked.")
     alerts.run()
     assert [subject(m) for m in smtp.messages] == [
         "kashforce: The KashFlow connection “Accounts” is refused"

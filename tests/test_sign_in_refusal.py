@@ -11,7 +11,12 @@ from integration.models import Connection, SyncRun, Trigger
 from integration.sync import engine
 from tests.fake_api import use_fast_retries
 from tests.fixtures_sandbox import control
-from tests.sandbox_connections import calls, kashflow_connection, salesforce_connection
+from tests.sandbox_connections import (
+    calls,
+    kashflow_connection,
+    org_switches,
+    salesforce_connection,
+)
 
 pytestmark = pytest.mark.django_db
 
@@ -130,8 +135,11 @@ def test_saving_new_credentials_lifts_the_pause(sandbox):
 
 
 def test_a_refused_salesforce_sign_in_pauses_the_same_way(sandbox):
+    org_switches(sandbox, soap_login_enabled=True)  # an older org, where password sign-in works
     salesforce_connection(
-        sandbox, secrets={"password": "Wrong-Pass-99", "security_token": "XYZTOKEN1234"}
+        sandbox,
+        method="sf_password",
+        secrets={"password": "Wrong-Pass-99", "security_token": "XYZTOKEN1234"},
     )
     kashflow_connection(sandbox)
     control(sandbox.info["control"]["salesforce"], "stats/reset", {})

@@ -61,6 +61,8 @@ class ConnectionForm(forms.ModelForm):
             "ca_file",
             "username",
             "consumer_key",
+            "realtime",
+            "pubsub_endpoint",
             "is_active",
         ]
 

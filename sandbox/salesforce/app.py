@@ -119,6 +119,8 @@ class SalesforceApp:
             return self.auth.soap_login(request, SOAP_LOGIN.match(request.path)["version"])
         if request.method == "POST" and request.path.rstrip("/") == "/services/oauth2/token":
             return self.auth.oauth_token(request)
+        if request.method == "GET" and request.path.rstrip("/") == "/services/oauth2/userinfo":
+            return self.auth.userinfo(request)
         if request.path.rstrip("/") == "/services/data":
             return rest.versions(self, request)
         if not REST_PREFIX.match(request.path):

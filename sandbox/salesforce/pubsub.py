@@ -268,8 +268,9 @@ class EventBus:
 class ChangeCapture:
     """Turns each committed store transaction into change events, one per record changed."""
 
-    def __init__(self, bus: EventBus, topics: dict[str, Topic]):
+    def __init__(self, bus: EventBus, topics: dict[str, Topic], faults: dict):
         self.bus = bus
+        self.faults = faults  # the server's, shared
         self.by_entity = {topic.entity: topic for topic in topics.values()}
         self.commit_number = int(time.time() * 1000) * 1000
 
@@ -298,6 +299,13 @@ class ChangeCapture:
                 commitUser=user,
             )
             topic = self.by_entity[entity]
+            if self.faults.get("gap_next"):
+                # As when an event is over 1 MB or hits an internal error: only a gap event,
+                # header only, says that this record changed.
+                self.faults["gap_next"] -= 1
+                event = header(
+                    entity, [record_id], "GAP_" + event["ChangeEventHeader"]["changeType"]
+                )
             self.bus.append(topic.name, topic.schema_id, topic.encode(event))
 
     def _event(self, topic: Topic, record_id: str, before, after) -> dict | None:
@@ -628,14 +636,15 @@ class PubSubServer:
     def __init__(self, app, options: dict):
         self.app = app
         self.options = {**DEFAULTS, **{k: v for k, v in options.items() if k in DEFAULTS}}
+        self._initial = dict(self.options)
         entities = self.options["pubsub_entities"]
         if isinstance(entities, str):
             entities = [e.strip() for e in entities.split(",") if e.strip()]
         self.topics = {t.name: t for t in (Topic(schema.sobject(e)) for e in entities)}
         self.bus = EventBus(app.store, self.options["pubsub_retention_seconds"])
-        self.capture = ChangeCapture(self.bus, self.topics)
-        app.store.change_listeners.append(self.capture.on_commit)
         self.faults: dict = {}
+        self.capture = ChangeCapture(self.bus, self.topics, self.faults)
+        app.store.change_listeners.append(self.capture.on_commit)
         self.open_streams: set[_Stream] = set()
         self._grpc: grpc.Server | None = None
         self.port = 0
@@ -664,7 +673,10 @@ class PubSubServer:
             self._grpc.stop(grace=0.5).wait()
 
     def reset(self) -> None:
-        self.faults = {}
+        """No events, no faults, the timings the server started with (open streams stay)."""
+        self.faults.clear()
+        self.options.update(self._initial)
+        self.bus.retention_seconds = float(self._initial["pubsub_retention_seconds"])
         self.bus.clear()
 
     # -- control ---
@@ -674,7 +686,7 @@ class PubSubServer:
         if payload.get("reset_streams"):
             for stream in list(self.open_streams):
                 stream.fail(_Abort(grpc.StatusCode.UNAVAILABLE, "RST_STREAM closed stream"))
-        for key in ("delay_seconds", "hang"):
+        for key in ("delay_seconds", "hang", "gap_next"):
             if key in payload:
                 self.faults[key] = payload[key]
         for key in ("pubsub_keepalive_seconds", "pubsub_idle_close_seconds"):

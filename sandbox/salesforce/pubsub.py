@@ -473,6 +473,14 @@ class PubSubService(pb_grpc.PubSubServicer):
                 return
             topic = self._topic(first.topic_name)
             position = self._start(first)
+            self.server.subscriptions.append(
+                {
+                    "topic": topic.name,
+                    "preset": pb.ReplayPreset.Name(first.replay_preset),
+                    "replay_id": first.replay_id.hex(),
+                    "position": position,
+                }
+            )
             stream.add_credit(first.num_requested)
         except _Abort as failure:
             _abort(context, failure)
@@ -646,6 +654,7 @@ class PubSubServer:
         self.capture = ChangeCapture(self.bus, self.topics, self.faults)
         app.store.change_listeners.append(self.capture.on_commit)
         self.open_streams: set[_Stream] = set()
+        self.subscriptions: list[dict] = []  # every Subscribe accepted: topic, preset, replay
         self._grpc: grpc.Server | None = None
         self.port = 0
 
@@ -675,6 +684,7 @@ class PubSubServer:
     def reset(self) -> None:
         """No events, no faults, the timings the server started with (open streams stay)."""
         self.faults.clear()
+        self.subscriptions.clear()
         self.options.update(self._initial)
         self.bus.retention_seconds = float(self._initial["pubsub_retention_seconds"])
         self.bus.clear()
@@ -723,6 +733,7 @@ class PubSubServer:
             "topics": {name: topic.schema_id for name, topic in self.topics.items()},
             "tip": self.bus.tip(),
             "open_streams": len(self.open_streams),
+            "subscriptions": self.subscriptions[-20:],
             "faults": dict(self.faults),
             "retention_seconds": self.bus.retention_seconds,
             "keepalive_seconds": self.options["pubsub_keepalive_seconds"],

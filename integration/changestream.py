@@ -37,7 +37,7 @@ from django.utils import timezone
 
 from integration.clients.errors import ApiError
 from integration.clients.pubsub import PubSubClient, PubSubError, Subscription, client_id
-from integration.models import ChangeStream, Connection, Direction, Flow, Trigger
+from integration.models import ChangeStream, Connection, Direction, Flow, SyncRun, Trigger
 from integration.sync import engine
 
 log = logging.getLogger(__name__)
@@ -401,3 +401,35 @@ def holder_name() -> str:
     import socket
 
     return f"{socket.gethostname()}:{os.getpid()}"
+
+
+# --------------------------------------------------------------------------------------------
+# What the overview shows
+
+
+def realtime_status(connections: list[Connection]) -> list[dict]:
+    """For each active Salesforce connection: how changes arrive in seconds, whether that is
+    live, and when the last one arrived. One query per connection at most."""
+    rows = []
+    now = timezone.now()
+    for connection in connections:
+        if connection.kind != Connection.Kind.SALESFORCE:
+            continue
+        row = {"connection": connection, "mode": connection.get_realtime_display(), "streams": []}
+        if connection.realtime == Connection.Realtime.PUBSUB:
+            for stream in connection.change_streams.order_by("topic"):
+                held = bool(
+                    stream.holder and stream.lease_expires_at and stream.lease_expires_at > now
+                )
+                stream.is_live = held and stream.state == ChangeStream.State.LIVE
+                stream.no_subscriber = not held
+                row["streams"].append(stream)
+            row["live"] = any(stream.is_live for stream in row["streams"])
+            row["last_event_at"] = max(
+                (s.last_event_at for s in row["streams"] if s.last_event_at), default=None
+            )
+        elif connection.realtime == Connection.Realtime.OUTBOUND:
+            last_push = SyncRun.objects.filter(trigger=Trigger.PUSH).order_by("-created_at").first()
+            row["last_event_at"] = last_push.created_at if last_push else None
+        rows.append(row)
+    return rows

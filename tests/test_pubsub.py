@@ -325,3 +325,19 @@ def test_the_change_events_decode_with_the_schema_getschema_gives(org):
     assert {"StageName", "IsWon", "IsClosed", "LastModifiedDate"} <= set(changed)
     assert payload["IsWon"] is True and payload["Name"] is None  # unchanged fields are null
     assert len(event.replay_id) == 8
+
+
+def test_a_silent_stream_falls_back_to_the_poll_and_reconnects(org, settings):
+    settings.KASHFORCE = {**settings.KASHFORCE, "PUBSUB_SILENCE_SECONDS": 3.0}
+    subscribe(org)
+    wait_for(live, what="the stream to be live")
+    pubsub(org.sandbox, hang=True)  # no events and no keepalives, the socket still open
+    wait_for(
+        lambda: SyncRun.objects.filter(trigger=Trigger.POLL).exists(), what="the poll to start"
+    )
+    assert stream().state in (ChangeStream.State.SILENT, ChangeStream.State.CONNECTING)
+    pubsub(org.sandbox, hang=False)
+    wait_for(live, what="the stream to be live again")
+    deal = open_deals(org.sandbox, 1)[0]
+    org.salesperson.close_won(deal)
+    wait_for(lambda: SyncEvent.objects.filter(source_id=deal).exists(), what="the deal")

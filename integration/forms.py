@@ -74,6 +74,9 @@ class ConnectionForm(forms.ModelForm):
                 "Stored. Leave blank to keep it." if stored.get(name) else "Not set."
             )
 
+    def clean_realtime(self):
+        return self.cleaned_data.get("realtime") or Connection.Realtime.OUTBOUND
+
     def clean(self):
         cleaned = super().clean()
         kind, method = cleaned.get("kind"), cleaned.get("auth_method") or ""

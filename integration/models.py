@@ -116,7 +116,11 @@ class Connection(models.Model):
     )
     # How won deals reach kashforce in seconds; the schedule's poll runs in every mode.
     realtime = models.CharField(
-        "real-time changes", max_length=10, choices=Realtime.choices, default=Realtime.OUTBOUND
+        "real-time changes",
+        max_length=10,
+        choices=Realtime.choices,
+        default=Realtime.OUTBOUND,
+        blank=True,  # a form that leaves it out keeps the default (KashFlow has no such choice)
     )
     pubsub_endpoint = models.CharField(
         "Pub/Sub API address",

@@ -322,12 +322,15 @@ class Subscriber:
     def _watch(self, subscription: Subscription) -> None:
         """Renew the lease while the stream is open; end a stream that went silent."""
         lease = _setting("PUBSUB_LEASE_SECONDS")
+        renewed = time.monotonic()
         try:
             while self.subscription is subscription and not self.stop.wait(min(1.0, lease / 3)):
-                if not self._lease():
-                    log.warning("change stream %s: another subscriber holds it now", self.topic)
-                    subscription.cancel()
-                    return
+                if time.monotonic() - renewed >= lease / 3:  # one UPDATE a third of a lease
+                    if not self._lease():
+                        log.warning("change stream %s: another subscriber has it", self.topic)
+                        subscription.cancel()
+                        return
+                    renewed = time.monotonic()
                 if time.monotonic() - self.last_heard > _setting("PUBSUB_SILENCE_SECONDS"):
                     self.stream.note(
                         ChangeStream.State.SILENT,

@@ -273,8 +273,11 @@ class Subscriber:
                 self.stop.wait(1)  # Salesforce ended the stream: call Subscribe again
         except PubSubError as error:
             self._after_error(error)
-        except (ApiError, ValueError, KeyError) as error:
-            self._down(f"The change stream stopped: {error}")
+        except ApiError as error:
+            # A refused sign-in is tried again only after the longest wait, never in a burst.
+            self._down(f"The change stream stopped: {error.message}", permanent=error.permanent)
+        except (ValueError, KeyError) as error:
+            self._down(f"The change stream stopped: an event kashforce cannot read ({error!r}).")
         except DatabaseError as error:
             # Nothing was stored past what the ledger holds: reconnecting replays the batch.
             log.warning("change stream %s: database error %s", self.topic, error)
@@ -353,7 +356,10 @@ class Subscriber:
             try:
                 self.client.sign_in()
             except ApiError as failure:
-                return self._down(f"Signing in to Salesforce again failed: {failure.message}")
+                return self._down(
+                    f"Signing in to Salesforce again failed: {failure.message}",
+                    permanent=failure.permanent,
+                )
             return
         if error.bad_replay_id:
             # Past the 72-hour retention (or unreadable): the poll reads what the stream cannot

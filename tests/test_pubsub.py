@@ -106,9 +106,9 @@ def open_deals(sandbox, count: int) -> list[str]:
 
 
 class Running:
-    def __init__(self, connection, holder):
+    def __init__(self, connection, holder, topic=TOPIC):
         self.stop = threading.Event()
-        self.subscriber = changestream.Subscriber(connection, TOPIC, holder, self.stop)
+        self.subscriber = changestream.Subscriber(connection, topic, holder, self.stop)
         self.thread = threading.Thread(target=self.subscriber.run, daemon=True)
         self.thread.start()
 
@@ -117,8 +117,8 @@ class Running:
         self.thread.join(timeout=15)
 
 
-def subscribe(org, holder="test-subscriber") -> Running:
-    running = Running(org.connection, holder)
+def subscribe(org, holder="test-subscriber", topic=TOPIC) -> Running:
+    running = Running(org.connection, holder, topic)
     org.subscribers.append(running)
     return running
 
@@ -347,3 +347,18 @@ def test_a_silent_stream_falls_back_to_the_poll_and_reconnects(org, settings):
     deal = open_deals(org.sandbox, 1)[0]
     org.salesperson.close_won(deal)
     wait_for(lambda: SyncEvent.objects.filter(source_id=deal).exists(), what="the deal")
+
+
+def test_a_platform_event_naming_a_won_deal_is_recorded(org):
+    """/event/Deal_Won__e, which the org's flow publishes when a deal is won, as the only topic."""
+    subscribe(org, topic="/event/Deal_Won__e")
+    wait_for(
+        lambda: ChangeStream.objects.filter(
+            topic="/event/Deal_Won__e", state=ChangeStream.State.LIVE
+        ).exclude(replay_id=""),
+        what="the platform event stream",
+    )
+    deal = open_deals(org.sandbox, 1)[0]
+    org.salesperson.close_won(deal)
+    wait_for(lambda: SyncEvent.objects.filter(source_id=deal).exists(), what="the deal")
+    assert SyncEvent.objects.get(source_id=deal).run.trigger == Trigger.PUSH

@@ -75,6 +75,7 @@ CHANGE_TYPES = [
 DEFAULTS = {
     "pubsub_port": 0,
     "pubsub_entities": ("Opportunity", "OpportunityLineItem"),
+    "pubsub_platform_events": ("Deal_Won__e",),
     "pubsub_retention_seconds": 72 * 3600,
     "pubsub_keepalive_seconds": 60,  # real life ~60 s; the contract allows up to 270 s
     "pubsub_idle_close_seconds": 60,  # pending 0 for this long ends the stream
@@ -155,6 +156,8 @@ def bitmap(indexes: list[int]) -> list[str]:
 
 
 class Topic:
+    is_change_events = True
+
     def __init__(self, sobj: schema.SObject):
         self.entity = sobj.name
         self.name = f"/data/{sobj.name}ChangeEvent"
@@ -183,6 +186,37 @@ class Topic:
         if kind in ("int", "boolean"):
             return value
         return str(value)
+
+
+class PlatformEventTopic:
+    """`/event/Deal_Won__e`: a custom Platform Event that a record-triggered flow in the org
+    publishes (after commit) when an Opportunity becomes Closed Won, and that clients may
+    publish too. Fields as the Platform Events guide shows them: CreatedDate, CreatedById, then
+    the custom fields as optional unions."""
+
+    is_change_events = False
+
+    def __init__(self, name: str):
+        self.entity = ""
+        self.name = f"/event/{name}"
+        self.schema = {
+            "type": "record",
+            "name": name,
+            "namespace": "com.sforce.eventbus",
+            "fields": [
+                {"name": "CreatedDate", "type": "long", "doc": "CreatedDate:DateTime"},
+                {"name": "CreatedById", "type": "string", "doc": "CreatedBy:EntityId"},
+                {"name": "OpportunityId__c", "type": ["null", "string"], "default": None},
+            ],
+        }
+        self.schema_json = json.dumps(self.schema, separators=(",", ":"))
+        self.schema_id = fingerprint(self.schema_json)
+        self.parsed = fastavro.parse_schema(json.loads(self.schema_json))
+
+    def encode(self, record: dict) -> bytes:
+        out = io.BytesIO()
+        fastavro.schemaless_writer(out, self.parsed, record)
+        return out.getvalue()
 
 
 # -- the event log -------------------------------------------------------------------------------
@@ -271,7 +305,7 @@ class ChangeCapture:
     def __init__(self, bus: EventBus, topics: dict[str, Topic], faults: dict):
         self.bus = bus
         self.faults = faults  # the server's, shared
-        self.by_entity = {topic.entity: topic for topic in topics.values()}
+        self.by_entity = {t.entity: t for t in topics.values() if t.is_change_events}
         self.commit_number = int(time.time() * 1000) * 1000
 
     def on_commit(self, journal: list) -> None:
@@ -416,7 +450,7 @@ class PubSubService(pb_grpc.PubSubServicer):
         return pb.TopicInfo(
             topic_name=topic.name,
             tenant_guid=self.server.app.creds["organization_id"],
-            can_publish=False,  # change event topics are published by the platform only
+            can_publish=not topic.is_change_events,  # change events come from the platform only
             can_subscribe=True,
             schema_id=topic.schema_id,
             rpc_id=str(uuid.uuid4()),
@@ -439,20 +473,25 @@ class PubSubService(pb_grpc.PubSubServicer):
     def Publish(self, request, context):
         try:
             self._authenticate(context)
-            self._topic(request.topic_name)
+            topic = self._topic(request.topic_name)
         except _Abort as failure:
             _abort(context, failure)
-        return pb.PublishResponse(
-            results=[
-                pb.PublishResult(
-                    error=pb.Error(
-                        code=pb.PUBLISH, msg="Change events are published by the platform only."
-                    ),
-                    correlation_key=event.id,
+        results = []
+        for event in request.events:
+            if topic.is_change_events:
+                error = pb.Error(
+                    code=pb.PUBLISH, msg="Change events are published by the platform only."
                 )
-                for event in request.events
-            ],
-            rpc_id=str(uuid.uuid4()),
+                results.append(pb.PublishResult(error=error, correlation_key=event.id))
+                continue
+            # Like the real service, the payload is not checked against the schema.
+            event_id = event.id or str(uuid.uuid4())
+            replay = self.server.bus.append(topic.name, event.schema_id, event.payload, event_id)
+            results.append(
+                pb.PublishResult(replay_id=encode_replay(replay), correlation_key=event_id)
+            )
+        return pb.PublishResponse(
+            results=results, schema_id=topic.schema_id, rpc_id=str(uuid.uuid4())
         )
 
     def PublishStream(self, request_iterator, context):
@@ -649,10 +688,15 @@ class PubSubServer:
         if isinstance(entities, str):
             entities = [e.strip() for e in entities.split(",") if e.strip()]
         self.topics = {t.name: t for t in (Topic(schema.sobject(e)) for e in entities)}
+        events = self.options["pubsub_platform_events"]
+        if isinstance(events, str):
+            events = [e.strip() for e in events.split(",") if e.strip()]
+        self.topics.update({t.name: t for t in (PlatformEventTopic(e) for e in events)})
         self.bus = EventBus(app.store, self.options["pubsub_retention_seconds"])
         self.faults: dict = {}
         self.capture = ChangeCapture(self.bus, self.topics, self.faults)
         app.store.change_listeners.append(self.capture.on_commit)
+        app.org.won_listeners.append(self.publish_deal_won)
         self.open_streams: set[_Stream] = set()
         self.subscriptions: list[dict] = []  # every Subscribe accepted: topic, preset, replay
         self._grpc: grpc.Server | None = None
@@ -711,6 +755,18 @@ class PubSubServer:
             self.publish_gap(payload["gap"])
         return self.status()
 
+    def publish_deal_won(self, opportunity_id: str) -> None:
+        """The org's flow: an Opportunity became Closed Won (run after the commit)."""
+        topic = self.topics.get("/event/Deal_Won__e")
+        if topic is None:
+            return
+        event = {
+            "CreatedDate": int(time.time() * 1000),
+            "CreatedById": self.app.creds["user_id"],
+            "OpportunityId__c": opportunity_id,
+        }
+        self.bus.append(topic.name, topic.schema_id, topic.encode(event))
+
     def publish_gap(self, gap: dict) -> int:
         """A gap (`GAP_UPDATE` etc. with record ids) or overflow (`GAP_OVERFLOW`, no ids) event."""
         topic = self._topic_of(gap.get("entity", "Opportunity"))
@@ -723,7 +779,7 @@ class PubSubServer:
 
     def _topic_of(self, entity: str) -> Topic:
         for topic in self.topics.values():
-            if topic.entity == entity:
+            if topic.is_change_events and topic.entity == entity:
                 return topic
         raise ValueError(f"{entity} is not selected for Change Data Capture")
 

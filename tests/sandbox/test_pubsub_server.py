@@ -253,3 +253,32 @@ def test_a_reset_fault_ends_open_streams_with_unavailable(bus):
     error = error_of(lambda: [r for r in call])
     assert error.code() == grpc.StatusCode.UNAVAILABLE
     assert "RST_STREAM" in error.details()
+
+
+def test_platform_events_can_be_published_and_are_replayed_unchecked(bus):
+    topic = bus.stub.GetTopic(pb.TopicRequest(topic_name="/event/Deal_Won__e"), metadata=bus.md)
+    assert topic.can_publish
+    answer = bus.stub.Publish(
+        pb.PublishRequest(
+            topic_name="/event/Deal_Won__e",
+            events=[pb.ProducerEvent(id="e-1", schema_id=topic.schema_id, payload=b"not avro")],
+        ),
+        metadata=bus.md,
+    )
+    (result,) = answer.results
+    assert result.correlation_key == "e-1" and len(result.replay_id) == 8
+    assert not result.HasField("error")
+    change_events = bus.stub.Publish(
+        pb.PublishRequest(topic_name=TOPIC, events=[pb.ProducerEvent(id="e-2")]), metadata=bus.md
+    )
+    assert change_events.results[0].error.code == pb.PUBLISH
+    call = bus.subscribe(
+        pb.FetchRequest(topic_name="/event/Deal_Won__e", replay_preset=pb.EARLIEST, num_requested=5)
+    )
+    event = next(r for r in call if r.events).events[0]
+    call.cancel()
+    assert (event.event.id, event.event.payload, event.replay_id) == (
+        "e-1",
+        b"not avro",
+        result.replay_id,
+    )

@@ -31,7 +31,7 @@ SEED = "customers=2,accounts=4,products=8,opportunities=40,won_uninvoiced=0"
 class Home:
     """A kashforce installation in a temporary directory, connected to the sandbox."""
 
-    def __init__(self, tmp_path: Path, sandbox):
+    def __init__(self, tmp_path: Path, sandbox, realtime: str = "pubsub"):
         self.var = tmp_path / "var"
         self.var.mkdir()
         self.env = {
@@ -48,7 +48,7 @@ class Home:
             f"--state-dir={sandbox.state_dir}",
             "--auth=password",
             "--webhook-base=http://127.0.0.1:9",  # nothing listens: no webhook reaches us
-            "--realtime=pubsub",
+            f"--realtime={realtime}",
         )
         control(sandbox.info["control"]["salesforce"], "outbound", {"enabled": False})
 
@@ -165,3 +165,19 @@ def test_two_subscribers_started_together_hold_one_stream_and_hand_over(home, sa
     deal = open_deals(sandbox, 1)[0]
     Salesperson(sandbox.info["salesforce"]).close_won(deal)
     wait_for(lambda: home.recorded().get(deal) == 1, what="the deal")
+
+
+@pytest.mark.parametrize("mode", ["poll", "outbound"])
+def test_a_connection_not_set_to_pubsub_opens_no_stream(tmp_path, sandbox, mode):
+    sandbox.reset(SEED)
+    installation = Home(tmp_path, sandbox, realtime=mode)
+    try:
+        subscriber = installation.subscriber("idle")
+        log = installation.var / "idle.log"
+        wait_for(lambda: "started" in log.read_text(), what="the subscriber to start")
+        time.sleep(3)  # a Pub/Sub connection is live well within this (the tests above)
+        assert subscriber.poll() is None  # it waits for the mode to change, it does not exit
+        assert pubsub_status(sandbox)["open_streams"] == 0
+        assert installation.query("SELECT COUNT(*) FROM integration_changestream") == [(0,)]
+    finally:
+        installation.stop()

@@ -24,8 +24,10 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import random
 import re
+import socket
 import threading
 import time
 from dataclasses import dataclass
@@ -251,8 +253,15 @@ class Subscriber:
             close_old_connections()
 
     def _lease(self) -> bool:
+        seconds = _setting("PUBSUB_LEASE_SECONDS")
         try:
-            return self.stream.take_lease(self.holder, _setting("PUBSUB_LEASE_SECONDS"))
+            if self.stream.take_lease(self.holder, seconds):
+                return True
+            # A subscriber of this host that was killed (systemd restarts us at once) need not
+            # be waited for: its process is gone.
+            self.stream.refresh_from_db(fields=["holder"])
+            dead = self.stream.holder
+            return holder_is_dead(dead) and self.stream.take_over(dead, self.holder, seconds)
         except DatabaseError:
             close_old_connections()
             return False
@@ -406,10 +415,21 @@ def topics() -> list[str]:
 
 
 def holder_name() -> str:
-    import os
-    import socket
-
     return f"{socket.gethostname()}:{os.getpid()}"
+
+
+def holder_is_dead(holder: str) -> bool:
+    """True for a holder of this host whose process no longer exists."""
+    host, _, pid = holder.rpartition(":")
+    if host != socket.gethostname() or not pid.isdigit():
+        return False
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        return False
+    return False
 
 
 # --------------------------------------------------------------------------------------------

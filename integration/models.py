@@ -1235,6 +1235,14 @@ class ChangeStream(models.Model):
         )
         return bool(taken)
 
+    def take_over(self, dead_holder: str, holder: str, seconds: float) -> bool:
+        """Take the lease from a holder known to be dead (a process of this host that no longer
+        exists), without waiting for its lease to run out; False if someone else moved first."""
+        taken = ChangeStream.objects.filter(pk=self.pk, holder=dead_holder).update(
+            holder=holder, lease_expires_at=timezone.now() + timedelta(seconds=seconds)
+        )
+        return bool(taken)
+
     def release(self, holder: str) -> None:
         ChangeStream.objects.filter(pk=self.pk, holder=holder).update(
             holder="", lease_expires_at=None, state=self.State.STOPPED

@@ -38,7 +38,8 @@ class Home:
             **{k: v for k, v in os.environ.items() if k != "DATABASE_URL"},
             "KASHFORCE_VAR_DIR": str(self.var),
             "PYTHONUNBUFFERED": "1",
-            "KASHFORCE_PUBSUB_LEASE_SECONDS": "3",
+            # The production lease: a killed holder is not waited for (its process is gone).
+            "KASHFORCE_PUBSUB_LEASE_SECONDS": "30",
             "KASHFORCE_PUBSUB_MAX_BACKOFF": "2",
         }
         self.processes: list[subprocess.Popen] = []
@@ -136,8 +137,10 @@ def test_a_killed_subscriber_is_resumed_from_its_replay_id_with_nothing_lost_or_
     stored = home.stream()["replay_id"]
     assert len(home.recorded()) < len(deals)
 
+    restarted = time.monotonic()
     home.subscriber("second")
     wait_for(lambda: len(home.recorded()) == len(deals), timeout=60, what="every deal")
+    assert time.monotonic() - restarted < 20  # no wait for the dead holder's 30-second lease
     assert home.recorded() == dict.fromkeys(deals, 1)  # each once
     resumed = [s for s in pubsub_status(sandbox)["subscriptions"] if s["replay_id"] == stored]
     assert resumed and resumed[-1]["preset"] == "CUSTOM"  # after the stored id, not LATEST

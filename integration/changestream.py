@@ -291,8 +291,7 @@ class Subscriber:
             # Nothing was stored past what the ledger holds: reconnecting replays the batch.
             log.warning("change stream %s: database error %s", self.topic, error)
             close_old_connections()
-            self.failures += 1
-            self.stop.wait(min(_setting("PUBSUB_MAX_BACKOFF"), 2**self.failures) / 4)
+            self.stop.wait(random.uniform(0.5, 1.0))
         finally:
             if self.subscription:
                 self.subscription.cancel()

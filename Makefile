@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 HOST ?= 127.0.0.1
 PORT ?= 8000
 
-.PHONY: run test check chaos venv serve clean bench bench-small
+.PHONY: run test check chaos venv serve clean bench bench-small proto
 
 $(VENV)/.installed: requirements.txt requirements-dev.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -50,6 +50,11 @@ bench: venv
 
 bench-small: venv
 	$(PY) -m benchmarks.run --small --latency-ms $(LATENCY_MS) $(BENCH_ARGS)
+
+# The Pub/Sub API modules, generated from eventbus/pubsub_api.proto and committed (CI and installs
+# need no protoc). Needs grpcio-tools from requirements-dev.txt.
+proto: venv
+	$(PY) -m grpc_tools.protoc -I. --python_out=. --grpc_python_out=. eventbus/pubsub_api.proto
 
 clean:
 	rm -rf $(VENV) .pytest_cache

@@ -31,7 +31,11 @@ GUNICORN = ["--workers", "3", "--timeout", "60", "--no-control-socket"]
 def run(lab: Lab, mode: str, closed: int, window: float, seed: str = "b3") -> dict:
     """One fresh kashforce, `closed` deals closed over `window` seconds; what was seen."""
     port = free_port()
-    lab.fresh(f"b3-{mode}", webhook_base=f"http://127.0.0.1:{port}" if mode == "push" else None)
+    lab.fresh(
+        f"b3-{mode}",
+        webhook_base=f"http://127.0.0.1:{port}" if mode == "push" else None,
+        realtime="pubsub" if mode == "pubsub" else None,
+    )
     lab.measure("sync", "customers")  # not measured: a running installation has them
     lab.measure("sync", "products")
     database = lab.var_dir / "kashforce.sqlite3"
@@ -42,11 +46,15 @@ def run(lab: Lab, mode: str, closed: int, window: float, seed: str = "b3") -> di
     )
     cluster = lab.serve(f"b3-{mode}-qcluster", "manage.py", "qcluster")
     services = [web, cluster]
+    if mode == "pubsub":  # no webhook reachable: the subscriber streams the changes instead
+        services.append(lab.serve(f"b3-{mode}-subscriber", "manage.py", "subscribe"))
     try:
         _wait_for_http(f"http://127.0.0.1:{port}/health/", web, timeout=60)
         cluster.wait_for_log("ready for work", timeout=60)
         # Steady state: the scheduler has polled once (its first look is ~30 s after start).
         _wait_for(lambda: _scheduled_invoice_runs(database), services, interval + 90, "a poll")
+        if mode == "pubsub":
+            _wait_for(lambda: _stream_live(database), services, 60, "the change stream")
         chosen = _open_opportunities(lab, closed, random.Random(seed))
         lab.reset_stats()
         salesperson = Salesperson(lab, chosen, window, random.Random(seed))
@@ -207,6 +215,17 @@ def _scheduled_invoice_runs(database: Path) -> int:
         "SELECT COUNT(*) FROM integration_syncrun WHERE flow = 'invoices' "
         "AND trigger = 'schedule' AND finished_at IS NOT NULL",
     )[0][0]
+
+
+def _stream_live(database: Path) -> bool:
+    """The subscriber is streaming (it has heard from Salesforce and stored a position)."""
+    return bool(
+        _read(
+            database,
+            "SELECT COUNT(*) FROM integration_changestream WHERE state = 'live' "
+            "AND replay_id != ''",
+        )[0][0]
+    )
 
 
 def _ledger(database: Path) -> dict:

@@ -92,7 +92,13 @@ class Lab:
         self.set_latency(self.latency_ms)
         return time.perf_counter() - started
 
-    def fresh(self, name: str, env: dict | None = None, webhook_base: str | None = None) -> Path:
+    def fresh(
+        self,
+        name: str,
+        env: dict | None = None,
+        webhook_base: str | None = None,
+        realtime: str | None = None,
+    ) -> Path:
         """A new kashforce (copied from the migrated template) connected to the sandbox. With a
         DATABASE_URL in `env`, that (empty) database is migrated and used instead of SQLite.
 
@@ -105,6 +111,7 @@ class Lab:
         if (env or {}).get("DATABASE_URL"):
             self.manage("migrate", "--noinput", env=env)
         hook = ["--webhook-base", webhook_base] if webhook_base else []
+        hook += ["--realtime", realtime] if realtime else []  # outbound, pubsub or poll
         self.manage("sandbox_connect", "--state-dir", str(self.sandbox_dir), *hook, env=env)
         if not webhook_base:
             self.control("salesforce", "outbound", {"url": "", "enabled": False})

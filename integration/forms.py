@@ -97,6 +97,8 @@ class ConnectionForm(forms.ModelForm):
             "ca_file",
             "username",
             "consumer_key",
+            "realtime",
+            "pubsub_endpoint",
             "is_active",
         ]
         labels = {
@@ -120,6 +122,9 @@ class ConnectionForm(forms.ModelForm):
             (value, AUTH_METHOD_LABELS.get(value, label)) for value, label in method.choices
         ]
         method.help_text = AUTH_METHOD_HELP
+
+    def clean_realtime(self):
+        return self.cleaned_data.get("realtime") or Connection.Realtime.OUTBOUND
 
     def clean(self):
         cleaned = super().clean()

@@ -80,6 +80,11 @@ class Connection(models.Model):
         OK = "ok", "Working"
         FAILING = "failing", "Failing"
 
+    class Realtime(models.TextChoices):
+        OUTBOUND = "outbound", "Outbound Messages (Salesforce calls kashforce's public address)"
+        PUBSUB = "pubsub", "Pub/Sub API (kashforce listens to Salesforce; no public address)"
+        POLL = "poll", "Poll only (every few minutes)"
+
     # Which secret names each auth method uses; forms and the client factory read this.
     SECRET_FIELDS = {
         AuthMethod.SF_JWT: ("private_key",),
@@ -109,6 +114,20 @@ class Connection(models.Model):
     api_version = models.CharField(max_length=10, blank=True, default="59.0")
     organization_id = models.CharField(
         max_length=18, blank=True, help_text="Salesforce org id, checked on Outbound Messages."
+    )
+    # How won deals reach kashforce in seconds; the schedule's poll runs in every mode.
+    realtime = models.CharField(
+        "real-time changes",
+        max_length=10,
+        choices=Realtime.choices,
+        default=Realtime.OUTBOUND,
+        blank=True,  # a form that leaves it out keeps the default (KashFlow has no such choice)
+    )
+    pubsub_endpoint = models.CharField(
+        "Pub/Sub API address",
+        max_length=255,
+        blank=True,
+        help_text="host:port; empty for api.pubsub.salesforce.com:7443.",
     )
     # KashFlow endpoint.
     base_url = models.URLField(blank=True, help_text="KashFlow: https://api.kashflow.com/v2")
@@ -1302,6 +1321,74 @@ class CustomerFeedEntry(models.Model):
 
     def __str__(self) -> str:
         return f"{self.connection_id}/{self.code}"
+
+
+class ChangeStream(models.Model):
+    """One Pub/Sub topic kashforce subscribes to on a connection: how far it has read and which
+    subscriber process holds it.
+
+    `replay_id` (the hex of Salesforce's opaque bytes) is stored only once the changes it brought
+    are in the ledger, in the same transaction, so a crash replays instead of losing. The lease
+    (`holder` until `lease_expires_at`) is taken with a conditional UPDATE, so two subscribers
+    started together hold one stream between them.
+    """
+
+    class State(models.TextChoices):
+        CONNECTING = "connecting", "Connecting"
+        LIVE = "live", "Live"
+        SILENT = "silent", "Silent: the poll is covering"
+        DOWN = "down", "Down: the poll is covering"
+        STOPPED = "stopped", "Stopped"
+
+    connection = models.ForeignKey(
+        Connection, on_delete=models.CASCADE, related_name="change_streams"
+    )
+    topic = models.CharField(max_length=255)
+    replay_id = models.CharField(max_length=64, blank=True)
+    replay_saved_at = models.DateTimeField(null=True, blank=True)
+    last_event_at = models.DateTimeField(null=True, blank=True)
+    last_heard_at = models.DateTimeField(null=True, blank=True)  # any answer, keepalives too
+    events_received = models.PositiveBigIntegerField(default=0)
+    state = models.CharField(max_length=20, choices=State.choices, default=State.STOPPED)
+    message = models.TextField(blank=True)
+    holder = models.CharField(max_length=100, blank=True)
+    lease_expires_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["connection", "topic"], name="change_stream_unique")
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.topic} on {self.connection_id}"
+
+    def take_lease(self, holder: str, seconds: float) -> bool:
+        """Hold (or keep holding) the stream for `seconds`; False while another holder's lease
+        runs. One conditional UPDATE: of two subscribers asking at once, one wins."""
+        now = timezone.now()
+        taken = (
+            ChangeStream.objects.filter(pk=self.pk)
+            .filter(Q(holder="") | Q(holder=holder) | Q(lease_expires_at__lt=now))
+            .update(holder=holder, lease_expires_at=now + timedelta(seconds=seconds))
+        )
+        return bool(taken)
+
+    def take_over(self, dead_holder: str, holder: str, seconds: float) -> bool:
+        """Take the lease from a holder known to be dead (a process of this host that no longer
+        exists), without waiting for its lease to run out; False if someone else moved first."""
+        taken = ChangeStream.objects.filter(pk=self.pk, holder=dead_holder).update(
+            holder=holder, lease_expires_at=timezone.now() + timedelta(seconds=seconds)
+        )
+        return bool(taken)
+
+    def release(self, holder: str) -> None:
+        ChangeStream.objects.filter(pk=self.pk, holder=holder).update(
+            holder="", lease_expires_at=None, state=self.State.STOPPED
+        )
+
+    def note(self, state: str, message: str = "") -> None:
+        self.state, self.message = state, secrets.redact(message)[:2000]
+        ChangeStream.objects.filter(pk=self.pk).update(state=self.state, message=self.message)
 
 
 # --------------------------------------------------------------------------------------------

@@ -19,7 +19,7 @@ from django.utils.http import url_has_allowed_host_and_scheme, urlencode
 from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_GET, require_POST
 
-from integration import changes, export
+from integration import changes, changestream, export
 from integration.access import VIEW, admin_required, operator_required, viewer_required
 from integration.forms import (
     NO_CODE,
@@ -235,6 +235,7 @@ def overview(request):
         ],
         "paused_connections": [c for c in connections if c.sign_in_refused_at is not None],
         "salesforce_usage": [c for c in connections if c.kind == Connection.Kind.SALESFORCE],
+        "realtime": changestream.realtime_status(connections),
         "silent_since": latest if latest and latest < now - stale_after else None,
         "never_synced": latest is None,
         "charts": charts,

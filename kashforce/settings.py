@@ -374,6 +374,22 @@ KASHFORCE = {
     "CUSTOMER_REFRESH_PER_RUN": _read("KASHFORCE_CUSTOMER_REFRESH_PER_RUN", env.int, 200),
     # Full KashFlow records read at once (threads), as production integrations do (4 to 8).
     "KASHFLOW_READ_THREADS": _read("KASHFORCE_KASHFLOW_READ_THREADS", env.int, 4),
+    # The Pub/Sub subscriber (`manage.py subscribe`, for connections set to Pub/Sub): events
+    # requested at a time (at most 100), the lease a subscriber holds a topic for (renewed every
+    # few seconds), seconds without any answer (events or keepalives, which come every ~60 s)
+    # before the stream is taken for dead and the poll runs, the longest wait between reconnects,
+    # and the client id its Salesforce calls carry (Sforce-Call-Options), by which change events
+    # of kashforce's own writes are recognised. Platform Event topics (e.g. /event/Deal_Won__e)
+    # may be added; the field of theirs that holds the Opportunity Id is named below.
+    "PUBSUB_CREDIT": _read("KASHFORCE_PUBSUB_CREDIT", env.int, 100),
+    "PUBSUB_LEASE_SECONDS": _read("KASHFORCE_PUBSUB_LEASE_SECONDS", env.float, 30.0),
+    "PUBSUB_SILENCE_SECONDS": _read("KASHFORCE_PUBSUB_SILENCE_SECONDS", env.float, 300.0),
+    "PUBSUB_MAX_BACKOFF": _read("KASHFORCE_PUBSUB_MAX_BACKOFF", env.float, 60.0),
+    "PUBSUB_CLIENT_ID": _read("KASHFORCE_PUBSUB_CLIENT_ID", env.str, "kashforce"),
+    "PUBSUB_EVENT_TOPICS": _read("KASHFORCE_PUBSUB_EVENT_TOPICS", env.list, []),
+    "PUBSUB_EVENT_OPPORTUNITY_FIELD": _read(
+        "KASHFORCE_PUBSUB_EVENT_OPPORTUNITY_FIELD", env.str, "OpportunityId__c"
+    ),
     # Days to keep successful ledger rows (errors are kept until resolved).
     "LEDGER_RETENTION_DAYS": _read("KASHFORCE_LEDGER_RETENTION_DAYS", env.int, 90),
     # Values the mappings fall back on (an invoice line's nominal code, a payment's method...).

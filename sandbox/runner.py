@@ -60,6 +60,7 @@ class SandboxServer:
                 app.reset(self.seed)
         for server in self.servers.values():
             server.start()
+        self.salesforce.pubsub.start()  # gRPC beside the REST API, on the same CA
         self._write_descriptor()
         return self
 

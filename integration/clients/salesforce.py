@@ -478,6 +478,8 @@ def salesforce_session(connection: Connection) -> ApiSession:
     """The requests session for one connection: timeouts, CA, retries, usage hook, login route."""
     session = ApiSession(SYSTEM, connection.ca_file, retryable=_retryable)
     session.hooks["response"].append(ApiUsageRecorder(connection))
+    # Change events carry this client id in changeOrigin: how the subscriber knows its own writes.
+    session.headers["Sforce-Call-Options"] = f"client={settings.KASHFORCE['PUBSUB_CLIENT_ID']}"
     _, login_host, redirect = login_arguments(connection)
     if redirect:
         stand_in_url = f"https://{login_host}.salesforce.com/"

@@ -11,7 +11,7 @@ from pathlib import Path
 from urllib.parse import unquote
 
 from sandbox.core import Request, Response
-from sandbox.salesforce import bulk, composite, credentials, rest, schema, seed
+from sandbox.salesforce import bulk, composite, credentials, pubsub, rest, schema, seed
 from sandbox.salesforce.auth import Authenticator, Sessions, bearer_token
 from sandbox.salesforce.errors import ApiError
 from sandbox.salesforce.org import Org
@@ -100,6 +100,7 @@ class SalesforceApp:
         self.jobs = bulk.Jobs()
         self.outbound = Outbound(self, self.options)
         self.org.won_listeners.append(self.outbound.notify)
+        self.pubsub = pubsub.PubSubServer(self, self.options)  # started by the runner
         self.daily_api_limit = int(self.options["daily_api_limit"])
         self._usage_lock = threading.Lock()
         self.base_url = ""  # set by the runner once the server has its port
@@ -123,6 +124,7 @@ class SalesforceApp:
             "consumer_secret": self.creds["consumer_secret"],
             "jwt_private_key_file": str(self.jwt_private_key_file),
             "organization_id": self.creds["organization_id"],
+            "pubsub": self.pubsub.address,
         }
 
     # -- the core's app protocol ---------------------------------------------------------------
@@ -133,6 +135,8 @@ class SalesforceApp:
             return self.auth.soap_login(request, SOAP_LOGIN.match(request.path)["version"])
         if request.method == "POST" and request.path.rstrip("/") == "/services/oauth2/token":
             return self.auth.oauth_token(request)
+        if request.method == "GET" and request.path.rstrip("/") == "/services/oauth2/userinfo":
+            return self.auth.userinfo(request)
         if request.path.rstrip("/") == "/services/data":
             return rest.versions(self, request)
         if not REST_PREFIX.match(request.path):
@@ -155,7 +159,19 @@ class SalesforceApp:
                 return response
             with self.store.lock:
                 self.store.set_meta(_usage_key(), used + 1)
-        response = self.call_rest(request)
+        caller = pubsub.CALLER.set(
+            (
+                pubsub.change_origin(
+                    REST_PREFIX.match(request.path)["version"],
+                    request.headers.get("Sforce-Call-Options"),
+                ),
+                self.creds["user_id"],  # one user: the simulator has no others
+            )
+        )
+        try:
+            response = self.call_rest(request)
+        finally:
+            pubsub.CALLER.reset(caller)
         response.headers["Sforce-Limit-Info"] = f"api-usage={used + 1}/{self.daily_api_limit}"
         return response
 
@@ -245,6 +261,7 @@ class SalesforceApp:
         self.cursors.clear()
         self.jobs.clear()
         self.outbound.reset()
+        self.pubsub.reset()
         self.daily_api_limit = int(self.options["daily_api_limit"])
         self.switches.update({name: self.options[name] for name in ORG_SWITCHES})
         self._apply_switches()
@@ -254,6 +271,7 @@ class SalesforceApp:
 
     def close(self) -> None:
         self.outbound.close()
+        self.pubsub.stop()
         self.store.close()
 
     # -- extra control calls -------------------------------------------------------------------
@@ -284,6 +302,10 @@ class SalesforceApp:
                     self.switches["payments_relationship"] = str(payload["payments_relationship"])
                 self._apply_switches()
             return Response.json(200, dict(self.switches))
+        if subpath == "pubsub":
+            if request.method == "POST":
+                return Response.json(200, self.pubsub.control(payload))
+            return Response.json(200, self.pubsub.status())
         if subpath == "limits":
             if request.method == "POST":
                 self._set_usage(payload)

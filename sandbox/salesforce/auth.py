@@ -187,6 +187,23 @@ class Authenticator:
             return _oauth_error("invalid_grant", "user hasn't approved this consumer")
         return self._token_response(claims["sub"])
 
+    def userinfo(self, request: Request) -> Response:
+        """OpenID Connect userinfo: who the token belongs to (Pub/Sub clients read the org id
+        for the `tenantid` header here). A bad token is a 403 `Bad_OAuth_Token`, as live."""
+        if not self.sessions.is_valid(bearer_token(request)):
+            return Response.text(403, "Bad_OAuth_Token", "text/plain")
+        base, org, user = self.base_url_of(), self.creds["organization_id"], self.creds["user_id"]
+        return Response.json(
+            200,
+            {
+                "sub": f"{base}/id/{org}/{user}",
+                "user_id": user,
+                "organization_id": org,
+                "preferred_username": self.creds["username"],
+                "active": True,
+            },
+        )
+
     def _client_ok(self, client_id, client_secret) -> bool:
         return _same(client_id, self.creds["consumer_key"]) and _same(
             client_secret, self.creds["consumer_secret"]

@@ -49,6 +49,8 @@ class Store:
         )
         self._journals: list[list] = []
         self.after_commit: list = []  # callables run once the outermost transaction commits
+        # Called with the outermost transaction's journal once it commits (change capture).
+        self.change_listeners: list = []
         self._load()
 
     def _load(self) -> None:
@@ -90,6 +92,9 @@ class Store:
         if self._journals:
             self._journals[-1].extend(journal)
         self.db.execute(f"RELEASE {name}")
+        if not self._journals:
+            for listener in self.change_listeners:
+                listener(journal)
 
     def on_commit(self, action) -> None:
         """Run `action` after the outermost transaction commits (dropped on rollback)."""

@@ -35,12 +35,21 @@ class Command(BaseCommand):
         parser.add_argument(
             "--replace", action="store_true", help="deactivate production connections if active"
         )
+        parser.add_argument(
+            "--realtime",
+            choices=Connection.Realtime.values,
+            default=None,
+            help="how won deals arrive in seconds (default: keep the connection's setting)",
+        )
 
-    def handle(self, state_dir, auth, webhook_base, replace, **options):
+    def handle(self, state_dir, auth, webhook_base, replace, realtime=None, **options):
         state_dir = state_dir or Path(settings.KASHFORCE["SANDBOX_STATE_DIR"])
         info = self._descriptor(state_dir)
         with transaction.atomic():
             salesforce = self._salesforce(info["salesforce"], SF_AUTH[auth], replace)
+            if realtime:
+                salesforce.realtime = realtime
+                salesforce.save(update_fields=["realtime"])
             kashflow = self._kashflow(info["kashflow"], replace)
         hook = f"{webhook_base.rstrip('/')}/hooks/salesforce/outbound/{salesforce.get_secret('outbound_secret')}/"
         self._configure_outbound(info["control"]["salesforce"], info["salesforce"]["ca_file"], hook)
@@ -80,6 +89,7 @@ class Command(BaseCommand):
         connection.username = sf["username"]
         connection.consumer_key = sf["consumer_key"]
         connection.organization_id = sf.get("organization_id", "")
+        connection.pubsub_endpoint = sf.get("pubsub", "")
         connection.is_active = True
         connection.set_secrets(
             password=sf["password"],

@@ -31,6 +31,9 @@ class Command(BaseCommand):
         parser.add_argument("--reset", action="store_true", help="wipe state and apply --seed")
         parser.add_argument("--salesforce-port", type=int, default=8443)
         parser.add_argument("--kashflow-port", type=int, default=8080)
+        parser.add_argument(
+            "--pubsub-port", type=int, default=7443, help="Salesforce Pub/Sub (gRPC)"
+        )
         parser.add_argument("--latency-ms", type=float, default=0)
         parser.add_argument("--info", action="store_true", help="print the running descriptor")
         parser.add_argument(
@@ -68,6 +71,7 @@ class Command(BaseCommand):
             reset=options["reset"],
             verbose=options["verbosity"] > 1,
             soap_login_enabled=options["soap_login_enabled"],
+            pubsub_port=options["pubsub_port"],
         )
         try:
             server.start()
@@ -92,6 +96,7 @@ class Command(BaseCommand):
     def announce(self, server: SandboxServer) -> None:
         info = server.info
         self.stdout.write(f"Salesforce: {info['salesforce']['instance_url']}")
+        self.stdout.write(f"Pub/Sub:    {info['salesforce']['pubsub']} (gRPC, same CA)")
         if info["kashflow"]:
             self.stdout.write(f"KashFlow:   {info['kashflow']['base_url']}")
         self.stdout.write(f"Descriptor: {server.state_dir / 'sandbox.json'}")

@@ -21,7 +21,7 @@ from integration.mapping_defaults import install_default_mappings
 from integration.models import ChangeStream, Connection, CrossRef, SyncEvent, SyncRun, Trigger
 from integration.sync import engine
 from tests.fixtures_sandbox import control
-from tests.sandbox_connections import calls, connect_both
+from tests.sandbox_connections import calls, connect_both, link_products
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -41,6 +41,7 @@ def org(sandbox, settings):
         "PUBSUB_MAX_BACKOFF": 2.0,
     }
     salesforce, _kashflow = connect_both(sandbox)
+    link_products()  # an invoice waits for its products' links
     info = sandbox.info["salesforce"]
     salesforce.realtime = Connection.Realtime.PUBSUB
     salesforce.pubsub_endpoint = info["pubsub"]

@@ -47,7 +47,7 @@ class Home:
         self.manage(
             "sandbox_connect",
             f"--state-dir={sandbox.state_dir}",
-            "--auth=password",
+            "--auth=jwt",
             "--webhook-base=http://127.0.0.1:9",  # nothing listens: no webhook reaches us
             f"--realtime={realtime}",
         )

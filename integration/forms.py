@@ -70,6 +70,7 @@ class ConnectionForm(forms.ModelForm):
             "ca_file",
             "username",
             "consumer_key",
+            "invoice_from",
             "is_active",
         ]
         labels = {

@@ -117,6 +117,29 @@ DESCRIBES = {
         _field("UseStandardPrice", "boolean", nillable=False, defaulted=True),
         _read_only("ProductCode", "string", 255),
     ],
+    "Order": [
+        *_system(),
+        _field(
+            "AccountId",
+            "reference",
+            18,
+            nillable=False,
+            reference_to=["Account"],
+            relationship="Account",
+        ),
+        _field("EffectiveDate", "date", nillable=False),
+        _field("Status", "picklist", 40, nillable=False),
+        _read_only("StatusCode", "picklist", 40),
+        _read_only("OrderNumber", "string", 30, nillable=False),
+        _read_only("TotalAmount", "currency"),
+        _field("Pricebook2Id", "reference", 18, reference_to=["Pricebook2"]),
+        _field("OpportunityId", "reference", 18, reference_to=["Opportunity"]),
+        _field("IsReductionOrder", "boolean", nillable=False, updateable=False, defaulted=True),
+        _field("OriginalOrderId", "reference", 18, updateable=False, reference_to=["Order"]),
+        _field("KashFlow_Invoice_Number__c", "string", 32),
+        _field("KashFlow_Invoice_Status__c", "string", 32),
+        _money("KashFlow_Amount_Due__c"),
+    ],  # fmt: skip
     "KashFlow_Payment__c": [
         *_system(),
         _read_only("Name", "string", 80),  # an auto-number

@@ -11,7 +11,7 @@ from urllib.parse import urlsplit
 
 from integration.clients.errors import ApiError
 from integration.clients.kashflow import KashFlowClient
-from integration.clients.salesforce import OBJECT_MISSING, SalesforceClient
+from integration.clients.salesforce import OBJECT_MISSING, SalesforceClient, required_fields
 from integration.models import AuditEntry, Connection
 from integration.secrets import SecretDecryptionError
 
@@ -72,12 +72,33 @@ def _check(connection: Connection) -> CheckResult:
     client = SalesforceClient(connection)
     client.login()
     who = connection.username or urlsplit(client.instance_url).hostname
-    missing = client.missing_fields()
-    if not missing:
+    missing = client.missing_fields(required_fields(connection))
+    problems = []
+    if missing:
+        problems.append(f"Missing in the org: {describe_missing(missing)}.")
+    if connection.invoices_orders() and "Order" not in missing:
+        problems += _order_permission_problem(client, connection)
+    if not problems:
         return CheckResult(True, f"Connected as {who}. The org has every field kashforce needs.")
-    return CheckResult(
-        False, f"Connected as {who}. Missing in the org: {describe_missing(missing)}.", missing
-    )
+    return CheckResult(False, f"Connected as {who}. {' '.join(problems)}", missing)
+
+
+def _order_permission_problem(client: SalesforceClient, connection: Connection) -> list[str]:
+    """Activated Orders are locked: writing the invoice number back onto one needs the
+    integration user's Edit Activated Orders permission."""
+    if not connection.username:
+        return [
+            "kashforce cannot tell whether the connected app's run-as user may edit activated "
+            "Orders; give that user the Edit Activated Orders permission, or invoice numbers "
+            "cannot be written back to activated Orders."
+        ]
+    if client.can_edit_activated_orders(connection.username):
+        return []
+    return [
+        f"The user {connection.username} lacks the Edit Activated Orders permission, so "
+        "kashforce cannot write invoice numbers back to activated Orders (Salesforce locks "
+        "them); give the user a permission set with Edit Activated Orders."
+    ]
 
 
 def describe_missing(missing: dict[str, list[str]]) -> str:

@@ -205,8 +205,20 @@ INVOICE_TO_OPPORTUNITY = Template(
     update_only=True,
 )  # fmt: skip
 
+
 # Activated Orders become invoices exactly as Closed Won Opportunities do: the same rows, with
-# the Order's start date as the invoice date (its tax point, like a deal's close date).
+# the Order's start date as the invoice date (its tax point, like a deal's close date). An
+# OrderItem has no Name, so its description falls back on the product's name only.
+def _order_line(line: dict) -> dict:
+    """An Opportunity product's row, for an Order product."""
+    params = dict(line["params"])
+    if line["transform"] == "vat_rate":
+        params["country_path"] = "Order.Account.BillingCountry"
+    if "fallbacks" in params:
+        params["fallbacks"] = [path for path in params["fallbacks"] if path != "Name"]
+    return {**line, "params": params}
+
+
 ORDER_TO_INVOICE = Template(
     "invoices", "salesforce.Order", "kashflow.Invoice", "Activated Orders to invoices",
     [
@@ -221,11 +233,7 @@ ORDER_TO_INVOICE = Template(
 
 ORDER_ITEM_TO_INVOICE_LINE = Template(
     "invoices", "salesforce.OrderItem", "kashflow.InvoiceLine", "Order products to invoice lines",
-    [
-        {**line, "params": {**line["params"], "country_path": "Order.Account.BillingCountry"}}
-        if line["transform"] == "vat_rate" else line
-        for line in LINE_ITEM_TO_INVOICE_LINE.rows
-    ],
+    [_order_line(line) for line in LINE_ITEM_TO_INVOICE_LINE.rows],
     source_extras=("Order",),  # the line's Order and Account, added by the flow
 )  # fmt: skip
 

@@ -139,7 +139,7 @@ DESCRIBES = {
         _field("KashFlow_Invoice_Number__c", "string", 32),
         _field("KashFlow_Invoice_Status__c", "string", 32),
         _money("KashFlow_Amount_Due__c"),
-    ],  # fmt: skip
+    ],
     "KashFlow_Payment__c": [
         *_system(),
         _read_only("Name", "string", 80),  # an auto-number

@@ -14,6 +14,7 @@ from integration.models import CrossRef, SyncEvent, SyncRun, Trigger
 from integration.sync import engine
 from tests.fixtures_sandbox import control
 from tests.sandbox_connections import kashflow_connection, salesforce_connection, set_faults
+from tests.test_invoice_vat_currency import kashflow_customer
 
 pytestmark = pytest.mark.django_db
 
@@ -67,12 +68,14 @@ def entries(org) -> dict[str, str]:
     return {entry["Product2"]["ProductCode"]: entry["Id"] for entry in found}
 
 
-def order(org, codes=(STANDARD, REDUCED), activate=True, opportunity_id=None) -> str:
+def order(org, codes=(STANDARD, REDUCED), activate=True, opportunity_id=None, currency=None):
     """An Order of the first Account with 2 units at 100.00 of each product."""
     header = {"AccountId": org.accounts[0], "EffectiveDate": date.today().isoformat(),
               "Status": "Draft", "Pricebook2Id": org.pricebook}  # fmt: skip
     if opportunity_id:
         header["OpportunityId"] = opportunity_id
+    if currency:
+        header["CurrencyIsoCode"] = currency
     [made] = org.salesforce.create("Order", [header])
     assert made.success, made.error
     prices = entries(org)
@@ -282,3 +285,20 @@ def test_a_reduction_order_becomes_a_credit_note_once(org):
     assert len(invoices_marked(org, reduction.id)) == 1
     ref = CrossRef.objects.get(object_type="invoice", salesforce_id=reduction.id)
     assert ref.kashflow_key == str(summary["Number"])
+
+
+def test_an_eur_order_is_invoiced_in_eur(sandbox):
+    sandbox.reset(SEED)
+    control(sandbox.info["control"]["salesforce"], "currencies",
+            {"multi_currency": True, "corporate": "GBP", "rates": {"EUR": "1.17"}})  # fmt: skip
+    org = make_org(sandbox, "orders")
+    permission(org, edit_activated_orders=True)
+    kashflow_customer(org, org.accounts[0], "EURO01", "IE", vat_number="IE7654321W", currency="EUR")
+    order_id = order(org, codes=(STANDARD,), currency="EUR")
+    assert run().written_count == 1
+    [summary] = invoices_marked(org, order_id)
+    invoice = org.kashflow.get_invoice(summary["Number"])
+    assert invoice["Currency"]["Code"] == "EUR"
+    assert invoice["NetAmount"] == Decimal("200")
+    assert [line["VATLevel"] for line in invoice["LineItems"]] == [0]  # reverse charge, as deals
+    assert "in EUR" in event_of(order_id).message

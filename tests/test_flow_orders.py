@@ -9,9 +9,10 @@ import pytest
 
 from integration.clients.check import check_connection
 from integration.clients.kashflow import KashFlowClient
-from integration.clients.salesforce import SalesforceClient
+from integration.clients.salesforce import SalesforceClient, required_fields
 from integration.models import CrossRef, SyncEvent, SyncRun, Trigger
 from integration.sync import engine
+from tests.factories import SalesforceConnectionFactory
 from tests.fixtures_sandbox import control
 from tests.sandbox_connections import kashflow_connection, salesforce_connection, set_faults
 from tests.test_invoice_vat_currency import kashflow_customer
@@ -302,3 +303,21 @@ def test_an_eur_order_is_invoiced_in_eur(sandbox):
     assert invoice["NetAmount"] == Decimal("200")
     assert [line["VATLevel"] for line in invoice["LineItems"]] == [0]  # reverse charge, as deals
     assert "in EUR" in event_of(order_id).message
+
+
+def test_invoicing_from_orders_needs_the_order_fields_and_with_both_its_opportunity():
+    for invoice_from, expected in (
+        ("opportunities", None),
+        ("orders", ["KashFlow_Invoice_Number__c", "KashFlow_Invoice_Status__c",
+                    "KashFlow_Amount_Due__c"]),
+        ("both", ["KashFlow_Invoice_Number__c", "KashFlow_Invoice_Status__c",
+                  "KashFlow_Amount_Due__c", "OpportunityId"]),
+    ):  # fmt: skip
+        connection = SalesforceConnectionFactory.build(invoice_from=invoice_from)
+        assert required_fields(connection).get("Order") == expected
+
+
+def test_the_connection_s_choice_wins_over_the_variable(settings):
+    settings.KASHFORCE = {**settings.KASHFORCE, "INVOICE_FROM": "both"}
+    assert SalesforceConnectionFactory.build(invoice_from="").invoices_from() == "both"
+    assert SalesforceConnectionFactory.build(invoice_from="orders").invoices_from() == "orders"

@@ -79,20 +79,21 @@ def _check(connection: Connection) -> CheckResult:
     if connection.invoices_orders() and "Order" not in missing:
         problems += _order_permission_problem(client, connection)
     if not problems:
-        return CheckResult(True, f"Connected as {who}. The org has every field kashforce needs.")
+        message = f"Connected as {who}. The org has every field kashforce needs."
+        if connection.invoices_orders() and not connection.username:
+            # Client credentials: the run-as user is the connected app's, unknown here.
+            message += (
+                " Make sure the connected app's run-as user has the Edit Activated Orders "
+                "permission, or invoice numbers cannot be written back to activated Orders."
+            )
+        return CheckResult(True, message)
     return CheckResult(False, f"Connected as {who}. {' '.join(problems)}", missing)
 
 
 def _order_permission_problem(client: SalesforceClient, connection: Connection) -> list[str]:
     """Activated Orders are locked: writing the invoice number back onto one needs the
-    integration user's Edit Activated Orders permission."""
-    if not connection.username:
-        return [
-            "kashforce cannot tell whether the connected app's run-as user may edit activated "
-            "Orders; give that user the Edit Activated Orders permission, or invoice numbers "
-            "cannot be written back to activated Orders."
-        ]
-    if client.can_edit_activated_orders(connection.username):
+    integration user's Edit Activated Orders permission (held through a permission set)."""
+    if not connection.username or client.can_edit_activated_orders(connection.username):
         return []
     return [
         f"The user {connection.username} lacks the Edit Activated Orders permission, so "

@@ -6,6 +6,7 @@ from decimal import Decimal
 from types import SimpleNamespace
 
 import pytest
+from django.test import Client
 
 from integration.clients.check import check_connection
 from integration.clients.kashflow import KashFlowClient
@@ -321,3 +322,25 @@ def test_the_connection_s_choice_wins_over_the_variable(settings):
     settings.KASHFORCE = {**settings.KASHFORCE, "INVOICE_FROM": "both"}
     assert SalesforceConnectionFactory.build(invoice_from="").invoices_from() == "both"
     assert SalesforceConnectionFactory.build(invoice_from="orders").invoices_from() == "orders"
+
+
+def test_a_pushed_order_is_invoiced_once_however_often_it_is_delivered(org):
+    org.connection.organization_id = org.sandbox.info["salesforce"]["organization_id"]
+    org.connection.set_secrets(outbound_secret="order-hook-secret")
+    org.connection.save()
+    order_id = order(org)
+    outbound = org.sandbox.salesforce.outbound  # the simulator's own Outbound Message body
+    for notification_id in ("04l8d0000000001AAA", "04l8d0000000002AAA"):
+        body = outbound.envelope(notification_id, order_id, "Order").encode()
+        response = Client(enforce_csrf_checks=True).post(
+            "/hooks/salesforce/outbound/order-hook-secret/", body, content_type="text/xml"
+        )
+        assert b"<Ack>true</Ack>" in response.content, response.content.decode()[-800:]
+    [event] = SyncEvent.objects.filter(source_id=order_id)
+    assert event.source_object == "salesforce.Order"
+    [pushed] = SyncRun.objects.filter(trigger=Trigger.PUSH)
+    engine.execute_run(pushed.pk)
+    assert len(invoices_marked(org, order_id)) == 1
+    run()  # the poll sees the same Order: the same event, no second invoice
+    assert len(invoices_marked(org, order_id)) == 1
+    assert SyncEvent.objects.filter(source_id=order_id).count() == 1

@@ -86,6 +86,7 @@ class SalesforceApp:
         self.jobs = bulk.Jobs()
         self.outbound = Outbound(self, self.options)
         self.org.won_listeners.append(self.outbound.notify)
+        self.org.activated_listeners.append(self.outbound.notify_order)
         self.daily_api_limit = int(self.options["daily_api_limit"])
         self._usage_lock = threading.Lock()
         self.base_url = ""  # set by the runner once the server has its port

@@ -39,6 +39,7 @@ class Org:
         self.store = store
         self.user_id = user_id  # the integration user, for its permissions
         self.won_listeners: list = []  # called with the Opportunity after commit
+        self.activated_listeners: list = []  # called with an Order activated, after commit
 
     # -- reads ---------------------------------------------------------------------------------
 
@@ -420,6 +421,10 @@ class Org:
             self._roll_up(record["OpportunityId"])
         if sobj.name == "OrderItem":
             self._roll_up_order(record["OrderId"])
+        activated = record.get("StatusCode") == "Activated"
+        if sobj.name == "Order" and activated and (before or {}).get("StatusCode") != "Activated":
+            for listener in self.activated_listeners:
+                self.store.on_commit(lambda f=listener, i=record["Id"]: f(i))
         became_won = record.get("IsWon") and not (before or {}).get("IsWon")
         if sobj.name == "Opportunity" and became_won and not record["IsDeleted"]:
             for listener in self.won_listeners:

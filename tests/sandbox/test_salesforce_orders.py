@@ -1,11 +1,15 @@
 """The Salesforce simulator's Orders: activation, the lock, TotalAmount, reduction orders and the
 Edit Activated Orders permission, driven by unmodified simple-salesforce over real sockets."""
 
+import threading
+import time
+from http.server import HTTPServer
+
 import pytest
 from simple_salesforce.exceptions import SalesforceMalformedRequest
 
 from tests.fixtures_sandbox import control
-from tests.sandbox.test_salesforce import catalogue, login  # noqa: F401  (fixture)
+from tests.sandbox.test_salesforce import _Receiver, catalogue, login  # noqa: F401  (fixture)
 
 
 @pytest.fixture
@@ -151,3 +155,32 @@ def test_an_order_takes_the_currency_its_items_inherit_in_a_multi_currency_org(
     order, item = draft_order(sf, catalogue)
     assert sf.Order.get(order)["CurrencyIsoCode"] == "GBP"
     assert sf.OrderItem.get(item)["CurrencyIsoCode"] == "GBP"
+
+
+def test_an_outbound_message_for_orders_is_sent_when_an_order_is_activated(
+    sandbox,
+    sf,
+    catalogue,  # noqa: F811
+):
+    _Receiver.bodies, _Receiver.fail_first = [], 0
+    receiver = HTTPServer(("127.0.0.1", 0), _Receiver)
+    threading.Thread(target=receiver.serve_forever, daemon=True).start()
+    try:
+        url = f"http://127.0.0.1:{receiver.server_address[1]}/outbound"
+        config = {"url": url, "enabled": True}
+        control(sandbox.info["control"]["salesforce"], "outbound", config)
+        order, _item = draft_order(sf, catalogue)
+        sf.Order.update(order, {"Status": "Activated"})
+        time.sleep(0.5)
+        assert control(sandbox.info["control"]["salesforce"], "outbound")["deliveries"] == []
+        control(sandbox.info["control"]["salesforce"], "outbound", {**config, "orders": True})
+        second, _item = draft_order(sf, catalogue)
+        sf.Order.update(second, {"Status": "Activated"})
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and not _Receiver.bodies:
+            time.sleep(0.1)
+        [body] = _Receiver.bodies
+        assert 'xsi:type="sf:Order"' in body and f"<sf:Id>{second}</sf:Id>" in body
+        assert "<sf:StatusCode>Activated</sf:StatusCode>" in body
+    finally:
+        receiver.shutdown()

@@ -266,6 +266,9 @@ def test_a_reduction_order_becomes_a_credit_note_once(org):
         "UnitPrice": 100, "OriginalOrderItemId": item["Id"]}])  # fmt: skip
     assert made.success, made.error
     activate_order(org, reduction.id)
+    # The product's VAT rate changed since: the credit takes the rate the invoice charged.
+    [product] = [p for p in org.kashflow.products() if p["Code"] == STANDARD]
+    org.kashflow.update_product(product["NominalCode"], STANDARD, {**product, "VATRate": 0})
     # Its answer lost the first time: the retry finds it, so there is still one credit note.
     set_faults(org.sandbox, "kashflow", ("POST /v2/invoices", "ambiguous", 1.0))
     run()
@@ -283,6 +286,9 @@ def test_a_reduction_order_becomes_a_credit_note_once(org):
     assert line["Description"].startswith(f"Credit for invoice {invoice['Number']}")
     assert read_order(org, reduction.id)["KashFlow_Invoice_Number__c"] == str(summary["Number"])
     assert f"for invoice {invoice['Number']}" in event_of(reduction.id).message
+    assert (
+        f"at 20% (the rate invoice {invoice['Number']} charged)" in event_of(reduction.id).message
+    )
     run()
     assert len(invoices_marked(org, reduction.id)) == 1
     ref = CrossRef.objects.get(object_type="invoice", salesforce_id=reduction.id)

@@ -24,8 +24,10 @@ is made once, the event waits in Needs attention saying so, and the retry only w
 from __future__ import annotations
 
 from datetime import timedelta
+from decimal import Decimal
 
 from integration.clients.errors import ApiError
+from integration.mapping import line_vat_amount
 from integration.models import Cursor, Direction, SyncEvent
 from integration.sync import engine
 from integration.sync.invoices import (
@@ -266,11 +268,42 @@ def create_credit_note_once(ctx, invoice: _Invoice, links: Links) -> None:
 
     A KashFlow credit note is an invoice for a negative amount (reference §C1): the payload's
     lines already carry negative quantities and name the invoice credited
-    (`invoices._credit_line`). Exactly once the way invoices are: the intent is recorded, the
-    reduction Order's Id is the marker in CustomerReference, and a retry adopts what it finds.
+    (`invoices._credit_line`); each takes the VAT rate of the original invoice's line for the
+    same product (HMRC: a credit note follows the original supply's rate). Exactly once the way
+    invoices are: the intent is recorded, the reduction Order's Id is the marker in
+    CustomerReference, and a retry adopts what it finds.
 
-    The seam for finance-amend's credit notes (integration/sync/amendments.py): once merged,
-    this body can call that implementation instead, with `invoice.payload` (the lines),
-    `invoice.credit_for` (the invoice credited) and `invoice.opportunity_id` (the marker).
+    The seam for finance-amend's credit notes (integration/sync/amendments.py): this body can
+    call that implementation instead, with `invoice.payload` (the lines), `invoice.credit_for`
+    (the invoice credited) and `invoice.opportunity_id` (the marker).
     """
+    if not (invoice.ref and invoice.ref.kashflow_key):
+        try:
+            original = ctx.kashflow.get_invoice(int(invoice.credit_for))
+        except ApiError as exc:
+            return invoice.event.mark_failed(exc.message, permanent=exc.permanent, code=exc.code)
+        invoice.payload = at_original_vat_rates(invoice.payload, original)
+        rule = f"the rate invoice {invoice.credit_for} charged"
+        invoice.vat = [(line["Number"], line.get("VATLevel"), rule)
+                       for line in invoice.payload["LineItems"]]  # fmt: skip
     _create_once(ctx, invoice, links)
+
+
+def at_original_vat_rates(payload: dict, original: dict) -> dict:
+    """The credit note's lines at the VAT rate the original invoice charged for the same
+    product (nominal code and product code); a line with no such product keeps its own."""
+    charged = {_product_of(line): line for line in original.get("LineItems") or []}
+    lines = []
+    for line in payload.get("LineItems") or []:
+        before = charged.get(_product_of(line))
+        if before is not None:
+            line = {**line, "VATLevel": Decimal(str(before.get("VATLevel") or 0))}
+            if before.get("VATExempt"):
+                line["VATExempt"] = True
+            line["VATAmount"] = line_vat_amount(line["Quantity"], line["Rate"], line["VATLevel"])
+        lines.append(line)
+    return {**payload, "LineItems": lines}
+
+
+def _product_of(line: dict) -> tuple[str, str]:
+    return str(line.get("NominalCode") or ""), str(line.get("ProductCode") or "")

@@ -350,3 +350,14 @@ def test_a_pushed_order_is_invoiced_once_however_often_it_is_delivered(org):
     run()  # the poll sees the same Order: the same event, no second invoice
     assert len(invoices_marked(org, order_id)) == 1
     assert SyncEvent.objects.filter(source_id=order_id).count() == 1
+
+
+def test_a_dry_run_shows_the_order_s_invoice_and_writes_nothing(org):
+    order_id = order(org)
+    plans = [p for p in engine.dry_run("invoices") if p.target_object == "kashflow.Invoice"]
+    assert [p.source_id for p in plans] == [order_id]
+    assert plans[0].payload["CustomerReference"] == order_id
+    assert len(plans[0].payload["LineItems"]) == 2
+    assert list(org.kashflow.invoices()) == []
+    assert not SyncEvent.objects.filter(flow="invoices").exists()
+    assert read_order(org, order_id)["KashFlow_Invoice_Number__c"] is None

@@ -99,6 +99,7 @@ class ConnectionForm(forms.ModelForm):
             "consumer_key",
             "realtime",
             "pubsub_endpoint",
+            "invoice_from",
             "is_active",
         ]
         labels = {

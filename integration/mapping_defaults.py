@@ -207,6 +207,47 @@ INVOICE_TO_OPPORTUNITY = Template(
     update_only=True,
 )  # fmt: skip
 
+
+# Activated Orders become invoices exactly as Closed Won Opportunities do: the same rows, with
+# the Order's start date as the invoice date (its tax point, like a deal's close date). An
+# OrderItem has no Name, so its description falls back on the product's name only.
+def _order_line(line: dict) -> dict:
+    """An Opportunity product's row, for an Order product."""
+    params = dict(line["params"])
+    if line["transform"] == "vat_rate":
+        params["country_path"] = "Order.Account.BillingCountry"
+    if "fallbacks" in params:
+        params["fallbacks"] = [path for path in params["fallbacks"] if path != "Name"]
+    return {**line, "params": params}
+
+
+ORDER_TO_INVOICE = Template(
+    "invoices", "salesforce.Order", "kashflow.Invoice", "Activated Orders to invoices",
+    [
+        row("CustomerCode", "AccountId", "lookup", required=True,
+            object_type="customer", side="salesforce"),
+        row("IssuedDate", "EffectiveDate", "date", required=True, to="kashflow"),
+    ],
+    filled_by_flow=("LineItems",),
+    fixed_by_engine=(("CustomerReference", "the Order Id, so that a retry finds the invoice "
+                      "instead of making a second one"),),
+)  # fmt: skip
+
+ORDER_ITEM_TO_INVOICE_LINE = Template(
+    "invoices", "salesforce.OrderItem", "kashflow.InvoiceLine", "Order products to invoice lines",
+    [_order_line(line) for line in LINE_ITEM_TO_INVOICE_LINE.rows],
+    source_extras=("Order",),  # the line's Order and Account, added by the flow
+)  # fmt: skip
+
+INVOICE_TO_ORDER = Template(
+    "invoices",
+    "kashflow.Invoice",
+    "salesforce.Order",
+    "Invoice number and status back to Orders",
+    INVOICE_TO_OPPORTUNITY.rows,
+    update_only=True,
+)
+
 PAYMENT_TO_SALESFORCE = Template(
     "payments", "kashflow.PaymentLine", "salesforce.KashFlow_Payment__c", "Payments to Salesforce",
     [
@@ -262,6 +303,9 @@ TEMPLATES = [
     OPPORTUNITY_TO_INVOICE,
     LINE_ITEM_TO_INVOICE_LINE,
     INVOICE_TO_OPPORTUNITY,
+    ORDER_TO_INVOICE,
+    ORDER_ITEM_TO_INVOICE_LINE,
+    INVOICE_TO_ORDER,
     PAYMENT_TO_SALESFORCE,
     PRODUCT_TO_PRODUCT2,
     PRODUCT_TO_PRICEBOOK_ENTRY,

@@ -75,6 +75,11 @@ class Connection(models.Model):
         SF_PASSWORD = "sf_password", "Salesforce: username, password and security token"
         KF_PASSWORD = "kf_password", "KashFlow: username, password and memorable word"
 
+    class InvoiceFrom(models.TextChoices):
+        OPPORTUNITIES = "opportunities", "Closed Won Opportunities"
+        ORDERS = "orders", "Activated Orders"
+        BOTH = "both", "Both (an Order of an invoiced Opportunity is not invoiced again)"
+
     class Status(models.TextChoices):
         UNCHECKED = "unchecked", "Not checked yet"
         OK = "ok", "Working"
@@ -149,6 +154,14 @@ class Connection(models.Model):
     api_usage_used = models.PositiveIntegerField(null=True, blank=True)
     api_usage_limit = models.PositiveIntegerField(null=True, blank=True)
     api_usage_at = models.DateTimeField(null=True, blank=True)
+    # Salesforce: what becomes a KashFlow invoice; empty means KASHFORCE_INVOICE_FROM.
+    invoice_from = models.CharField(
+        max_length=20,
+        blank=True,
+        choices=InvoiceFrom.choices,
+        help_text="Salesforce: invoice Closed Won Opportunities, activated Orders or both. "
+        "Empty: as KASHFORCE_INVOICE_FROM says.",
+    )
     is_active = models.BooleanField(default=True)
     # A refused sign-in (wrong password, memorable word, locked account): nothing signs in with
     # these credentials again until an admin changes them or presses Test, because every
@@ -214,6 +227,16 @@ class Connection(models.Model):
 
     def has_secret(self, name: str) -> bool:
         return bool(self.get_secrets().get(name))
+
+    def invoices_from(self) -> str:
+        """What this Salesforce org invoices from: "opportunities", "orders" or "both"."""
+        return self.invoice_from or settings.KASHFORCE["INVOICE_FROM"]
+
+    def invoices_orders(self) -> bool:
+        return self.invoices_from() in (self.InvoiceFrom.ORDERS, self.InvoiceFrom.BOTH)
+
+    def invoices_opportunities(self) -> bool:
+        return self.invoices_from() in (self.InvoiceFrom.OPPORTUNITIES, self.InvoiceFrom.BOTH)
 
     def missing_secrets(self) -> list[str]:
         needed = self.SECRET_FIELDS.get(self.auth_method, ())

@@ -9,6 +9,7 @@ in the URL and the org id in the body are what authenticate them.
 
 from __future__ import annotations
 
+import dataclasses
 import hmac
 import logging
 import re
@@ -125,6 +126,16 @@ def parse_notifications(body: bytes) -> tuple[str, list[dict]]:
     return org_id, notifications
 
 
+def _order_change(notification: dict) -> engine.Change:
+    """An activated Order's notification: the same event as the poll's (sync/orders.py)."""
+    from integration.sync.orders import _change
+
+    fields = notification["fields"]
+    change = _change({**fields, "SystemModstamp": fields.get("SystemModstamp") or ""})
+    payload = {**change.payload, "_notification_id": notification["notification_id"]}
+    return dataclasses.replace(change, payload=payload)
+
+
 @csrf_exempt  # Salesforce cannot send a CSRF token; the secret path authenticates the caller
 @login_not_required
 @require_POST
@@ -161,6 +172,7 @@ def salesforce_outbound(request, secret: str):
         )
         return _fault("This message is for another Salesforce org.", status=403)
     opportunities = [n for n in notifications if n["sobject_type"] in ("Opportunity", "")]
+    orders = [n for n in notifications if n["sobject_type"] == "Order"]
     with transaction.atomic():
         # The message carries the changes: the run does not poll Salesforce for them again.
         run = engine.start_run(Flow.INVOICES, Trigger.PUSH, collected=True)
@@ -182,7 +194,8 @@ def salesforce_outbound(request, secret: str):
                     target_object="kashflow.Invoice",
                 )
                 for notification in opportunities
-            ],
+            ]
+            + [_order_change(notification) for notification in orders],
         )
         ctx.flush_counts()
         run.add_to_total(ctx.recorded)

@@ -429,6 +429,10 @@ KASHFORCE = {
     "KASHFLOW_BUSY_MAX_SECONDS": _read("KASHFORCE_KASHFLOW_BUSY_MAX_SECONDS", env.int, 3600),
     # Which Opportunities become invoices (a SOQL condition on Opportunity).
     "INVOICE_WHEN": _read("KASHFORCE_INVOICE_WHEN", env.str, "IsWon = true AND Amount > 0"),
+    # What becomes an invoice, unless a Salesforce connection says otherwise: Closed Won
+    # Opportunities, activated Orders, or both (an Order of an invoiced Opportunity, or of one
+    # the rule above invoices, is not invoiced again; see integration/sync/orders.py).
+    "INVOICE_FROM": _read("KASHFORCE_INVOICE_FROM", env.str, "opportunities").strip().lower(),
     # This site's address as people reach it: alerts link back to the page that explains them.
     "BASE_URL": _read("KASHFORCE_BASE_URL", env.str, "http://127.0.0.1:8000").rstrip("/"),
     # Alerts (integration/alerts.py): who gets every kind by e-mail unless they choose otherwise
@@ -451,6 +455,12 @@ KASHFORCE = {
     # Where the sandbox keeps its state and descriptor.
     "SANDBOX_STATE_DIR": _read("KASHFORCE_SANDBOX_DIR", env.str, str(VAR_DIR / "sandbox")),
 }
+
+if KASHFORCE["INVOICE_FROM"] not in ("opportunities", "orders", "both"):
+    raise ImproperlyConfigured(
+        "Environment variable KASHFORCE_INVOICE_FROM is not valid: give opportunities, orders "
+        "or both."
+    )
 
 _grace_by_flow = KASHFORCE["ALERT_GRACE_BY_FLOW"]
 if not isinstance(_grace_by_flow, dict) or not all(

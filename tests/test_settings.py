@@ -91,6 +91,12 @@ def test_timeout_not_below_retry_is_refused(tmp_path):
     assert "Q_TIMEOUT must be smaller than Q_RETRY" in result.stderr
 
 
+def test_an_unknown_invoice_source_is_refused(tmp_path):
+    result = _run(["check"], KASHFORCE_INVOICE_FROM="quotes", KASHFORCE_VAR_DIR=str(tmp_path))
+    assert result.returncode != 0
+    assert "KASHFORCE_INVOICE_FROM is not valid" in result.stderr
+
+
 def test_sqlite_default_uses_wal_and_immediate_transactions():
     from django.conf import settings
     from django.db import connection

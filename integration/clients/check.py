@@ -16,6 +16,7 @@ from integration.clients.salesforce import (
     PAYMENT_LOOKUP,
     PAYMENT_OBJECT,
     SalesforceClient,
+    required_fields,
 )
 from integration.models import AuditEntry, Connection
 from integration.secrets import SecretDecryptionError
@@ -82,16 +83,37 @@ def _check(connection: Connection) -> CheckResult:
     client = SalesforceClient(connection)
     client.login()
     who = connection.username or urlsplit(client.instance_url).hostname
-    missing = client.missing_fields()
+    missing = client.missing_fields(required_fields(connection))
     lookup_missing = PAYMENT_LOOKUP in missing.get(PAYMENT_OBJECT, []) or missing.get(
         PAYMENT_OBJECT
     ) == [OBJECT_MISSING]
     relationship = None if lookup_missing else client.payments_relationship_problem()
-    if not missing and not relationship:
-        return CheckResult(True, f"Connected as {who}. The org has every field kashforce needs.")
     problems = [f"Missing in the org: {describe_missing(missing)}."] if missing else []
     problems += [relationship] if relationship else []
+    if connection.invoices_orders() and "Order" not in missing:
+        problems += _order_permission_problem(client, connection)
+    if not problems:
+        message = f"Connected as {who}. The org has every field kashforce needs."
+        if connection.invoices_orders() and not connection.username:
+            # Client credentials: the run-as user is the connected app's, unknown here.
+            message += (
+                " Make sure the connected app's run-as user has the Edit Activated Orders "
+                "permission, or invoice numbers cannot be written back to activated Orders."
+            )
+        return CheckResult(True, message)
     return CheckResult(False, f"Connected as {who}. {' '.join(problems)}", missing)
+
+
+def _order_permission_problem(client: SalesforceClient, connection: Connection) -> list[str]:
+    """Activated Orders are locked: writing the invoice number back onto one needs the
+    integration user's Edit Activated Orders permission (held through a permission set)."""
+    if not connection.username or client.can_edit_activated_orders(connection.username):
+        return []
+    return [
+        f"The user {connection.username} lacks the Edit Activated Orders permission, so "
+        "kashforce cannot write invoice numbers back to activated Orders (Salesforce locks "
+        "them); give the user a permission set with Edit Activated Orders."
+    ]
 
 
 def describe_missing(missing: dict[str, list[str]]) -> str:

@@ -90,6 +90,25 @@ REQUIRED_FIELDS: dict[str, list[str]] = {
         "Invoice_Number__c",
     ],
 }
+# With invoices from Orders (Connection.invoices_orders()), the Order carries the same three
+# write-back fields; invoicing from both needs Order.OpportunityId too (not in every org), so
+# that an Order of an invoiced Opportunity is not invoiced again.
+ORDER_REQUIRED_FIELDS: dict[str, list[str]] = {
+    "Order": ["KashFlow_Invoice_Number__c", "KashFlow_Invoice_Status__c", "KashFlow_Amount_Due__c"],
+}
+
+
+def required_fields(connection) -> dict[str, list[str]]:
+    """The fields this connection's flows need, by object."""
+    required = dict(REQUIRED_FIELDS)
+    if connection.invoices_orders():
+        order = list(ORDER_REQUIRED_FIELDS["Order"])
+        if connection.invoices_opportunities():
+            order.append("OpportunityId")
+        required["Order"] = order
+    return required
+
+
 # How missing_fields() reports an object that does not exist at all.
 OBJECT_MISSING = "(object)"
 # The payment records hang off the Opportunity through this lookup; the admin names its child
@@ -720,6 +739,16 @@ class SalesforceClient:
             if absent:
                 missing[sobject] = absent
         return missing
+
+    def can_edit_activated_orders(self, username: str) -> bool:
+        """Whether `username` holds "Edit Activated Orders" through a permission set (a
+        profile's permissions are a permission set too, IsOwnedByProfile)."""
+        quoted = username.replace("\\", "\\\\").replace("'", "\\'")
+        soql = (
+            "SELECT Id FROM PermissionSetAssignment WHERE Assignee.Username = "
+            f"'{quoted}' AND PermissionSet.PermissionsEditActivatedOrders = true LIMIT 1"
+        )
+        return bool(list(self.query(soql)))
 
     # Writing --------------------------------------------------------------------------------------
 

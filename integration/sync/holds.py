@@ -59,8 +59,11 @@ def release(invoices: list, ctx) -> list:
         if invoice.ref is not None:
             free.append(invoice)  # made already, or its making began: never held half-way
             continue
-        amount = _amount(invoice.opportunity.get("Amount"))
-        issued = _date(invoice.opportunity.get("CloseDate"))
+        # An Opportunity's Amount and CloseDate, or an Order's TotalAmount and EffectiveDate.
+        amount = _amount(invoice.amount)
+        issued = _date(
+            invoice.opportunity.get("CloseDate") or invoice.opportunity.get("EffectiveDate")
+        )
         reasons = reasons_for(amount, issued, rules)
         hold = holds.get(invoice.opportunity_id)
         if not reasons or (hold and hold.approved and _covers(hold, amount, issued)):
@@ -69,7 +72,7 @@ def release(invoices: list, ctx) -> list:
         held.append(
             {
                 "opportunity_id": invoice.opportunity_id,
-                "opportunity_name": invoice.opportunity.get("Name") or "",
+                "opportunity_name": invoice.opportunity.get("Name") or invoice.label,
                 "reasons": reasons,
                 "amount": amount,
                 "issued": issued,

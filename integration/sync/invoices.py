@@ -15,6 +15,11 @@ A retry that finds a number on the CrossRef skips to the write-back. One that fi
 intent — the worker died, or KashFlow's answer was lost after it saved — first looks for an
 invoice carrying the marker and adopts it. So a retry, a replay, a crash or a lost answer never
 makes a second invoice, and a new invoice costs one KashFlow call.
+
+Activated Orders are the other source (the connection's `invoices_from()`): integration/sync/
+orders.py reads and checks them, then hands them to the same `make_invoices` below, so their
+products become lines with the same VAT, currency and money rules and the same exactly-once
+machinery; the marker is the Order Id (key prefix 801, never mistaken for an Opportunity's 006).
 """
 
 from __future__ import annotations
@@ -64,7 +69,13 @@ class InvoicesFlow:
     # Collect ----------------------------------------------------------------------------------
 
     def collect(self, ctx: engine.RunContext) -> None:
+        from integration.sync import orders
+
         connection = ctx.salesforce.connection
+        if connection.invoices_orders():
+            orders.collect(ctx)
+        if not connection.invoices_opportunities():
+            return
         cursor = Cursor.get_value(self.name, connection)
         # Won deals with no amount to invoice are read too, so each leaves a ledger row saying
         # why it was not invoiced instead of no trace at all.
@@ -92,12 +103,27 @@ class InvoicesFlow:
             events = [event for event in events if event not in changed]
             if not events:
                 return
+        from integration.sync import orders
+
+        order_events = [event for event in events if event.source_object == orders.SOURCE]
+        if order_events:
+            orders.process(order_events, ctx)
+        events = [event for event in events if event.source_object != orders.SOURCE]
+        if events and not ctx.salesforce.connection.invoices_opportunities():
+            for event in events:  # pushed by an Outbound Message set up before the change
+                event.mark_skipped(
+                    "This Salesforce connection invoices from Orders only, so Closed Won "
+                    "Opportunities are not invoiced. To invoice them, set the connection's "
+                    "'Invoice from' to Opportunities or Both, then retry."
+                )
+            return
         events = [event for event in events if not _skipped_for_its_amount(event)]
         if not events:
             return
         try:
             rows = _Rows.load(ctx)
             opportunities = _read_opportunities(ctx, [event.source_id for event in events], rows)
+            invoiced_orders = orders.invoiced_orders_of(ctx, list(opportunities))
         except MappingMissing as exc:
             return engine.fail_events(events, str(exc), permanent=True, code="MAPPING_MISSING")
         except ApiError as exc:
@@ -105,32 +131,46 @@ class InvoicesFlow:
         links = Links().prefetch("invoice", "salesforce", [e.source_id for e in events])
         invoices = []
         for event in events:
+            if event.source_id in invoiced_orders:
+                event.mark_skipped(invoiced_orders[event.source_id])
+                continue
             invoice = _check(event, opportunities.get(event.source_id), links)
             if invoice is not None:
                 invoices.append(invoice)
-        if not invoices:
-            return
-        _prefetch_links(links, invoices)
-        to_make = [i for i in invoices if not i.ref or not i.ref.kashflow_key]
-        to_make = [i for i in to_make if not _waits_for_products(i, links)]
-        try:
-            for invoice in to_make:
-                invoice.currency = _deal_currency(ctx, invoice.opportunity)
-            ensure_customers(ctx, links, to_make)
-            customers = _kashflow_customers(ctx, links, to_make)
-            products = _kashflow_products(ctx, links, to_make)
-        except ApiError as exc:
-            waiting = [i.event for i in invoices if not i.event.is_error]  # keep their reason
-            return engine.fail_events(waiting, exc.message, exc.permanent, exc.code)
-        for invoice in invoices:
-            if not invoice.event.is_error:  # its customer could not be made: keep that reason
-                _map(invoice, rows, links, customers, products)
-        ready = holds.release([i for i in invoices if not i.event.is_error], ctx)
-        if ctx.dry_run:
-            return _plan(ctx, ready)
-        for invoice in ready:
+        make_invoices(ctx, invoices, links, rows)
+
+
+def make_invoices(ctx, invoices: list[_Invoice], links: Links, rows: _Rows) -> None:
+    """Checked deals (Opportunities or Orders) to KashFlow invoices, exactly once, and their
+    number, status and amount due written back."""
+    if not invoices:
+        return
+    _prefetch_links(links, invoices)
+    to_make = [i for i in invoices if not i.ref or not i.ref.kashflow_key]
+    to_make = [i for i in to_make if not _waits_for_products(i, links)]
+    try:
+        for invoice in to_make:
+            invoice.currency = _deal_currency(ctx, invoice.opportunity)
+        ensure_customers(ctx, links, to_make)
+        customers = _kashflow_customers(ctx, links, to_make)
+        products = _kashflow_products(ctx, links, to_make)
+    except ApiError as exc:
+        waiting = [i.event for i in invoices if not i.event.is_error]  # keep their reason
+        return engine.fail_events(waiting, exc.message, exc.permanent, exc.code)
+    for invoice in invoices:
+        if not invoice.event.is_error:  # its customer could not be made: keep that reason
+            _map(invoice, rows, links, customers, products)
+    ready = holds.release([i for i in invoices if not i.event.is_error], ctx)
+    if ctx.dry_run:
+        return _plan(ctx, ready)
+    for invoice in ready:
+        if invoice.credit_for:
+            from integration.sync.orders import create_credit_note_once
+
+            create_credit_note_once(ctx, invoice, links)
+        else:
             _create_once(ctx, invoice, links)
-        _write_back(ctx, [i for i in ready if i.created is not None], rows)
+    _write_back(ctx, [i for i in ready if i.created is not None], rows)
 
 
 def _change(opportunity: dict) -> engine.Change:
@@ -176,7 +216,8 @@ def _skipped_for_its_amount(event: SyncEvent) -> bool:
 
 @dataclass
 class _Invoice:
-    """One Opportunity on its way to becoming an invoice."""
+    """One Opportunity (or Order: `opportunity` is then the Order) on its way to becoming an
+    invoice (or, for a reduction Order, a credit note)."""
 
     event: SyncEvent
     opportunity: dict
@@ -186,10 +227,26 @@ class _Invoice:
     created: dict | None = None  # the KashFlow invoice, once made or found
     currency: str = ""  # the deal's: the Opportunity's CurrencyIsoCode, else the org's
     vat: list[tuple[int, object, str]] = field(default_factory=list)  # (line, rate, rule)
+    credit_for: str = ""  # a credit note: the number of the invoice it credits
 
     @property
     def opportunity_id(self) -> str:
         return self.event.source_id
+
+    @property
+    def is_order(self) -> bool:
+        return "OrderItems" in self.opportunity or "OrderNumber" in self.opportunity
+
+    @property
+    def label(self) -> str:
+        """How a person names it: "Opportunity Acme renewal" or "Order 00000123"."""
+        if self.is_order:
+            return f"Order {self.opportunity.get('OrderNumber') or self.opportunity_id}"
+        return f"Opportunity {self.opportunity.get('Name') or self.opportunity_id}"
+
+    @property
+    def amount(self):
+        return self.opportunity.get("TotalAmount" if self.is_order else "Amount")
 
 
 @dataclass
@@ -198,14 +255,17 @@ class _Rows:
     line: list[dict]
     write_back: list[dict]
     fields: dict
+    sobject: str = "Opportunity"  # what the write-back updates
 
     @classmethod
-    def load(cls, ctx) -> _Rows:
+    def load(cls, ctx, sobject: str = "Opportunity", line_object: str = "OpportunityLineItem"):
+        source = f"salesforce.{sobject}"
         return cls(
-            invoice=active_rows(ctx, "invoices", SOURCE, TARGET),
-            line=active_rows(ctx, "invoices", LINE_SOURCE, LINE_TARGET),
-            write_back=active_rows(ctx, "invoices", TARGET, SOURCE),
-            fields=salesforce_fields(ctx, "Opportunity"),
+            invoice=active_rows(ctx, "invoices", source, TARGET),
+            line=active_rows(ctx, "invoices", f"salesforce.{line_object}", LINE_TARGET),
+            write_back=active_rows(ctx, "invoices", TARGET, source),
+            fields=salesforce_fields(ctx, sobject),
+            sobject=sobject,
         )
 
 
@@ -275,7 +335,9 @@ def _prefetch_links(links: Links, invoices: list[_Invoice]) -> None:
 
 
 def _lines(opportunity: dict) -> list[dict]:
-    return (opportunity.get("OpportunityLineItems") or {}).get("records") or []
+    """The deal's lines: an Opportunity's OpportunityLineItems, an Order's OrderItems."""
+    children = opportunity.get("OpportunityLineItems") or opportunity.get("OrderItems") or {}
+    return children.get("records") or []
 
 
 # Mapping ---------------------------------------------------------------------------------------
@@ -339,7 +401,6 @@ def _map(invoice: _Invoice, rows: _Rows, links: Links, customers: dict, products
     if invoice.ref and invoice.ref.kashflow_key:
         return  # made already: only the write-back is left
     opportunity = invoice.opportunity
-    name = opportunity.get("Name") or invoice.opportunity_id
     code = links.lookup("customer", "salesforce", opportunity["AccountId"])
     customer = customers.get(code) or {}
     if _currency_differs(invoice, code, customer):
@@ -350,7 +411,7 @@ def _map(invoice: _Invoice, rows: _Rows, links: Links, customers: dict, products
     problems = [error.message for error in header.errors]
     lines = []
     for number, line in enumerate(_lines(opportunity), start=1):
-        source = _line_source(line, opportunity)
+        source = _line_source(line, opportunity, "Order" if invoice.is_order else "Opportunity")
         source["Customer"] = _vat_facts(customer)
         key = links.lookup("product", "salesforce", line.get("Product2Id") or "")
         source["KashFlowProduct"] = products.get(key) or {}
@@ -359,10 +420,12 @@ def _map(invoice: _Invoice, rows: _Rows, links: Links, customers: dict, products
         invoice.warnings += mapped.warnings
         if "VATLevel" in mapped.notes:
             invoice.vat.append((number, mapped.payload.get("VATLevel"), mapped.notes["VATLevel"]))
+        if invoice.credit_for:
+            mapped.payload = _credit_line(mapped.payload, invoice.credit_for)
         lines.append(_finish_line(mapped.payload, number))
     if problems:
         invoice.event.mark_failed(
-            f"Opportunity {name} cannot be invoiced. " + "; ".join(problems),
+            f"{invoice.label} cannot be invoiced. " + "; ".join(problems),
             permanent=True,
             code="MAPPING",
         )
@@ -412,9 +475,8 @@ def _waits_for_products(invoice: _Invoice, links: Links) -> bool:
     unlinked = _unlinked_products(invoice.opportunity, links)
     if not unlinked or settings.KASHFORCE["DEFAULT_NOMINAL_FOR_UNLINKED_PRODUCTS"]:
         return False
-    name = invoice.opportunity.get("Name") or invoice.opportunity_id
     invoice.event.mark_failed(
-        f"Opportunity {name} waits for its products to be linked to KashFlow products "
+        f"{invoice.label} waits for its products to be linked to KashFlow products "
         f"({', '.join(unlinked)}), which the products sync does; without the link its lines "
         "would go on the default nominal code with no product code. If the products sync "
         "cannot link them, check those products in both systems, then retry.",
@@ -459,7 +521,7 @@ def _vat_summary(invoice: _Invoice) -> str:
     return f"VAT: {'; '.join(parts)}." if parts else ""
 
 
-def _line_source(line: dict, opportunity: dict) -> dict:
+def _line_source(line: dict, opportunity: dict, parent: str = "Opportunity") -> dict:
     """The line as the mapping sees it: priced so that KashFlow's line net (Quantity x Rate)
     equals Salesforce's TotalPrice to the penny, and with the Opportunity's Account for VAT.
 
@@ -469,7 +531,7 @@ def _line_source(line: dict, opportunity: dict) -> dict:
     line is invoiced as one unit at TotalPrice and its description says the quantity, so the
     invoice's total is always the Opportunity's amount.
     """
-    source = {**line, "Opportunity": {"Account": opportunity.get("Account") or {}}}
+    source = {**line, parent: {"Account": opportunity.get("Account") or {}}}
     quantity = Decimal(str(line.get("Quantity") or 0))
     unit = Decimal(str(line.get("UnitPrice") or 0))
     total = Decimal(
@@ -490,6 +552,16 @@ def _line_source(line: dict, opportunity: dict) -> dict:
     if name != (line.get("Description") or ""):
         source["Description"] = name
     return source
+
+
+def _credit_line(payload: dict, invoice_number: str) -> dict:
+    """A credit note's line: a negative quantity (whatever sign the source gave it: reduction
+    Orders' are negative) that names the invoice credited."""
+    quantity = payload.get("Quantity")
+    if quantity is not None:
+        payload = {**payload, "Quantity": -abs(Decimal(str(quantity)))}
+    described = payload.get("Description") or ""
+    return {**payload, "Description": f"Credit for invoice {invoice_number}: {described}"[:250]}
 
 
 def _plain(number: Decimal) -> str:
@@ -552,11 +624,11 @@ def _record_number(invoice: _Invoice, links: Links) -> None:
         links.written(invoice.ref, "kashflow", payload_hash(invoice.payload))
         amendments.remember_invoiced(invoice.opportunity, invoice.created, invoice.event)
     net = invoice.created.get("NetAmount")
-    amount = invoice.opportunity.get("Amount")
+    amount = invoice.amount
     if net is not None and amount is not None and Decimal(str(net)) != Decimal(str(amount)):
         invoice.warnings.append(
-            f"KashFlow's net total {Decimal(str(net)):.2f} differs from the Opportunity amount "
-            f"{Decimal(str(amount)):.2f}."
+            f"KashFlow's net total {Decimal(str(net)):.2f} differs from the "
+            f"{'Order' if invoice.is_order else 'Opportunity'} amount {Decimal(str(amount)):.2f}."
         )
 
 
@@ -564,7 +636,8 @@ def _record_number(invoice: _Invoice, links: Links) -> None:
 
 
 def _write_back(ctx, invoices: list[_Invoice], rows: _Rows) -> None:
-    """The invoice number, status and amount due onto each Opportunity: one call per batch."""
+    """The invoice number, status and amount due onto each Opportunity (or Order): one call
+    per batch."""
     if not invoices:
         return
     records = []
@@ -572,7 +645,7 @@ def _write_back(ctx, invoices: list[_Invoice], rows: _Rows) -> None:
         mapped = apply_mapping(rows.write_back, invoice.created, context(Links(), rows.fields))
         records.append({"Id": invoice.opportunity_id, **mapped.payload})
     try:
-        results = ctx.salesforce.update("Opportunity", records)
+        results = ctx.salesforce.update(rows.sobject, records)
     except ApiError as exc:
         return engine.fail_events(
             [i.event for i in invoices], _write_back_failed(exc), exc.permanent, exc.code
@@ -582,6 +655,8 @@ def _write_back(ctx, invoices: list[_Invoice], rows: _Rows) -> None:
         if result.success:
             number = str(invoice.created["Number"])
             made = f"Invoice {number} made in KashFlow"
+            if invoice.credit_for:
+                made = f"Credit note {number} (for invoice {invoice.credit_for}) made in KashFlow"
             if invoice.currency:
                 made += f" in {invoice.currency}"
             message = [f"{made}.", *invoice.warnings, _vat_summary(invoice)]
@@ -595,8 +670,20 @@ def _write_back(ctx, invoices: list[_Invoice], rows: _Rows) -> None:
             )
         else:
             error = result.error
-            invoice.event.mark_failed(_write_back_failed(error), error.permanent, error.code)
+            message = _write_back_failed(error)
+            if error.code == "ENTITY_IS_LOCKED" and invoice.is_order:
+                message = _order_locked(invoice)
+            invoice.event.mark_failed(message, error.permanent, error.code)
     SyncEvent.objects.finish(written)
+
+
+def _order_locked(invoice: _Invoice) -> str:
+    number = invoice.created["Number"]
+    return (
+        f"Invoice {number} is in KashFlow, but Salesforce refused to write the invoice number "
+        f"on {invoice.label} because activated orders are locked; give the integration user "
+        "the Edit Activated Orders permission, then retry (the retry only writes it back)."
+    )
 
 
 def _write_back_failed(error: ApiError) -> str:

@@ -86,7 +86,7 @@ class SalesforceApp:
         self.ssl_context, self.ca_file = credentials.server_tls(self.directory)
         self.jwt_private_key_file, public_key = credentials.jwt_key_pair(self.directory)
         self.store = Store(self.directory / "org.sqlite3")
-        self.org = Org(self.store)
+        self.org = Org(self.store, self.creds["user_id"])
         self.sessions = Sessions(
             self.store, self.creds["organization_id"], float(self.options["session_seconds"])
         )
@@ -101,6 +101,7 @@ class SalesforceApp:
         self.outbound = Outbound(self, self.options)
         self.org.won_listeners.append(self.outbound.notify)
         self.pubsub = pubsub.PubSubServer(self, self.options)  # started by the runner
+        self.org.activated_listeners.append(self.outbound.notify_order)
         self.daily_api_limit = int(self.options["daily_api_limit"])
         self._usage_lock = threading.Lock()
         self.base_url = ""  # set by the runner once the server has its port
@@ -255,6 +256,7 @@ class SalesforceApp:
         with self.store.lock:
             self.store.wipe()
             self.store.set_meta("multi_currency", False)  # one currency, unless the seed says
+            self.store.set_meta("reduction_orders", False)  # off, as in Order Settings
             seed.apply(self.store, seed_name)
             self.store.set_meta("seed", seed_name)
             self.multi_currency = bool(self.store.get_meta("multi_currency", False))
@@ -306,6 +308,10 @@ class SalesforceApp:
             if request.method == "POST":
                 return Response.json(200, self.pubsub.control(payload))
             return Response.json(200, self.pubsub.status())
+        if subpath == "orders":
+            if request.method == "POST":
+                self._configure_orders(payload)
+            return Response.json(200, self._orders_settings())
         if subpath == "limits":
             if request.method == "POST":
                 self._set_usage(payload)
@@ -340,6 +346,48 @@ class SalesforceApp:
                             self.store.put(name, {**record, "CurrencyIsoCode": corporate})
             self.store.set_meta("multi_currency", True)
         self.multi_currency = True
+
+    def _configure_orders(self, payload: dict) -> None:
+        """`{"edit_activated_orders": bool, "reduction_orders": bool}`: grant (or take back)
+        the integration user's Edit Activated Orders permission, through a permission set as
+        an admin would; turn Order Settings' "Enable Reduction Orders" on or off."""
+        with self.store.transaction():
+            if "reduction_orders" in payload:
+                self.store.set_meta("reduction_orders", bool(payload["reduction_orders"]))
+            if "edit_activated_orders" in payload:
+                self._grant_edit_activated_orders(bool(payload["edit_activated_orders"]))
+
+    def _grant_edit_activated_orders(self, granted: bool) -> None:
+        user_id = self.creds["user_id"]
+        stamp = self.store.next_modstamp()
+        system = {"IsDeleted": False, "CreatedDate": stamp, "LastModifiedDate": stamp,
+                  "SystemModstamp": stamp}  # fmt: skip
+        if not self.store.get("User", user_id):
+            self.store.put("User", {"Id": user_id, **system, "Username": self.creds["username"],
+                                    "Name": "Integration User", "IsActive": True})  # fmt: skip
+        name = "Kashforce_Edit_Activated_Orders"
+        permission_set = next((p for p in self.store.all("PermissionSet") if p["Name"] == name),
+                              None)  # fmt: skip
+        if permission_set is None:
+            permission_set = {"Id": self.store.new_id("0PS"), **system, "Name": name,
+                              "Label": "Kashforce: Edit Activated Orders",
+                              "IsOwnedByProfile": False, "PermissionsEditActivatedOrders": True}  # fmt: skip
+            self.store.put("PermissionSet", permission_set)
+        assigned = [a for a in self.store.all("PermissionSetAssignment")
+                    if a["PermissionSetId"] == permission_set["Id"] and not a["IsDeleted"]]  # fmt: skip
+        if granted and not assigned:
+            self.store.put("PermissionSetAssignment", {
+                "Id": self.store.new_id("0Pa"), **system, "AssigneeId": user_id,
+                "PermissionSetId": permission_set["Id"]})  # fmt: skip
+        for assignment in assigned if not granted else []:
+            self.store.hard_delete("PermissionSetAssignment", assignment["Id"])
+
+    def _orders_settings(self) -> dict:
+        with self.store.lock:
+            return {
+                "edit_activated_orders": self.org.can_edit_activated_orders(),
+                "reduction_orders": self.org.reduction_orders_enabled(),
+            }
 
     def _currencies(self) -> dict:
         rows = self.store.all("CurrencyType") if self.multi_currency else []

@@ -7,7 +7,7 @@ unique external ids, and a hook when an Opportunity becomes won (for Outbound Me
 
 import math
 import re
-from datetime import date
+from datetime import UTC, date, datetime
 from decimal import ROUND_HALF_UP, Decimal
 
 from sandbox.salesforce import ids, schema
@@ -21,13 +21,26 @@ CASCADES = {
     "Opportunity": [("OpportunityLineItem", "OpportunityId")],
     "Product2": [("PricebookEntry", "Product2Id")],
     "PricebookEntry": [("OpportunityLineItem", "PricebookEntryId")],
+    "Order": [("OrderItem", "OrderId")],
 }
+LOCKED = (
+    "Unable to modify activated or superseded Order: cannot delete Order, or add or remove "
+    "Order Products"
+)
+# Editing an activated Order (or its products) needs the "Edit Activated Orders" permission.
+# Whether a custom field alone is exempt is unknown (reference §A3, §F2): not exempt here.
+LOCKED_NO_PERMISSION = (
+    "Unable to modify activated Order: you need the Edit Activated Orders permission to edit "
+    "an activated order or its order products"
+)
 
 
 class Org:
-    def __init__(self, store: Store):
+    def __init__(self, store: Store, user_id: str = ""):
         self.store = store
+        self.user_id = user_id  # the integration user, for its permissions
         self.won_listeners: list = []  # called with the Opportunity after commit
+        self.activated_listeners: list = []  # called with an Order activated, after commit
 
     # -- reads ---------------------------------------------------------------------------------
 
@@ -152,6 +165,7 @@ class Org:
     def delete(self, type_name: str, record_id: str) -> None:
         sobj = self.sobject(type_name)
         record = self.retrieve(sobj.name, record_id)
+        self._order_delete_rules(sobj, record)
         for child_type, child_field in CASCADES.get(sobj.name, []):
             for child in self.store.all(child_type):
                 if child.get(child_field) == record["Id"] and not child["IsDeleted"]:
@@ -274,8 +288,10 @@ class Org:
         if sobj.field("CurrencyIsoCode") is None:
             return
         currencies = [r for r in self.store.all("CurrencyType") if r["IsActive"]]
-        if sobj.name == "OpportunityLineItem":
-            parent = self.store.get("Opportunity", record["OpportunityId"]) or {}
+        parent_field = {"OpportunityLineItem": "OpportunityId", "OrderItem": "OrderId"}
+        if sobj.name in parent_field:
+            parent_type = parent_field[sobj.name].removesuffix("Id")
+            parent = self.store.get(parent_type, record[parent_field[sobj.name]]) or {}
             record["CurrencyIsoCode"] = parent.get("CurrencyIsoCode")
             return
         code = record.get("CurrencyIsoCode")
@@ -298,6 +314,8 @@ class Org:
             "Contact": _contact_name,
             "PricebookEntry": self._pricebook_entry_rules,
             "KashFlow_Payment__c": self._payment_name,
+            "Order": self._order_rules,
+            "OrderItem": self._order_item_rules,
         }.get(sobj.name)
         if automation:
             automation(before, record)
@@ -402,6 +420,12 @@ class Org:
     def _after_write(self, sobj: schema.SObject, before: dict | None, record: dict) -> None:
         if sobj.name == "OpportunityLineItem":
             self._roll_up(record["OpportunityId"])
+        if sobj.name == "OrderItem":
+            self._roll_up_order(record["OrderId"])
+        activated = record.get("StatusCode") == "Activated"
+        if sobj.name == "Order" and activated and (before or {}).get("StatusCode") != "Activated":
+            for listener in self.activated_listeners:
+                self.store.on_commit(lambda f=listener, i=record["Id"]: f(i))
         became_won = record.get("IsWon") and not (before or {}).get("IsWon")
         if sobj.name == "Opportunity" and became_won and not record["IsDeleted"]:
             for listener in self.won_listeners:
@@ -424,6 +448,239 @@ class Org:
                 or self.store.get("PricebookEntry", lines[0]["PricebookEntryId"])["Pricebook2Id"]
             )
         self.touch("Opportunity", updated)
+
+    # -- Orders (reference/orders-currency-vat-alerts.md §A) -------------------------------------
+
+    def can_edit_activated_orders(self) -> bool:
+        """The integration user holds a permission set with Edit Activated Orders."""
+        granted = {
+            p["Id"] for p in self.store.all("PermissionSet") if p["PermissionsEditActivatedOrders"]
+        }
+        return any(
+            a["AssigneeId"] == self.user_id and a["PermissionSetId"] in granted
+            for a in self.store.all("PermissionSetAssignment")
+            if not a["IsDeleted"]
+        )
+
+    def reduction_orders_enabled(self) -> bool:
+        return bool(self.store.get_meta("reduction_orders", False))
+
+    def _order_rules(self, before: dict | None, order: dict) -> None:
+        category = schema.ORDER_STATUSES[order["Status"]]
+        if before is None:
+            # A new Order starts in a Draft-category status; activation is an update.
+            if category != "Draft":
+                raise ApiError(
+                    400,
+                    "FIELD_INTEGRITY_EXCEPTION",
+                    "field integrity exception: Status (you can't create an activated order; "
+                    "create it as Draft, add its products, then activate it)",
+                    ["Status"],
+                )
+            order.update(
+                OrderNumber=f"{self.store.next_number('autonumber:order'):08d}",
+                StatusCode="Draft",
+                TotalAmount=0.0,
+            )
+            if order.get("IsReductionOrder"):
+                self._reduction_order_rules(order)
+            elif order.get("OriginalOrderId"):
+                raise ApiError(
+                    400,
+                    "FIELD_INTEGRITY_EXCEPTION",
+                    "field integrity exception: OriginalOrderId (only a reduction order "
+                    "has an original order)",
+                    ["OriginalOrderId"],
+                )
+            return
+        if before["StatusCode"] == "Activated" and not self.can_edit_activated_orders():
+            raise ApiError(400, "ENTITY_IS_LOCKED", LOCKED_NO_PERMISSION, [])
+        for name in ("AccountId", "Pricebook2Id"):
+            changed = before.get(name) != order.get(name)
+            if changed and ((name == "Pricebook2Id" and before.get(name)) or category != "Draft"):
+                raise ApiError(
+                    400,
+                    "FIELD_INTEGRITY_EXCEPTION",
+                    f"field integrity exception: {name} (it can be changed only while the "
+                    "order is Draft, and a price book once set cannot be changed)",
+                    [name],
+                )
+        order["StatusCode"] = category
+        order["TotalAmount"] = before["TotalAmount"]  # rolled up from the products
+        if category == "Activated" and before["StatusCode"] == "Draft":
+            if not self._items_of(order["Id"]):
+                # Unknown whether the API refuses this (reference §A3, §F1): refused here.
+                raise ApiError(
+                    400,
+                    "FIELD_INTEGRITY_EXCEPTION",
+                    "field integrity exception: Status (you can't activate an order that has "
+                    "no order products)",
+                    ["Status"],
+                )
+            order["ActivatedDate"] = format_datetime(_now())
+        if category == "Draft" and before["StatusCode"] == "Activated":
+            reductions = [
+                o for o in self.store.all("Order")
+                if o.get("OriginalOrderId") == order["Id"] and not o["IsDeleted"]
+            ]  # fmt: skip
+            if reductions:
+                raise ApiError(
+                    400,
+                    "FIELD_INTEGRITY_EXCEPTION",
+                    "field integrity exception: Status (an order with reduction orders can't "
+                    "be deactivated)",
+                    ["Status"],
+                )
+            order["ActivatedDate"] = None
+
+    def _reduction_order_rules(self, order: dict) -> None:
+        if not self.reduction_orders_enabled():
+            raise ApiError(
+                400,
+                "FIELD_INTEGRITY_EXCEPTION",
+                "field integrity exception: IsReductionOrder (reduction orders are not enabled "
+                "in Order Settings)",
+                ["IsReductionOrder"],
+            )
+        original = self.store.get("Order", order.get("OriginalOrderId") or "")
+        if not original or original["IsDeleted"] or original["StatusCode"] != "Activated":
+            raise ApiError(
+                400,
+                "FIELD_INTEGRITY_EXCEPTION",
+                "field integrity exception: OriginalOrderId (a reduction order reduces an "
+                "activated order)",
+                ["OriginalOrderId"],
+            )
+        if original.get("IsReductionOrder"):
+            raise ApiError(
+                400,
+                "FIELD_INTEGRITY_EXCEPTION",
+                "field integrity exception: OriginalOrderId (a reduction order can't be reduced)",
+                ["OriginalOrderId"],
+            )
+        order.update(
+            AccountId=original["AccountId"],
+            Pricebook2Id=original["Pricebook2Id"],
+            OpportunityId=original.get("OpportunityId"),
+        )
+        if "CurrencyIsoCode" in original:
+            order["CurrencyIsoCode"] = original["CurrencyIsoCode"]
+
+    def _order_item_rules(self, before: dict | None, item: dict) -> None:
+        order = self.store.get("Order", item["OrderId"])
+        if order["StatusCode"] == "Activated":
+            if before is None:
+                raise ApiError(400, "ENTITY_IS_LOCKED", LOCKED, [])
+            if not self.can_edit_activated_orders():
+                raise ApiError(400, "ENTITY_IS_LOCKED", LOCKED_NO_PERMISSION, [])
+        if before is None:
+            entry = self.store.get("PricebookEntry", item["PricebookEntryId"])
+            if not order.get("Pricebook2Id"):
+                raise ApiError(
+                    400,
+                    "FIELD_INTEGRITY_EXCEPTION",
+                    "field integrity exception: PricebookEntryId (Price Book Not Set on Order)",
+                    ["PricebookEntryId"],
+                )
+            if entry["Pricebook2Id"] != order["Pricebook2Id"]:
+                raise ApiError(
+                    400,
+                    "FIELD_INTEGRITY_EXCEPTION",
+                    "field integrity exception: PricebookEntryId (pricebook entry is in a "
+                    "different pricebook than the one assigned to the order)",
+                    ["PricebookEntryId"],
+                )
+            item.update(
+                Product2Id=entry["Product2Id"],
+                ListPrice=entry["UnitPrice"],
+                OrderItemNumber=f"{self.store.next_number('autonumber:orderitem'):010d}",
+            )
+            if order.get("IsReductionOrder"):
+                self._reduction_item_rules(order, item)
+            else:
+                if item.get("OriginalOrderItemId"):
+                    raise ApiError(
+                        400,
+                        "FIELD_INTEGRITY_EXCEPTION",
+                        "field integrity exception: OriginalOrderItemId (only a reduction "
+                        "order's products have one)",
+                        ["OriginalOrderItemId"],
+                    )
+                item["AvailableQuantity"] = item["Quantity"]
+        elif item.get("OriginalOrderItemId"):
+            if item["Quantity"] != before["Quantity"]:
+                raise ApiError(
+                    400,
+                    "FIELD_INTEGRITY_EXCEPTION",
+                    "field integrity exception: Quantity (a reduction order product's quantity "
+                    "can't be changed)",
+                    ["Quantity"],
+                )
+        elif item["Quantity"] != before["Quantity"]:
+            if before["AvailableQuantity"] != before["Quantity"]:
+                raise ApiError(
+                    400,
+                    "FIELD_INTEGRITY_EXCEPTION",
+                    "You can't update Quantity because the order product has been reduced.",
+                    ["Quantity"],
+                )
+            item["AvailableQuantity"] = item["Quantity"]
+        item["TotalPrice"] = round(item["Quantity"] * item["UnitPrice"], 2)
+
+    def _reduction_item_rules(self, order: dict, item: dict) -> None:
+        """A reduction order's product names the product it reduces and a negative quantity
+        (sign [U], reference §A4: negative here), at most the quantity still available."""
+        original = self.store.get("OrderItem", item.get("OriginalOrderItemId") or "")
+        if not original or original["OrderId"] != order["OriginalOrderId"]:
+            raise ApiError(
+                400,
+                "REQUIRED_FIELD_MISSING" if not item.get("OriginalOrderItemId") else
+                "FIELD_INTEGRITY_EXCEPTION",
+                "Required fields are missing: [OriginalOrderItemId] (a product of the "
+                "original order)",
+                ["OriginalOrderItemId"],
+            )  # fmt: skip
+        if original["PricebookEntryId"] != item["PricebookEntryId"]:
+            raise ApiError(
+                400,
+                "FIELD_INTEGRITY_EXCEPTION",
+                "field integrity exception: PricebookEntryId (must be the original product's)",
+                ["PricebookEntryId"],
+            )
+        if item["Quantity"] >= 0 or -item["Quantity"] > original["AvailableQuantity"]:
+            raise ApiError(
+                400,
+                "FIELD_INTEGRITY_EXCEPTION",
+                "field integrity exception: Quantity (a reduction is a negative quantity no "
+                f"larger than the {original['AvailableQuantity']:g} still available)",
+                ["Quantity"],
+            )
+        item["AvailableQuantity"] = 0.0
+        self.touch(
+            "OrderItem",
+            {**original, "AvailableQuantity": original["AvailableQuantity"] + item["Quantity"]},
+        )
+
+    def _order_delete_rules(self, sobj: schema.SObject, record: dict) -> None:
+        order = record if sobj.name == "Order" else None
+        if sobj.name == "OrderItem":
+            order = self.store.get("Order", record["OrderId"])
+        if order and order["StatusCode"] == "Activated":
+            raise ApiError(400, "ENTITY_IS_LOCKED", LOCKED, [])
+
+    def _items_of(self, order_id: str) -> list[dict]:
+        return [
+            item
+            for item in self.store.all("OrderItem")
+            if item["OrderId"] == order_id and not item["IsDeleted"]
+        ]
+
+    def _roll_up_order(self, order_id: str) -> None:
+        order = self.store.get("Order", order_id)
+        if order is None or order["IsDeleted"]:
+            return
+        total = round(sum(item["TotalPrice"] for item in self._items_of(order_id)), 2)
+        self.touch("Order", {**order, "TotalAmount": total})
 
 
 def _default(f: schema.Field):
@@ -540,3 +797,7 @@ COERCERS = {
     "datetime": _coerce_datetime,
     "reference": _coerce_reference,
 }
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)

@@ -1,4 +1,6 @@
-"""Outbound Messages: a SOAP `notifications` POST when an Opportunity becomes won.
+"""Outbound Messages: a SOAP `notifications` POST when an Opportunity becomes won, and (when
+configured with `"orders": true`, a second outbound message an admin sets up) when an Order
+is activated.
 
 Like Salesforce, the message carries the record's state at send time, is retried until the
 receiver answers 200 with <Ack>true</Ack>, and may therefore arrive more than once (receivers
@@ -19,6 +21,8 @@ from sandbox.salesforce import ids
 
 NAMESPACE = "http://soap.sforce.com/2005/09/outbound"
 FIELDS = ["Id", "AccountId", "Name", "StageName", "Amount", "CloseDate", "IsWon"]
+ORDER_FIELDS = ["Id", "AccountId", "OrderNumber", "Status", "StatusCode", "TotalAmount",
+                "EffectiveDate", "IsReductionOrder"]  # fmt: skip
 
 
 class Outbound:
@@ -38,6 +42,7 @@ class Outbound:
             self.url = config.get("url")
             self.enabled = bool(config.get("enabled", True)) and bool(self.url)
             self.action_id = config.get("action_id", "04k8d0000000001AAA")
+            self.orders = bool(config.get("orders", False))
         return self.status()
 
     def status(self) -> dict:
@@ -45,6 +50,7 @@ class Outbound:
             return {
                 "url": self.url,
                 "enabled": self.enabled,
+                "orders": self.orders,
                 "deliveries": [dict(d) for d in self.deliveries],
             }
 
@@ -58,7 +64,12 @@ class Outbound:
         with self.lock:
             self.deliveries.clear()
 
-    def notify(self, opportunity_id: str) -> None:
+    def notify_order(self, order_id: str) -> None:
+        """Called after a commit that activated an Order."""
+        if self.orders:
+            self.notify(order_id, "Order")
+
+    def notify(self, opportunity_id: str, sobject: str = "Opportunity") -> None:
         """Called after a commit that made an Opportunity won."""
         with self.lock:
             if not self.enabled:
@@ -66,6 +77,7 @@ class Outbound:
             delivery = {
                 "notification_id": ids.make_id("04l", next(self._numbers)),
                 "opportunity_id": opportunity_id,
+                "sobject": sobject,
                 "url": self.url,
                 "attempts": 0,
                 "acked": False,
@@ -89,7 +101,9 @@ class Outbound:
     def _attempt(self, delivery: dict) -> bool:
         if not delivery["url"].startswith(("http://", "https://")):
             raise ValueError("outbound url must be http(s)")
-        envelope = self.envelope(delivery["notification_id"], delivery["opportunity_id"])
+        envelope = self.envelope(
+            delivery["notification_id"], delivery["opportunity_id"], delivery["sobject"]
+        )
         request = urllib.request.Request(  # noqa: S310 (http/https checked above)
             delivery["url"],
             data=envelope.encode("utf-8"),
@@ -112,11 +126,12 @@ class Outbound:
             )
         return acked
 
-    def envelope(self, notification_id: str, opportunity_id: str) -> str:
+    def envelope(self, notification_id: str, opportunity_id: str, sobject="Opportunity") -> str:
         with self.app.store.lock:
-            record = dict(self.app.store.get("Opportunity", opportunity_id) or {})
+            record = dict(self.app.store.get(sobject, opportunity_id) or {})
         base, org = self.app.base_url, self.app.creds["organization_id"]
-        fields = "".join(_element(name, record.get(name)) for name in FIELDS)
+        names = ORDER_FIELDS if sobject == "Order" else FIELDS
+        fields = "".join(_element(name, record.get(name)) for name in names)
         return (
             '<?xml version="1.0" encoding="UTF-8"?>'
             '<soapenv:Envelope xmlns:soapenv="http://schemas.xmlsoap.org/soap/envelope/" '
@@ -128,7 +143,7 @@ class Outbound:
             f"<EnterpriseUrl>{base}/services/Soap/c/59.0/{org[:15]}</EnterpriseUrl>"
             f"<PartnerUrl>{base}/services/Soap/u/59.0/{org[:15]}</PartnerUrl>"
             f"<Notification><Id>{notification_id}</Id>"
-            '<sObject xsi:type="sf:Opportunity" xmlns:sf="urn:sobject.enterprise.soap.sforce.com">'
+            f'<sObject xsi:type="sf:{sobject}" xmlns:sf="urn:sobject.enterprise.soap.sforce.com">'
             f"{fields}</sObject></Notification></notifications></soapenv:Body></soapenv:Envelope>"
         )
 

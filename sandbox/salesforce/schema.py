@@ -370,6 +370,136 @@ OBJECTS = [
     ),
 ]
 
+# Orders (reference/orders-currency-vat-alerts.md §A). Status is admin-defined; each value
+# belongs to a category, StatusCode (Draft or Activated), which is what a query should use.
+ORDER_STATUSES = {"Draft": "Draft", "Activated": "Activated"}
+OBJECTS += [
+    _object(
+        "Order",
+        "801",
+        "Order",
+        [
+            _reference("AccountId", "Account", "Account", required=True),
+            Field("EffectiveDate", "date", required=True, label="Order Start Date"),
+            Field("EndDate", "date", label="Order End Date"),
+            Field(
+                "Status",
+                "picklist",
+                length=40,
+                required=True,
+                restricted=True,
+                picklist=tuple(ORDER_STATUSES),
+            ),
+            _readonly(
+                Field(
+                    "StatusCode",
+                    "picklist",
+                    length=40,
+                    picklist=("Draft", "Activated"),
+                    label="Status Category",
+                )
+            ),
+            _readonly(_string("OrderNumber", 30, label="Order Number")),
+            _readonly(_money("TotalAmount", label="Order Amount")),
+            _reference("Pricebook2Id", "Pricebook2", "Pricebook2"),
+            # Present in some orgs only (reference §A1, [U]): kept, so the "both" rule can work.
+            _reference("OpportunityId", "Opportunity", "Opportunity"),
+            _readonly(Field("ActivatedDate", "datetime", label="Activated Date")),
+            Field("IsReductionOrder", "boolean", updateable=False, label="Reduction Order"),
+            Field(
+                "OriginalOrderId",
+                "reference",
+                length=18,
+                updateable=False,
+                reference_to=("Order",),
+                relationship_name="OriginalOrder",
+            ),
+            _string("PoNumber", 80, label="PO Number"),
+            Field("Description", "textarea", length=32000),
+            _string("KashFlow_Invoice_Number__c", 32, custom=True),
+            _string("KashFlow_Invoice_Status__c", 32, custom=True),
+            _money("KashFlow_Amount_Due__c", custom=True),
+        ],
+        children={"OrderItems": ("OrderItem", "OrderId")},
+    ),
+    _object(
+        "OrderItem",
+        "802",
+        "Order Product",
+        [
+            Field(
+                "OrderId",
+                "reference",
+                length=18,
+                required=True,
+                updateable=False,
+                reference_to=("Order",),
+                relationship_name="Order",
+            ),
+            Field(
+                "PricebookEntryId",
+                "reference",
+                length=18,
+                required=True,
+                updateable=False,
+                reference_to=("PricebookEntry",),
+                relationship_name="PricebookEntry",
+            ),
+            _readonly(_reference("Product2Id", "Product2", "Product2")),
+            _readonly(_string("OrderItemNumber", 30, label="Order Product Number")),
+            Field("Quantity", "double", precision=12, scale=2, required=True),
+            _money("UnitPrice", required=True, label="Unit Price"),
+            _readonly(_money("TotalPrice", label="Total Price")),
+            _readonly(_money("ListPrice", label="List Price")),
+            _string("Description", 255, label="Line Description"),
+            Field("ServiceDate", "date", label="Start Date"),
+            Field("EndDate", "date"),
+            Field(
+                "OriginalOrderItemId",
+                "reference",
+                length=18,
+                updateable=False,
+                reference_to=("OrderItem",),
+                relationship_name="OriginalOrderItem",
+            ),
+            _readonly(Field("AvailableQuantity", "double", precision=12, scale=2)),
+        ],
+    ),
+    # Who may edit an activated Order: the "Edit Activated Orders" user permission, granted
+    # through a permission set. Read-only over the API here; the control call
+    # `orders {"edit_activated_orders": true}` grants it to the integration user.
+    _object(
+        "User",
+        "005",
+        "User",
+        [
+            _readonly(_string("Username", 80)),
+            _readonly(_string("Name", 121, label="Full Name")),
+            _readonly(Field("IsActive", "boolean", label="Active")),
+        ],
+    ),
+    _object(
+        "PermissionSet",
+        "0PS",
+        "Permission Set",
+        [
+            _readonly(_string("Name", 80)),
+            _readonly(_string("Label", 80)),
+            _readonly(Field("IsOwnedByProfile", "boolean")),
+            _readonly(Field("PermissionsEditActivatedOrders", "boolean")),
+        ],
+    ),
+    _object(
+        "PermissionSetAssignment",
+        "0Pa",
+        "Permission Set Assignment",
+        [
+            _readonly(_reference("AssigneeId", "User", "Assignee")),
+            _readonly(_reference("PermissionSetId", "PermissionSet", "PermissionSet")),
+        ],
+    ),
+]
+
 ORG_PREFIX, USER_PREFIX = "00D", "005"
 # The org's one row. DefaultCurrencyIsoCode is the currency of a single-currency org; with
 # multi-currency on, the corporate currency is CurrencyType's IsCorporate row instead, and the
@@ -390,7 +520,7 @@ OBJECTS.append(ORGANIZATION)
 # INVALID_TYPE, as on a real org. A line item's currency is its Opportunity's (read-only).
 CURRENCY_OBJECTS = (
     "Account", "Contact", "Opportunity", "OpportunityLineItem", "Product2", "PricebookEntry",
-    "KashFlow_Payment__c",
+    "KashFlow_Payment__c", "Order", "OrderItem",
 )  # fmt: skip
 CURRENCY_FIELD = Field("CurrencyIsoCode", "picklist", length=3, label="Currency ISO Code")
 # CurrencyType's key prefix is not in our reference; "02H" is a stand-in.
@@ -416,7 +546,7 @@ def _with_currency(sobj: SObject) -> SObject:
     if sobj.name not in CURRENCY_OBJECTS:
         return sobj
     currency = CURRENCY_FIELD
-    if sobj.name == "OpportunityLineItem":
+    if sobj.name in ("OpportunityLineItem", "OrderItem"):
         currency = _readonly(currency)
     return replace(sobj, fields={**sobj.fields, "CurrencyIsoCode": currency})
 

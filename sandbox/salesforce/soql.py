@@ -123,7 +123,7 @@ class Parser:
         self.expect("SELECT")
         fields, count = self.select_list()
         self.expect("FROM")
-        query = Query(sobject=self.name(), fields=fields, count=count)
+        query = Query(sobject=self.object_name(), fields=fields, count=count)
         if self.keyword("WHERE"):
             self.take()
             query.where = self.disjunction()
@@ -162,6 +162,12 @@ class Parser:
         if kind != "name" or value.upper() in KEYWORDS - {"FIRST", "LAST"}:
             raise malformed(f"unexpected token: '{value or 'end of query'}'")
         return value
+
+    def object_name(self) -> str:
+        """After FROM: "Order" is an object there, not the keyword of ORDER BY."""
+        if self.keyword("ORDER") and self.peek(1)[1].upper() != "BY":
+            return self.take()[1]
+        return self.name()
 
     def integer(self) -> int:
         kind, value = self.take()

@@ -310,3 +310,21 @@ def test_the_queue_shows_each_change_in_words_and_deciding_needs_finance(client,
         "Price agreed by phone",
     )
     assert "Price agreed by phone" in client.get("/amendments/").content.decode()
+
+
+def test_kashforce_s_own_write_backs_are_not_changes_after_invoicing(org):
+    """The write-back (and the payments flow's status updates) move an Opportunity's
+    SystemModstamp; they are not compared as changes: no ledger row, no amendment."""
+    assert run_invoices().written_count == 6
+    events = SyncEvent.objects.filter(flow="invoices").count()
+    again = run_invoices()
+    assert again.read_count == 0, again.summary
+    assert SyncEvent.objects.filter(flow="invoices").count() == events
+    deal = invoiced_deals(org)[0]
+    org.salesforce.update(
+        "Opportunity", [{"Id": deal["Id"], "KashFlow_Invoice_Status__c": "Paid"}]
+    )  # as the payments flow writes it
+    assert run_invoices().read_count == 0
+    reduce(org, deal)
+    assert run_invoices().read_count == 1
+    assert Amendment.objects.open().filter(opportunity_id=deal["Id"]).exists()

@@ -199,7 +199,13 @@ def collect(ctx: engine.RunContext) -> None:
     (all of them in a full run), deleted ones included."""
     connection = ctx.salesforce.connection
     cursor = Cursor.get_value(Flow.INVOICES, connection, CURSOR)
-    soql = "SELECT Id, SystemModstamp FROM Opportunity WHERE KashFlow_Invoice_Number__c != null"
+    # The fields an invoice depends on come with the poll, so that kashforce's own write-backs
+    # (the invoice number, status and amount due, which move SystemModstamp) are told apart
+    # from real changes here, without a ledger row or a second read.
+    soql = (
+        f"SELECT {DEAL_FIELDS}, (SELECT {LINE_FIELDS} FROM OpportunityLineItems) "
+        "FROM Opportunity WHERE KashFlow_Invoice_Number__c != null"
+    )
     if cursor and not ctx.run.full:
         since = _moment(cursor) - OVERLAP
         soql += f" AND SystemModstamp > {since.strftime('%Y-%m-%dT%H:%M:%SZ')}"
@@ -216,9 +222,54 @@ def collect(ctx: engine.RunContext) -> None:
                 salesforce_id__in=[opportunity["Id"] for opportunity in page],
             ).values_list("salesforce_id", flat=True)
         )
-        engine.record_changes(ctx, [_change(o) for o in page if o["Id"] in ours])
+        mine = [opportunity for opportunity in page if opportunity["Id"] in ours]
+        engine.record_changes(ctx, [_change(o) for o in _worth_comparing(mine)])
     if newest and not ctx.dry_run:
         Cursor.advance(Flow.INVOICES, connection, newest, name=CURSOR)
+
+
+def _worth_comparing(opportunities: list[dict]) -> list[dict]:
+    """The deals that differ from the deal as invoiced, or whose amendment is open (a deal
+    changed back withdraws it), or that have no kept baseline yet (compared with KashFlow)."""
+    ids = [opportunity["Id"] for opportunity in opportunities]
+    open_ids = set(
+        Amendment.objects.open()
+        .filter(opportunity_id__in=ids)
+        .values_list("opportunity_id", flat=True)
+    )
+    baselines = _baselines(ids)
+    worth = []
+    for opportunity in opportunities:
+        before = baselines.get(opportunity["Id"])
+        now, deleted = _deal_now(opportunity)
+        if before is None or opportunity["Id"] in open_ids or differences(before, now, deleted):
+            worth.append(opportunity)
+    return worth
+
+
+def _baselines(ids: list[str]) -> dict[str, dict]:
+    """baseline() for many deals in one query: the newest kept deal of each."""
+    found: dict[str, dict] = {}
+    records = (
+        WriteRecord.objects.filter(source_id__in=ids, action__in=BASELINES)
+        .exclude(details__deal=None)
+        .order_by("-created_at", "-pk")
+        .values_list("source_id", "details")
+    )
+    for source_id, details in records:
+        found.setdefault(source_id, details.get("deal"))
+    return found
+
+
+def _deal_now(opportunity: dict | None) -> tuple[dict, bool]:
+    """The deal as it is now (comparable with a baseline), and whether it was deleted."""
+    deleted = opportunity is None or bool(opportunity.get("IsDeleted"))
+    now = deal(opportunity) if opportunity else {"Name": "", "Amount": "", "Lines": []}
+    if opportunity and opportunity.get("IsClosed") and not opportunity.get("IsWon"):
+        now["lost"] = True
+    if deleted:
+        now["deleted"] = True
+    return now, deleted
 
 
 def _change(opportunity: dict) -> engine.Change:
@@ -297,12 +348,7 @@ def _read_deals(ctx, ids: list[str]) -> dict[str, dict]:
 
 def _compare(ctx, event: SyncEvent, opportunity: dict | None, number: str):
     """(the event's outcome, the amendment's write to make with it); raises ApiError."""
-    deleted = opportunity is None or bool(opportunity.get("IsDeleted"))
-    now = deal(opportunity) if opportunity else {"Name": "", "Amount": "", "Lines": []}
-    if opportunity and opportunity.get("IsClosed") and not opportunity.get("IsWon"):
-        now["lost"] = True
-    if deleted:
-        now["deleted"] = True
+    now, deleted = _deal_now(opportunity)
     before = baseline(event.source_id)
     if before is None:
         before = _from_kashflow(ctx.kashflow.get_invoice(int(number)))

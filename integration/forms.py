@@ -205,15 +205,31 @@ class ConnectionForm(forms.ModelForm):
 
 
 class DateInput(forms.DateInput):
-    input_type = "date"
+    """A text box for a UK date (dd/mm/yyyy), not the browser's date input, whose format follows
+    the browser's locale (mm/dd/yyyy in an en-US browser) rather than the user's country."""
+
+    input_type = "text"
+
+    def __init__(self, attrs=None):
+        attrs = {"placeholder": "dd/mm/yyyy", "inputmode": "numeric", "size": 10, **(attrs or {})}
+        super().__init__(attrs, format="%d/%m/%Y")
+
+
+class UKDateField(forms.DateField):
+    widget = DateInput
+    # dd/mm/yyyy (and d/m/yy, 3-12-2026, 3.12.2026); ISO too, for addresses saved before.
+    input_formats = ["%d/%m/%Y", "%d/%m/%y", "%d-%m-%Y", "%d.%m.%Y", "%Y-%m-%d"]
+    default_error_messages = {
+        "invalid": "Write the date as day/month/year, for example 03/12/2026.",
+    }
 
 
 class RunFilterForm(forms.Form):
     flow = forms.ChoiceField(label="Flow", required=False)
     status = forms.ChoiceField(label="Status", required=False)
     trigger = forms.ChoiceField(label="Started by", required=False)
-    date_from = forms.DateField(label="From", required=False, widget=DateInput)
-    date_to = forms.DateField(label="To", required=False, widget=DateInput)
+    date_from = UKDateField(label="From", required=False)
+    date_to = UKDateField(label="To", required=False)
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
@@ -238,8 +254,8 @@ class AuditFilterForm(forms.Form):
     object_type = forms.ChoiceField(label="On", required=False)
     username = forms.CharField(label="Who", required=False, max_length=150)
     q = forms.CharField(label="Name or id", required=False, max_length=200)
-    date_from = forms.DateField(label="From", required=False, widget=DateInput)
-    date_to = forms.DateField(label="To", required=False, widget=DateInput)
+    date_from = UKDateField(label="From", required=False)
+    date_to = UKDateField(label="To", required=False)
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
@@ -283,8 +299,8 @@ class ErrorFilterForm(forms.Form):
     flow = forms.ChoiceField(label="Flow", required=False)
     source_object = forms.CharField(label="Object", required=False, max_length=80)
     q = forms.CharField(label="Record id or words in the message", required=False, max_length=200)
-    date_from = forms.DateField(label="From", required=False, widget=DateInput)
-    date_to = forms.DateField(label="To", required=False, widget=DateInput)
+    date_from = UKDateField(label="From", required=False)
+    date_to = UKDateField(label="To", required=False)
     # Set by choosing a cause in the list of groups.
     code = forms.CharField(required=False, max_length=100, widget=forms.HiddenInput)
     error_class = forms.ChoiceField(

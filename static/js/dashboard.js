@@ -96,5 +96,26 @@
     document.getElementById("id_" + prefix + "-" + index + "-source_path").focus();
   });
 
+  // At phone width the tables become stacked cards (kashforce.css): each cell is labelled with
+  // its column's heading, so a card reads "Record: …", "Why: …". Done again after htmx swaps.
+  function labelCells(root) {
+    (root || document).querySelectorAll("table.table").forEach(function (table) {
+      var headings = Array.prototype.map.call(table.querySelectorAll("thead th"), function (th) {
+        return th.textContent.trim();
+      });
+      if (!headings.length) return;
+      table.querySelectorAll("tbody tr").forEach(function (row) {
+        var column = 0;
+        Array.prototype.forEach.call(row.children, function (cell) {
+          var heading = headings[column] || "";
+          if (heading && !cell.hasAttribute("data-label")) cell.setAttribute("data-label", heading);
+          column += cell.colSpan || 1;
+        });
+      });
+    });
+  }
+
   document.addEventListener("DOMContentLoaded", drawCharts);
+  document.addEventListener("DOMContentLoaded", function () { labelCells(document); });
+  document.addEventListener("htmx:afterSettle", function (event) { labelCells(event.target); });
 })();

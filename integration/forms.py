@@ -359,7 +359,10 @@ class FieldMappingForm(forms.Form):
         label="Transform", choices=Transform.choices, initial=Transform.COPY
     )
     params = forms.CharField(
-        label="Parameters", required=False, help_text='JSON, e.g. {"length": 80}'
+        label="Parameters",
+        required=False,
+        help_text='JSON, e.g. {"length": 80}',
+        widget=forms.Textarea(attrs={"rows": 2, "spellcheck": "false", "class": "params"}),
     )
     default = forms.CharField(label="Default", required=False, max_length=255)
     required = forms.BooleanField(label="Required", required=False)

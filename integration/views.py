@@ -33,7 +33,7 @@ from integration.forms import (
     RunFilterForm,
     VatRulesForm,
 )
-from integration.links import RecordLinks, salesforce_id18
+from integration.links import SALESFORCE_ID, RecordLinks, salesforce_id18
 from integration.models import (
     AuditEntry,
     Connection,
@@ -654,6 +654,25 @@ def _editor_context(mapping_set: MappingSet, formset, version_form) -> dict:
         "target_fields": sorted(_field_info(mapping_set.target_object) or ()),
         "recent_records": list(dict.fromkeys(recent))[:20],
         "preview_available": _mapping_engine() is not None,
+        **_params_reference(),
+    }
+
+
+def _params_reference() -> dict:
+    """Each transform's parameters in words ("length (a positive number)"), for the editor."""
+    mapping = _mapping_engine()
+    if mapping is None:
+        return {"transform_params": {}, "common_params": ""}
+
+    def words(rules: dict) -> str:
+        return "; ".join(
+            f"{name}{' (required)' if required else ''}: {expected}"
+            for name, (required, _, expected) in rules.items()
+        )
+
+    return {
+        "transform_params": {name: words(rules) for name, rules in mapping.PARAM_RULES.items()},
+        "common_params": words(mapping.COMMON_RULES),
     }
 
 
@@ -760,21 +779,30 @@ def mapping_preview(request, pk: int):
     mapping_set = get_object_or_404(MappingSet, pk=pk)
     formset = MappingFormSet(request.POST, prefix="rows")
     record_id = request.POST.get("record_id", "").strip()
-    context = {"record_id": record_id, "mapping_set": mapping_set}
+    version_form = MappingVersionForm()
+    # The rows go back with the preview (an out-of-band swap), so their red marks are the ones
+    # this check found: a row fixed since the last save or preview is no longer marked.
+    context = {
+        "record_id": record_id,
+        "mapping_set": mapping_set,
+        "formset": formset,
+        **_params_reference(),
+    }
     mapping = _mapping_engine()
     source = _source_record(mapping_set, record_id) if record_id else None
     if mapping is None:
         context["problem"] = "Preview needs the mapping engine, which is not installed here."
     elif not record_id:
         context["problem"] = "Type or pick the id of a record to preview with."
-    elif not formset.is_valid():
-        context["problem"] = "Fix the rows marked in red first."
+    elif not (formset.is_valid() and _validate(mapping_set, formset, version_form)):
+        context["problem"] = "Fix the rows marked in red first:"
+        context["row_problems"] = _named_row_problems(formset, version_form)
     elif source is None:
         context["problem"] = (
             f"No {mapping_set.source_object} with id {record_id} has reached kashforce yet."
         )
     else:
-        target = _current_target(mapping_set, record_id)
+        target = _current_target(mapping_set, record_id, formset.rows())
         mapping_context = mapping.MappingContext(
             lookup=_crossref_lookup, target_fields=_field_info(mapping_set.target_object)
         )
@@ -810,9 +838,32 @@ def _source_record(mapping_set: MappingSet, record_id: str) -> dict | None:
     return event.payload if event else None
 
 
-def _current_target(mapping_set: MappingSet, record_id: str) -> dict | None:
-    """The KashFlow record as it is now, for the diff; None when there is none (or it cannot
+def _named_row_problems(formset, version_form) -> list[str]:
+    """Each marked row by its number on the page and its target field, with what is wrong."""
+    named = []
+    for number, form in enumerate(formset.forms, start=1):
+        if not form.errors:
+            continue
+        target = form.data.get(form.add_prefix("target_path"), "").strip() or "no target field"
+        for name, errors in form.errors.items():
+            label = "" if name == "__all__" else f"{form.fields[name].label}: "
+            named += [f"Row {number} ({target}): {label}{error}" for error in errors]
+    return named + list(formset.non_form_errors()) + list(version_form.non_field_errors())
+
+
+# A Salesforce target of a mapping, and the cross-reference that holds its id.
+SALESFORCE_TARGETS = {
+    "Account": CrossRef.ObjectType.CUSTOMER,
+    "Opportunity": CrossRef.ObjectType.INVOICE,
+    "Product2": CrossRef.ObjectType.PRODUCT,
+}
+
+
+def _current_target(mapping_set: MappingSet, record_id: str, rows=()) -> dict | None:
+    """The target record as it is now, for the diff; None when there is none (or it cannot
     be read: the preview then shows everything the mapping writes)."""
+    if mapping_set.target_object.startswith("salesforce."):
+        return _current_salesforce_target(mapping_set, record_id, rows)
     object_type = mapping_set.target_object.partition(".")[2].lower()
     if not mapping_set.target_object.startswith("kashflow.") or object_type not in (
         "customer",
@@ -832,6 +883,28 @@ def _current_target(mapping_set: MappingSet, record_id: str) -> dict | None:
     except Exception:
         log.warning("reading KashFlow %s %s for a preview failed", object_type, key, exc_info=True)
         return None
+
+
+def _current_salesforce_target(mapping_set: MappingSet, record_id: str, rows) -> dict | None:
+    """The Salesforce record the source record is linked to, read with the fields the rows
+    write (those the object has: a typo in a row must not make the whole read fail)."""
+    name = mapping_set.target_object.partition(".")[2]
+    object_type = SALESFORCE_TARGETS.get(name)
+    salesforce_id = object_type and _crossref_lookup(object_type, "kashflow", record_id)
+    fields = _field_info(mapping_set.target_object)
+    if not salesforce_id or not fields or not SALESFORCE_ID.fullmatch(salesforce_id):
+        return None
+    wanted = sorted({row["target_path"].split(".")[0] for row in rows} & set(fields) - {"Id"})
+    try:
+        from integration.clients.salesforce import SalesforceClient
+
+        client = SalesforceClient(Connection.active(Connection.Kind.SALESFORCE))
+        soql = f"SELECT {', '.join(['Id', *wanted])} FROM {name} WHERE Id = '{salesforce_id}'"
+        record = next(iter(client.query(soql)), None)
+    except Exception:
+        log.warning("reading Salesforce %s %s for a preview failed", name, salesforce_id, exc_info=True)
+        return None
+    return None if record is None else {k: v for k, v in record.items() if k != "attributes"}
 
 
 @admin_required

@@ -72,3 +72,8 @@ def money(value, currency: str = "GBP") -> str:
     symbol = CURRENCY_SYMBOLS.get(code, f"{code} ")
     sign = "-" if amount < 0 else ""
     return f"{sign}{symbol}{abs(amount):,.2f}"
+
+
+@register.filter
+def get_item(mapping: dict, key):
+    return (mapping or {}).get(key)

@@ -115,6 +115,16 @@
     });
   }
 
+  // The mapping editor: the parameters a row's transform takes, named under its box.
+  document.addEventListener("change", function (event) {
+    var match = (event.target.id || "").match(/^(id_rows-\d+)-transform$/);
+    var source = document.getElementById("transform-params");
+    if (!match || !source) return;
+    var help = document.querySelector('[data-params-help="' + match[1] + '-params"]');
+    var known = JSON.parse(source.textContent)[event.target.value];
+    if (help) help.textContent = known ? "Known parameters: " + known : "This transform takes no parameters of its own.";
+  });
+
   document.addEventListener("DOMContentLoaded", drawCharts);
   document.addEventListener("DOMContentLoaded", function () { labelCells(document); });
   document.addEventListener("htmx:afterSettle", function (event) { labelCells(event.target); });

@@ -902,7 +902,9 @@ def _current_salesforce_target(mapping_set: MappingSet, record_id: str, rows) ->
         soql = f"SELECT {', '.join(['Id', *wanted])} FROM {name} WHERE Id = '{salesforce_id}'"
         record = next(iter(client.query(soql)), None)
     except Exception:
-        log.warning("reading Salesforce %s %s for a preview failed", name, salesforce_id, exc_info=True)
+        log.warning(
+            "reading Salesforce %s %s for a preview failed", name, salesforce_id, exc_info=True
+        )
         return None
     return None if record is None else {k: v for k, v in record.items() if k != "attributes"}
 

@@ -9,9 +9,16 @@ from integration.clients.salesforce import SalesforceClient
 from integration.models import Connection, CrossRef, MappingSet
 from tests import factories
 from tests.sandbox_connections import connect_both
-from tests.test_mapping_editor import ROW, customers_v1, editable_rows, form_data  # noqa: F401
+from tests.test_mapping_editor import ROW, editable_rows, form_data
 
 pytestmark = pytest.mark.django_db
+
+
+@pytest.fixture
+def customers_v1():
+    mapping_set = factories.MappingSetFactory()
+    factories.FieldMappingFactory(mapping_set=mapping_set, source_path="Name", target_path="Name")
+    return mapping_set
 
 
 def preview(client, mapping_set, rows, record_id="ACME01"):
@@ -28,7 +35,7 @@ def marked_rows(page: str) -> int:
     return rows.count('class="mapping-row has-error"')
 
 
-def test_a_preview_names_the_rows_it_marks_in_red(admin_client_, customers_v1):  # noqa: F811
+def test_a_preview_names_the_rows_it_marks_in_red(admin_client_, customers_v1):
     rows = [
         ROW
         | {
@@ -49,7 +56,7 @@ def test_a_preview_names_the_rows_it_marks_in_red(admin_client_, customers_v1): 
     assert marked_rows(page) == 1
 
 
-def test_a_preview_after_the_rows_are_fixed_clears_their_red_marks(admin_client_, customers_v1):  # noqa: F811
+def test_a_preview_after_the_rows_are_fixed_clears_their_red_marks(admin_client_, customers_v1):
     factories.SyncEventFactory(
         source_object=customers_v1.source_object, source_id="ACME01", payload={"Name": "Acme Ltd"}
     )
@@ -70,7 +77,7 @@ def test_a_preview_after_the_rows_are_fixed_clears_their_red_marks(admin_client_
 
 def test_the_editor_lists_each_transform_s_parameters_in_a_full_width_box(
     admin_client_, customers_v1
-):  # noqa: F811
+):
     page = admin_client_.get(reverse("dashboard:mapping", args=[customers_v1.pk])).content.decode()
     assert "<textarea" in page and 'class="params"' in page
     assert "truncate</code></dt><dd>length: a positive number" in page

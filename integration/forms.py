@@ -200,6 +200,59 @@ class ConnectionForm(forms.ModelForm):
         return connection
 
 
+# What each kind of connection is asked for on the dashboard's page (the console shows all).
+KIND_FIELDS = {
+    Connection.Kind.SALESFORCE: (
+        *("name", "kind", "environment", "auth_method", "login_url", "instance_url"),
+        *("api_version", "organization_id", "ca_file", "username", "consumer_key", "is_active"),
+        *("password", "security_token", "consumer_secret", "private_key", "outbound_secret"),
+    ),
+    Connection.Kind.KASHFLOW: (
+        *("name", "kind", "environment", "auth_method", "base_url", "username", "is_active"),
+        *("password", "memorable_word"),
+    ),
+}
+KIND_LABELS = {
+    "name": ("Name", "How kashforce's pages call it, e.g. “Salesforce live”."),
+    "environment": ("Environment", ""),
+    "auth_method": ("Sign-in method", ""),
+    "login_url": ("Login URL", "https://login.salesforce.com, or your My Domain address."),
+    "instance_url": ("Instance URL", "Filled in at sign-in; leave blank."),
+    "api_version": ("API version", "e.g. 62.0"),
+    "organization_id": ("Organisation id", "Setup → Company Information: 15 or 18 characters."),
+    "ca_file": ("CA file", "Only for a test server with a certificate of its own."),
+    "consumer_key": ("Consumer key", "From the connected app (JWT and client credentials)."),
+    "is_active": ("In use", "kashforce syncs through the connection in use of each kind."),
+    "base_url": ("Base URL", "KashFlow's API address: https://api.kashflow.com/v2"),
+}
+
+
+class KindConnectionForm(ConnectionForm):
+    """The dashboard's connection page: only the fields of one kind of system, with labels a
+    person knows. The kind is fixed on the page (a new connection's comes from ?kind=)."""
+
+    def __init__(self, *args, kind: str, **kwargs):
+        super().__init__(*args, **kwargs)
+        keep = KIND_FIELDS[kind]
+        for name in list(self.fields):
+            base = name.removeprefix("clear_")
+            if base not in keep:
+                del self.fields[name]
+        for name, (label, help_text) in KIND_LABELS.items():
+            if name in self.fields:
+                self.fields[name].label = label
+                if help_text:
+                    self.fields[name].help_text = help_text
+        self.fields["kind"].widget = forms.HiddenInput()
+        self.fields["kind"].initial = kind
+        prefix = "sf_" if kind == Connection.Kind.SALESFORCE else "kf_"
+        self.fields["auth_method"].choices = [
+            (value, label)
+            for value, label in self.fields["auth_method"].choices
+            if value.startswith(prefix)
+        ]
+
+
 # --------------------------------------------------------------------------------------------
 # The dashboard's filters and actions
 

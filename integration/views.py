@@ -24,10 +24,10 @@ from integration.forms import (
     NO_CODE,
     QUEUE_VIEWS,
     AuditFilterForm,
-    ConnectionForm,
     ErrorFilterForm,
     FieldMappingForm,
     IgnoreForm,
+    KindConnectionForm,
     MappingFormSet,
     MappingVersionForm,
     RunFilterForm,
@@ -565,7 +565,11 @@ def connections(request):
 @admin_required
 def connection_edit(request, pk: int | None = None):
     connection = get_object_or_404(Connection, pk=pk) if pk else Connection()
-    form = ConnectionForm(request.POST or None, instance=connection)
+    kind = connection.kind if pk else request.POST.get("kind") or request.GET.get("kind", "")
+    if kind not in Connection.Kind.values:
+        return render(request, "integration/connection_form.html", {"choose_kind": True})
+    connection.kind = kind
+    form = KindConnectionForm(request.POST or None, instance=connection, kind=kind)
     if request.method == "POST" and form.is_valid():
         connection = form.save()
         form.audit(request.user, created=pk is None)

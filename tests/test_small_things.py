@@ -69,3 +69,31 @@ def test_a_live_kashflow_record_links_to_the_kashflow_web_app():
     assert (
         RecordLinks.load().for_crossref(ref)["kashflow"] == "https://app.kashflow.com/invoices/1043"
     )
+
+
+def admin_client(client):
+    client.force_login(user_in("Integration admin", "ada"))
+    return client
+
+
+def test_a_kashflow_connection_page_asks_only_for_kashflow_s_fields(client):
+    connection = factories.KashFlowConnectionFactory(name="KashFlow live")
+    page = admin_client(client).get(f"/connections/{connection.pk}/").content.decode()
+    for salesforce_only in ("Login URL", "CA file", "Consumer key", "Outbound Message secret"):
+        assert salesforce_only not in page, salesforce_only
+    assert "Base URL" in page and "Memorable word" in page and "Sign-in method" in page
+    assert 'type="hidden" name="kind" value="kashflow"' in page
+
+
+def test_a_salesforce_connection_page_asks_only_for_salesforce_s_fields(client):
+    connection = factories.SalesforceConnectionFactory(name="SF live")
+    page = admin_client(client).get(f"/connections/{connection.pk}/").content.decode()
+    assert "Memorable word" not in page and "Base URL" not in page
+    assert "Login URL" in page and "Organisation id" in page and "Outbound Message secret" in page
+
+
+def test_a_new_connection_starts_by_choosing_the_system(client):
+    client = admin_client(client)
+    assert "Which system does it connect to?" in client.get("/connections/new/").content.decode()
+    page = client.get("/connections/new/?kind=kashflow").content.decode()
+    assert "Add a KashFlow connection" in page and "Login URL" not in page

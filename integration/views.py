@@ -242,7 +242,59 @@ def overview(request):
             )
         ),
     }
+    context["demo"] = _demo_guide(request)
     return render(request, "integration/overview.html", context)
+
+
+def _demo_guide(request) -> dict | None:
+    """What the guided first run shows on the overview of a trial on the sandbox."""
+    from integration import demo
+
+    if demo.demo_connections() is None:
+        return None
+    latest_invoice = (
+        SyncEvent.objects.filter(flow=Flow.INVOICES, status=SyncEvent.Status.SUCCEEDED)
+        .order_by("-created_at")
+        .values_list("source_id", flat=True)
+        .first()
+    )
+    return {
+        "holds": demo.DEMO_HOLDS,
+        "deal": request.session.get("demo_deal"),
+        "record": latest_invoice,
+    }
+
+
+@require_POST
+@operator_required
+def demo_close_deal(request):
+    """The guided first run's button: close one demo deal in the sandbox (never elsewhere)."""
+    from integration import demo
+    from integration.clients.errors import ApiError
+
+    try:
+        deal = demo.close_a_demo_deal()
+    except demo.NotTheSandbox:
+        messages.error(
+            request,
+            "Only a trial connected to the sandbox can close demo deals; "
+            "these connections point somewhere else.",
+        )
+        return redirect("dashboard:overview")
+    except ApiError as exc:
+        messages.error(request, f"The demo Salesforce did not close the deal: {exc}")
+        return redirect("dashboard:overview")
+    if deal is None:
+        messages.info(request, "Every demo deal is closed already.")
+        return redirect("dashboard:overview")
+    timeline = f"{reverse('dashboard:timeline')}?{urlencode({'q': deal.id})}"
+    messages.success(
+        request,
+        f"Closed “{deal.name}” ({deal.account}) as won in the demo Salesforce. Its invoice "
+        "appears in KashFlow within a minute or two; its timeline shows each step.",
+    )
+    request.session["demo_deal"] = {"id": deal.id, "name": deal.name, "timeline": timeline}
+    return redirect("dashboard:overview")
 
 
 # --------------------------------------------------------------------------------------------

@@ -8,7 +8,7 @@ import pytest
 from django.contrib.auth.models import Group
 
 from integration.clients.kashflow import KashFlowClient
-from integration.models import Connection, MappingSet, SyncEvent, SyncRun, Trigger
+from integration.models import Connection, SyncEvent, SyncRun, Trigger
 from integration.sync import engine
 from tests import factories
 from tests.browser.conftest import ensure_roles, screenshot, sign_in

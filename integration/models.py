@@ -768,16 +768,35 @@ class SyncEventQuerySet(models.QuerySet):
         if len(saved) == 1:
             # The claim is the UPDATE's condition, and its row count says whether it held.
             claimed_at = saved[0].event.claimed_at
-            if claimed_at is not None and self._record(saved, now, claimed_at=claimed_at):
-                recorded += saved
+            with transaction.atomic(savepoint=False):
+                if claimed_at is not None and self._record(saved, now, claimed_at=claimed_at):
+                    SyncAttempt.objects.bulk_create(self._attempts(saved, now))
+                    recorded += saved
         elif saved:
+            # The attempts' lines are one INSERT for the batch, in the outcome's transaction.
             with transaction.atomic(savepoint=False):
                 held = self._held(saved)
                 self._record(held, now)
+                SyncAttempt.objects.bulk_create(self._attempts(held, now))
             recorded += held
         for outcome in recorded:
             outcome.apply(now)
         return [outcome.event for outcome in recorded]
+
+    @staticmethod
+    def _attempts(outcomes: list[Outcome], now: datetime) -> list[SyncAttempt]:
+        return [
+            SyncAttempt(
+                event=o.event,
+                number=o.event.attempts,
+                started_at=o.event.claimed_at,
+                finished_at=now,
+                status=o.status,
+                warning=o.warning,
+                message=o.message[:2000],
+            )
+            for o in outcomes
+        ]
 
     def _held(self, outcomes: list[Outcome]) -> list[Outcome]:
         """The outcomes whose events still run under the claim their worker made, locked."""
@@ -834,6 +853,14 @@ class SyncEventQuerySet(models.QuerySet):
     def for_record(self, record_id: str) -> SyncEventQuerySet:
         return self.filter(Q(source_id=record_id) | Q(target_id=record_id))
 
+    def named(self, text: str) -> SyncEventQuerySet:
+        """Events whose record's names, codes or ids hold `text` (any case): a deal or account
+        name, a customer code, an invoice number, part of an id."""
+        text = text.strip().lower()
+        if not text:
+            return self.none()
+        return self.filter(Q(search_text__contains=text) | Q(target_id__icontains=text))
+
     def for_records(self, record_ids: list[str]) -> SyncEventQuerySet:
         return self.filter(Q(source_id__in=record_ids) | Q(target_id__in=record_ids))
 
@@ -853,7 +880,10 @@ class SyncEventQuerySet(models.QuerySet):
             queryset = queryset.filter(error_code=filters["error_code"])
         if text := (filters.get("q") or "").strip():
             queryset = queryset.filter(
-                Q(source_id=text) | Q(target_id=text) | Q(message__icontains=text)
+                Q(source_id=text)
+                | Q(target_id=text)
+                | Q(message__icontains=text)
+                | Q(search_text__contains=text.lower())
             )
         if day := _as_date(filters.get("date_from")):
             queryset = queryset.filter(created_at__gte=_start_of(day))
@@ -979,6 +1009,11 @@ class SyncEvent(models.Model):
     # Synced, but with something a person should look at (the message says what): an invoice
     # on the default nominal code, say. Shown as "Synced with a warning".
     warning = models.BooleanField(default=False)
+    # The names people use for the record (deal and account, customer code and name, invoice
+    # number, amount), set when the change is recorded: lists lead with `label`, and the
+    # record search reads `search_text` (lower case: the label, the ids and the codes).
+    label = models.CharField(max_length=200, blank=True)
+    search_text = models.CharField(max_length=400, blank=True)
 
     objects = SyncEventQuerySet.as_manager()
 
@@ -1115,20 +1150,31 @@ class SyncEvent(models.Model):
                 message = f"Gave up after {self.attempts} attempts. {message}"
             self.status, self.next_attempt_at = self.Status.FAILED_PERMANENT, None
         self.error_class = self.ErrorClass.PERMANENT if permanent else self.ErrorClass.TRANSIENT
+        started_at = self.claimed_at
         self.error_code, self.message, self.claimed_at = code[:100], message, None
         if self.pk is None:
             return  # a dry run's event: never recorded, so it only changes in memory
-        self.save(
-            update_fields=[
-                "status",
-                "next_attempt_at",
-                "error_class",
-                "error_code",
-                "message",
-                "claimed_at",
-                "updated_at",
-            ]
-        )
+        with transaction.atomic(savepoint=False):
+            self.save(
+                update_fields=[
+                    "status",
+                    "next_attempt_at",
+                    "error_class",
+                    "error_code",
+                    "message",
+                    "claimed_at",
+                    "updated_at",
+                ]
+            )
+            SyncAttempt.objects.create(
+                event=self,
+                number=self.attempts,
+                started_at=started_at,
+                finished_at=self.updated_at,
+                status=self.status,
+                error_code=self.error_code,
+                message=message[:2000],
+            )
 
     def retry(self, user=None) -> bool:
         """Put a failed or ignored event back in line at once. False if it was not failed."""
@@ -1171,6 +1217,34 @@ class SyncEvent(models.Model):
         AuditEntry.record(
             user, action, AuditEntry.ObjectType.EVENT, self.pk, str(self), summary[:1000]
         )
+
+
+class SyncAttempt(models.Model):
+    """One attempt at an event: claimed by a worker, then synced, unchanged or failed, with its
+    time and message. An event keeps only its latest outcome; these keep every one, so a
+    retried record's timeline shows each failure before the success (issue #19)."""
+
+    event = models.ForeignKey(SyncEvent, on_delete=models.CASCADE, related_name="attempt_lines")
+    number = models.PositiveIntegerField(default=0)  # the event's attempt count at the time
+    started_at = models.DateTimeField(null=True, blank=True)
+    finished_at = models.DateTimeField(default=timezone.now)
+    status = models.CharField(max_length=20, choices=SyncEvent.Status.choices)
+    warning = models.BooleanField(default=False)
+    error_code = models.CharField(max_length=100, blank=True)
+    message = models.TextField(blank=True)
+
+    class Meta:
+        ordering = ["finished_at", "pk"]
+        # A record's timeline reads its events' attempts by event (the FK's own index).
+
+    def __str__(self) -> str:
+        return f"Attempt {self.number} of event {self.event_id}: {self.status}"
+
+    @property
+    def status_label(self) -> str:
+        if self.warning and self.status == SyncEvent.Status.SUCCEEDED:
+            return "Synced with a warning"
+        return self.get_status_display()
 
 
 class Cursor(models.Model):

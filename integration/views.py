@@ -53,6 +53,7 @@ log = logging.getLogger(__name__)
 PAGE_SIZE = 50
 CHART_DAYS = 14
 TIMELINE_LIMIT = 200
+MATCHES = 20  # records a search by name may show at once
 
 
 @login_not_required
@@ -513,13 +514,20 @@ def timeline(request):
         )
     if query:
         ids = {query, salesforce_id18(query)}
-        crossrefs = list(CrossRef.objects.filter(Q(salesforce_id__in=ids) | Q(kashflow_key=query)))
+        # A name ("Harbour"), a customer code, an invoice number or part of an id: the records
+        # whose names or ids hold it, a few at most.
+        ids |= set(SyncEvent.objects.named(query).values_list("source_id", flat=True)[:MATCHES])
+        crossrefs = list(
+            CrossRef.objects.filter(
+                Q(salesforce_id__in=ids) | Q(kashflow_key__in=ids - {salesforce_id18(query)})
+            )
+        )
         for crossref in crossrefs:
             ids |= {crossref.salesforce_id, crossref.kashflow_key} - {None}
         events = list(
-            SyncEvent.objects.for_records(sorted(ids)).select_related("run", "resolved_by")[
-                :TIMELINE_LIMIT
-            ]
+            SyncEvent.objects.for_records(sorted(ids))
+            .select_related("run", "resolved_by")
+            .prefetch_related("attempt_lines")[:TIMELINE_LIMIT]
         )
         links = RecordLinks.load()
         context |= {

@@ -468,16 +468,16 @@ def recording_context(run=None) -> engine.RunContext:
 
 def test_recording_a_page_of_200_changes_takes_a_few_queries(django_assert_num_queries):
     # A savepoint, the known keys, the waiting events, one write, the release. SQLite makes the
-    # write several statements: Django keeps each under 999 parameters (45 rows an INSERT, 71
-    # an UPDATE of the 12 replaced fields).
+    # write several statements: Django keeps each under 999 parameters (41 rows an INSERT, 58
+    # an UPDATE of the 14 replaced fields, the record's label and search text among them).
     sqlite = connection.vendor == "sqlite"
     ctx = recording_context()
-    with django_assert_num_queries(4 + (5 if sqlite else 1)):
+    with django_assert_num_queries(4 + (6 if sqlite else 1)):
         events = engine.record_changes(ctx, [change(f"P{i:03}") for i in range(200)])
     assert SyncEvent.objects.filter(run=ctx.run).count() == 200 == len(events) == ctx.recorded
     # The next page replaces all 200 waiting events in place.
     renamed = [change(f"P{i:03}", Name="Renamed") for i in range(200)]
-    with django_assert_num_queries(4 + (3 if sqlite else 1)):
+    with django_assert_num_queries(4 + (4 if sqlite else 1)):
         engine.record_changes(ctx, renamed)
     assert SyncEvent.objects.filter(payload__Name="Renamed").count() == 200
     assert SyncEvent.objects.count() == 200
@@ -733,13 +733,15 @@ def claimed(count: int, **fields) -> list[SyncEvent]:
 def test_a_batch_of_outcomes_is_recorded_with_a_few_statements_whatever_its_size(
     django_assert_num_queries,
 ):
-    # One read of the claims, then one UPDATE per status: 200 events, not 200 saves.
+    # One read of the claims, one UPDATE per status, one INSERT of the attempts' lines: 200
+    # events, not 200 saves.
     batch = claimed(200, target_id="old-id", message="old")
     outcomes = [
         event.succeeded(target_id=f"01t{i:03}", content_hash=f"hash{i}", message=f"Note {i}.")
         for i, event in enumerate(batch[:150])
     ] + [event.skipped(target_id="") for event in batch[150:]]
-    with django_assert_num_queries(3):
+    # (On SQLite the INSERT is two: 124 lines of 8 values a statement.)
+    with django_assert_num_queries(4 if connection.vendor != "sqlite" else 5):
         recorded = SyncEvent.objects.finish(outcomes)
     assert recorded == batch
     stored = {event.pk: event for event in SyncEvent.objects.all()}
@@ -816,9 +818,9 @@ def test_a_slow_worker_does_not_undo_a_newer_change_recorded_in_its_swept_event(
     assert held is False
 
 
-def test_a_single_outcome_is_one_conditional_update(django_assert_num_queries):
+def test_a_single_outcome_is_one_conditional_update_and_its_attempt(django_assert_num_queries):
     (event,) = claimed(1)
-    with django_assert_num_queries(1):
+    with django_assert_num_queries(2):
         assert event.mark_succeeded(target_id="01tX", content_hash="h", message="Fine.")
     row = SyncEvent.objects.get(pk=event.pk)
     assert (row.status, row.target_id, row.content_hash, row.message, row.claimed_at) == (

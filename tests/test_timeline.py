@@ -59,8 +59,9 @@ def test_what_happened_to_invoice_1043(ops_client, invoice_1043, query):
 
 
 def test_timeline_query_count_is_fixed(ops_client, invoice_1043, django_assert_num_queries):
-    # session, user, permissions (2), cross-refs, events with their runs and resolvers, links
-    with django_assert_num_queries(7):
+    # session, user, permissions (2), records by name, cross-refs, events with their runs and
+    # resolvers, their attempts, links
+    with django_assert_num_queries(9):
         ops_client.get(TIMELINE, {"q": "1043"})
 
 

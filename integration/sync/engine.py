@@ -20,6 +20,7 @@ import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
+from decimal import Decimal, InvalidOperation
 from typing import Protocol
 
 from django.conf import settings
@@ -302,6 +303,51 @@ class Change:
     payload: dict
     version: str = ""
     target_object: str = ""
+    # What people call the record, when the payload does not carry it (see `describe`).
+    label: str = ""
+
+
+# Payload keys that name a record, most telling first, its codes, and those of its amount.
+NAME_KEYS = ("Name", "CustomerName", "Account.Name")
+CODE_KEYS = ("Code", "ProductCode", "CustomerCode")
+AMOUNT_KEYS = ("Amount", "GrossAmount", "TotalAmount", "Price")
+
+
+def describe(change: Change) -> tuple[str, str]:
+    """The record's label as a person reads it ("Renewal · Harbour Freight Ltd · £1,200.00",
+    "Invoice 1043 · Acme Ltd (ACME01) · £120.00", "Acme Ltd (ACME01)") and its search text:
+    the label with the record's id and codes, in lower case. A flow's own `label` wins."""
+    payload = change.payload if isinstance(change.payload, dict) else {}
+
+    def value(key: str) -> str:
+        first, _, rest = key.partition(".")
+        found = payload.get(first)
+        if rest:
+            found = found.get(rest) if isinstance(found, dict) else payload.get(key)
+        return "" if found is None or isinstance(found, dict | list) else str(found).strip()
+
+    names = list(dict.fromkeys(v for v in map(value, NAME_KEYS) if v))
+    codes = list(dict.fromkeys(v for v in map(value, CODE_KEYS) if v))
+    label = change.label
+    if not label:
+        name = " · ".join(names)
+        if name and codes:
+            name = f"{name} ({codes[0]})"
+        parts = [name or (codes[0] if codes else "")]
+        if change.source_object.endswith(".Invoice"):
+            parts.insert(0, f"Invoice {value('Number') or change.source_id}")
+        parts.append(next((a for a in map(_money, map(value, AMOUNT_KEYS)) if a), ""))
+        label = " · ".join(part for part in parts if part)
+    search = " ".join(dict.fromkeys([label, change.source_id, *names, *codes]))
+    return label[:200], search.lower()[:400]
+
+
+def _money(text: str) -> str:
+    try:
+        amount = Decimal(text)
+    except (InvalidOperation, ValueError):
+        return ""
+    return f"£{amount:,.2f}" if amount.is_finite() else ""
 
 
 def pages(items: Iterable, size: int = PAGE) -> Iterator[list]:
@@ -405,7 +451,10 @@ def _known(keys: set[str]) -> set[str]:
 
 def _pending(run: SyncRun, change: Change, digest: str, key: str) -> dict:
     """An event's fields for a change waiting to be synced, new or replacing a waiting one."""
+    label, search_text = describe(change)
     return {
+        "label": label,
+        "search_text": search_text,
         "run": run,
         "direction": change.direction,
         "target_object": change.target_object,

@@ -68,7 +68,7 @@ class InvoicesFlow:
         # Won deals with no amount to invoice are read too, so each leaves a ledger row saying
         # why it was not invoiced instead of no trace at all.
         soql = (
-            "SELECT Id, Name, Amount, SystemModstamp FROM Opportunity "
+            "SELECT Id, Name, Account.Name, Amount, SystemModstamp FROM Opportunity "
             f"WHERE (({_rule()}) OR ({NO_AMOUNT})) AND KashFlow_Invoice_Number__c = null"
         )
         if cursor and not ctx.run.full:
@@ -142,6 +142,8 @@ def _change(opportunity: dict) -> engine.Change:
         payload=payload,
         version=version,
         target_object=TARGET,
+        # The payload keeps only what decides the invoice; the names people know label it.
+        label=engine.describe(engine.Change("", SOURCE, opportunity["Id"], opportunity))[0],
     )
 
 

@@ -214,6 +214,7 @@ class RunFilterForm(forms.Form):
     trigger = forms.ChoiceField(label="Started by", required=False)
     date_from = forms.DateField(label="From", required=False, widget=DateInput)
     date_to = forms.DateField(label="To", required=False, widget=DateInput)
+    idle = forms.BooleanField(label="Show idle runs", required=False)
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
@@ -222,7 +223,10 @@ class RunFilterForm(forms.Form):
         self.fields["trigger"].choices = [("", "Anything"), *Trigger.choices]
 
     def apply(self, runs):
-        data = self.cleaned_data
+        """The runs asked for; scheduled runs that read nothing only with "Show idle runs"."""
+        data = self.cleaned_data if self.is_bound and self.is_valid() else {}
+        if not data.get("idle"):
+            runs = runs.filter(idle=False)
         for key in ("flow", "status", "trigger"):
             if data.get(key):
                 runs = runs.filter(**{key: data[key]})

@@ -475,7 +475,7 @@ class Trigger(models.TextChoices):
     SCHEDULE = "schedule", "Schedule"
     POLL = "poll", "Poll"
     PUSH = "push", "Push from Salesforce"
-    MANUAL = "manual", "Started by a person"
+    MANUAL = "manual", "A person"
     RETRY = "retry", "Retry"
 
 
@@ -537,6 +537,9 @@ class SyncRun(models.Model):
     progress_done = models.PositiveIntegerField(default=0)
     progress_total = models.PositiveIntegerField(null=True, blank=True)
     summary = models.TextField(blank=True)
+    # A scheduled run that finished having read nothing: a one-minute schedule makes thousands
+    # a day, so the runs list hides them unless asked (issue #19).
+    idle = models.BooleanField(default=False)
 
     objects = SyncRunQuerySet.as_manager()
 
@@ -549,6 +552,11 @@ class SyncRun(models.Model):
             # Ascending: read backwards it gives (created_at DESC, pk DESC) on SQLite, whose
             # index entries end with the rowid, so no sort at all.
             models.Index(fields=["created_at"], name="run_recent"),
+            # The runs list without its idle runs (`WHERE NOT idle`, which a partial index
+            # serves and an index on idle does not): one page at any depth, past any number
+            # of idle runs; and the count of the idle runs hidden among a page.
+            models.Index(fields=["created_at"], condition=Q(idle=False), name="run_busy_recent"),
+            models.Index(fields=["created_at"], condition=Q(idle=True), name="run_idle_recent"),
         ]
 
     def __str__(self) -> str:
@@ -608,7 +616,55 @@ class SyncRun(models.Model):
         else:
             status = self.Status.SUCCEEDED
         self.status, self.summary, self.finished_at = status, summary, timezone.now()
-        self.save(update_fields=["status", "summary", "finished_at"])
+        self.idle = (
+            status == self.Status.SUCCEEDED
+            and not self.dry_run
+            and self.triggered_by_id is None
+            and not (self.read_count or self.processed_count)
+        )
+        self.save(update_fields=["status", "summary", "finished_at", "idle"])
+
+    @property
+    def started_by_label(self) -> str:
+        """Who or what started the run, in words: "Started by ops", "Schedule"."""
+        user = self.triggered_by
+        if self.trigger == Trigger.MANUAL:
+            return f"Started by {user}" if user else "Started by hand"
+        if self.trigger == Trigger.RETRY:
+            return f"Retried by {user}" if user else "Automatic retry"
+        return self.get_trigger_display()
+
+    @property
+    def processed_count(self) -> int:
+        return self.written_count + self.skipped_count + self.failed_count
+
+    @property
+    def seen_before_count(self) -> int:
+        """Records read that held nothing new (the ledger had them already): no outcome of
+        their own. Counted with the unchanged, so Read = Synced + Unchanged + Failed."""
+        if self.status in (self.Status.QUEUED, self.Status.RUNNING):
+            return 0
+        return max(0, self.read_count - self.processed_count)
+
+    @property
+    def unchanged_total(self) -> int:
+        return self.skipped_count + self.seen_before_count
+
+    @property
+    def to_do_count(self) -> int:
+        """Read but not processed yet, while the run goes on."""
+        if self.status not in (self.Status.QUEUED, self.Status.RUNNING):
+            return 0
+        return max(0, self.read_count - self.processed_count)
+
+    @property
+    def from_earlier_count(self) -> int:
+        """Records this run processed that an earlier run read (retries waiting their turn)."""
+        return max(0, self.processed_count - self.read_count)
+
+    @property
+    def is_empty(self) -> bool:
+        return not (self.read_count or self.processed_count)
 
     def fail(self, summary: str) -> None:
         self.status, self.summary = self.Status.FAILED, secrets.redact(summary)
@@ -702,6 +758,21 @@ class Outcome:
             event.target_id = self.target_id
         if self.content_hash:
             event.content_hash = self.content_hash
+
+
+# "…; kashforce will try again." / ", it will be tried again." at the end of a sentence.
+RETRY_PROMISE = re.compile(
+    r"[;,]?\s*(?:kashforce|it) will (?:try again|be tried again)(?: later)?(?=\.|$)"
+)
+
+# Transport failures named by an HTTP status (or a simulator's fault code for one), in words.
+HTTP_CAUSES = {
+    "429": "Too many requests at once",
+    "500": "Server error at the other end",
+    "502": "Temporarily unavailable",
+    "503": "Temporarily unavailable",
+    "504": "Temporarily unavailable",
+}
 
 
 def _clean(message: str) -> str:
@@ -1059,6 +1130,9 @@ class SyncEvent(models.Model):
         """A cause in words: the code spelt out, or the first words of a message when the
         failure came without a code."""
         if error_code:
+            if status := re.fullmatch(r"(?:SANDBOX_FAULT_|HTTP_)?(\d{3})", error_code):
+                words = HTTP_CAUSES.get(status[1], "The other system answered with an error")
+                return f"{words} (HTTP {status[1]})"
             if re.fullmatch(r"[A-Z0-9_]+", error_code):
                 return error_code.replace("_", " ").capitalize()
             return error_code
@@ -1147,7 +1221,11 @@ class SyncEvent(models.Model):
             self.status, self.next_attempt_at = self.Status.FAILED_TRANSIENT, timezone.now() + delay
         else:
             if not permanent:
-                message = f"Gave up after {self.attempts} attempts. {message}"
+                # The failure's own words promised another try; giving up, they must not.
+                message = (
+                    f"Gave up after {self.attempts} attempts. {RETRY_PROMISE.sub('', message)} "
+                    "kashforce will not try again by itself: press Retry once the cause is fixed."
+                )
             self.status, self.next_attempt_at = self.Status.FAILED_PERMANENT, None
         self.error_class = self.ErrorClass.PERMANENT if permanent else self.ErrorClass.TRANSIENT
         started_at = self.claimed_at

@@ -77,7 +77,7 @@ def test_a_run_writes_every_record_and_counts_them(flow):
     assert (run.progress_done, run.progress_total, run.progress_percent) == (5, 5, 100)
     assert len(flow.target) == 5
     assert SyncEvent.objects.filter(status=SyncEvent.Status.SUCCEEDED).count() == 5
-    assert run.summary == "5 read, 5 written, 0 unchanged, 0 failed."
+    assert run.summary == "5 read: 5 synced, 0 unchanged, 0 failed."
 
 
 def test_the_same_change_seen_twice_is_one_event(flow):
@@ -386,7 +386,7 @@ def test_sync_command_runs_in_the_foreground_and_exits_1_on_failures(flow):
         call_command("sync", "products", stdout=out)
     assert failed.value.returncode == 1
     assert "P2: Product bad has no KashFlow nominal code." in out.getvalue()
-    assert "1 written" in out.getvalue()
+    assert "1 synced" in out.getvalue()
 
 
 def test_sync_command_retries_transient_failures_at_once(flow):
@@ -415,7 +415,9 @@ def test_a_full_run_is_not_swallowed_by_a_running_incremental_one_and_says_what_
     flow.source = [{"Code": "P1", "Name": "x"}]
     engine.execute_run(full.pk)
     full.refresh_from_db()
-    assert full.summary == "Full comparison: 1 compared, 1 differed and were put right, 0 failed."
+    assert full.summary == (
+        "Full comparison: 1 compared, 1 differed and were put right, 0 matched, 0 failed."
+    )
 
 
 def test_nul_characters_never_reach_the_database(flow):

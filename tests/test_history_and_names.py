@@ -88,7 +88,8 @@ def test_a_retried_records_timeline_lists_every_attempt_with_its_time_and_messag
     assert [a.status for a in attempts] == ["failed_transient", "failed_permanent", "succeeded"]
     assert [a.message for a in attempts] == [
         "KashFlow was temporarily unavailable (HTTP 503).",
-        "Gave up after 6 attempts. KashFlow did not answer in time.",
+        "Gave up after 6 attempts. KashFlow did not answer in time. kashforce will not try "
+        "again by itself: press Retry once the cause is fixed.",
         "Invoice 1043 raised.",
     ]
     assert attempts[0].finished_at < attempts[1].finished_at < attempts[2].finished_at

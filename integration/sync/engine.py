@@ -847,15 +847,29 @@ def _finish_if_done(run: SyncRun) -> None:
         )
         if locked is None or busy.exists():
             return  # finished already, or work remains for another worker or task
-        summary = (
-            f"Full comparison: {locked.read_count} compared, {locked.written_count} differed and "
-            f"were put right, {locked.failed_count} failed."
-            if locked.full
-            else f"{locked.read_count} read, {locked.written_count} written, "
-            f"{locked.skipped_count} unchanged, {locked.failed_count} failed."
-        )
-        locked.finish(summary)
+        locked.finish(_summary(locked))
     run.refresh_from_db()
+
+
+def _summary(run: SyncRun) -> str:
+    """The finished run in words whose numbers add up (Read = Synced + Unchanged + Failed)."""
+    run.status = SyncRun.Status.SUCCEEDED  # as finished: the remainder is "seen before"
+    if run.is_empty:
+        return "Nothing to do: no record had changed since the last run."
+    retried = (
+        f" (and {run.from_earlier_count} retried from earlier runs)"
+        if run.from_earlier_count
+        else ""
+    )
+    if run.full:
+        return (
+            f"Full comparison: {run.read_count} compared{retried}, {run.written_count} differed "
+            f"and were put right, {run.unchanged_total} matched, {run.failed_count} failed."
+        )
+    return (
+        f"{run.read_count} read{retried}: {run.written_count} synced, {run.unchanged_total} "
+        f"unchanged, {run.failed_count} failed."
+    )
 
 
 # --------------------------------------------------------------------------------------------

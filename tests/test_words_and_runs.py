@@ -174,3 +174,25 @@ def test_csvs_use_the_labels_people_see_and_uk_time_with_its_zone(ops_client, op
     assert listed["Status"] == "Succeeded" and listed["Started by"] == f"Started by {ops_user}"
     assert listed["Flow"] == "Customers"
     assert re.fullmatch(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d (GMT|BST)", listed["Finished"])
+
+
+def test_mapping_history_shows_changes_in_words_not_python_dicts(admin_client_):
+    v1 = factories.MappingSetFactory()
+    factories.FieldMappingFactory(mapping_set=v1, source_path="Name", target_path="Name")
+    v2 = v1.save_new_version(
+        [
+            {
+                "source_path": "CompanyName",
+                "target_path": "Name",
+                "transform": "truncate",
+                "params": {"max_length": 40},
+            }
+        ]
+    )
+
+    page = admin_client_.get(reverse("dashboard:mapping_history", args=[v2.pk])).content.decode()
+
+    assert "Filled from" in page and "Settings" in page and "Max length: 40" in page
+    assert "Cut to a maximum length" in page and "Copy as it is" in page
+    for raw in ("source_path", "params", "{&#x27;max_length&#x27;", "{'max_length'"):
+        assert raw not in page

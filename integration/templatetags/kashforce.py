@@ -4,6 +4,8 @@ from datetime import timedelta
 
 from django import template
 
+from integration import changes
+
 register = template.Library()
 
 
@@ -36,3 +38,15 @@ def object_label(value: str) -> str:
     system, _, name = (value or "").partition(".")
     systems = {"salesforce": "Salesforce", "kashflow": "KashFlow"}
     return f"{systems.get(system, system)} {name}".strip() if name else value
+
+
+@register.filter
+def mapping_attribute(attribute: str) -> str:
+    """'source_path' -> 'Filled from': a mapping row's attribute as its history names it."""
+    return changes.attribute_words(attribute)
+
+
+@register.filter
+def mapping_value(value: object, attribute: str = "") -> str:
+    """A mapping row's attribute value in words (the transform's label, settings spelt out)."""
+    return changes.value_words(value, attribute)

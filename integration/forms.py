@@ -286,7 +286,11 @@ class ErrorFilterForm(forms.Form):
     )
     flow = forms.ChoiceField(label="Flow", required=False)
     source_object = forms.CharField(label="Object", required=False, max_length=80)
-    q = forms.CharField(label="Record id or words in the message", required=False, max_length=200)
+    q = forms.CharField(
+        label="Name, code, invoice number, id or words in the message",
+        required=False,
+        max_length=200,
+    )
     date_from = forms.DateField(label="From", required=False, widget=DateInput)
     date_to = forms.DateField(label="To", required=False, widget=DateInput)
     # Set by choosing a cause in the list of groups.

@@ -470,7 +470,7 @@ def recording_context(run=None) -> engine.RunContext:
 
 def test_recording_a_page_of_200_changes_takes_a_few_queries(django_assert_num_queries):
     # A savepoint, the known keys, the waiting events, one write, the release. SQLite makes the
-    # write several statements: Django keeps each under 999 parameters (41 rows an INSERT, 58
+    # write several statements: Django keeps each under 999 parameters (39 rows an INSERT, 58
     # an UPDATE of the 14 replaced fields, the record's label and search text among them).
     sqlite = connection.vendor == "sqlite"
     ctx = recording_context()
@@ -735,15 +735,14 @@ def claimed(count: int, **fields) -> list[SyncEvent]:
 def test_a_batch_of_outcomes_is_recorded_with_a_few_statements_whatever_its_size(
     django_assert_num_queries,
 ):
-    # One read of the claims, one UPDATE per status, one INSERT of the attempts' lines: 200
-    # events, not 200 saves.
+    # One read of the claims, one UPDATE per status, one INSERT … SELECT of the attempts'
+    # lines: 200 events, not 200 saves.
     batch = claimed(200, target_id="old-id", message="old")
     outcomes = [
         event.succeeded(target_id=f"01t{i:03}", content_hash=f"hash{i}", message=f"Note {i}.")
         for i, event in enumerate(batch[:150])
     ] + [event.skipped(target_id="") for event in batch[150:]]
-    # (On SQLite the INSERT is two: 124 lines of 8 values a statement.)
-    with django_assert_num_queries(4 if connection.vendor != "sqlite" else 5):
+    with django_assert_num_queries(4):
         recorded = SyncEvent.objects.finish(outcomes)
     assert recorded == batch
     stored = {event.pk: event for event in SyncEvent.objects.all()}

@@ -231,3 +231,12 @@ def test_timeline_query_count_does_not_grow_with_attempts(
         SyncAttempt.objects.create(event=retried_deal, status="failed_transient", message="x")
     with django_assert_num_queries(9):
         ops_client.get(TIMELINE, {"q": DEAL})
+
+
+def test_cleanup_drops_old_successes_with_their_attempts(retried_deal):
+    old = timezone.now() - timedelta(days=400)
+    SyncEvent.objects.filter(pk=retried_deal.pk).update(created_at=old)
+
+    assert engine.cleanup()["events"] == 1
+
+    assert not SyncEvent.objects.exists() and not SyncAttempt.objects.exists()

@@ -909,15 +909,24 @@ def sweep() -> dict:
     return done
 
 
+CLEANUP_CHUNK = 2000
+
+
 def cleanup() -> dict:
     """Nightly: drop old successful ledger rows (errors and ignored rows are kept), then the old
     finished runs left with no rows (a run that still holds an error keeps its page)."""
     from django_q.models import Failure
 
     keep = timezone.now() - timedelta(days=_setting("LEDGER_RETENTION_DAYS"))
-    events, _ = SyncEvent.objects.filter(
+    old = SyncEvent.objects.filter(
         status__in=[SyncEvent.Status.SUCCEEDED, SyncEvent.Status.SKIPPED], created_at__lt=keep
-    ).delete()
+    )
+    events = 0
+    # An event's attempts go with it (CASCADE), so Django reads the events it deletes: a
+    # chunk at a time and their pks only, never every old row with its payload at once.
+    while ids := list(old.values_list("pk", flat=True)[:CLEANUP_CHUNK]):
+        _, deleted = SyncEvent.objects.filter(pk__in=ids).only("pk").delete()
+        events += deleted.get(SyncEvent._meta.label, 0)
     runs, _ = SyncRun.objects.empty_and_finished_before(keep).delete()
     failures, _ = Failure.objects.filter(stopped__lt=keep).delete()
     return {"events": events, "runs": runs, "queue_failures": failures}

@@ -9,9 +9,12 @@ import pytest
 from django.urls import reverse
 from django.utils import timezone
 
+from integration.clients.salesforce import SalesforceClient
 from integration.models import SyncAttempt, SyncEvent, SyncRun, Trigger
 from integration.sync import engine
 from tests import factories
+from tests.sandbox_connections import connect_both
+from tests.test_flow_invoices import SEED, link_products, run_invoices
 
 pytestmark = pytest.mark.django_db
 
@@ -240,3 +243,29 @@ def test_cleanup_drops_old_successes_with_their_attempts(retried_deal):
     assert engine.cleanup()["events"] == 1
 
     assert not SyncEvent.objects.exists() and not SyncAttempt.objects.exists()
+
+
+@pytest.fixture
+def salesforce(sandbox):
+    sandbox.reset(SEED)
+    salesforce, _ = connect_both(sandbox)
+    link_products()
+    return SalesforceClient(salesforce)
+
+
+def test_a_real_invoices_run_names_its_records_and_search_finds_them(ops_client, salesforce):
+    """Over real sockets against the sandbox: the poll's deals carry their names and amounts,
+    and the timeline finds one by part of its name, its account and its invoice number."""
+    [deal] = salesforce.query(
+        "SELECT Id, Name, Account.Name, Amount FROM Opportunity WHERE IsWon = true AND "
+        "Amount > 0 AND KashFlow_Invoice_Number__c = null ORDER BY Id LIMIT 1"
+    )
+    run = run_invoices()
+    assert run.status == SyncRun.Status.SUCCEEDED, run.summary
+    event = SyncEvent.objects.get(source_id=deal["Id"])
+    assert event.label.startswith(f"{deal['Name']} · {deal['Account']['Name']} · £")
+    assert f"{deal['Amount']:,.2f}" in event.label
+
+    for query in (deal["Name"][3:12], deal["Account"]["Name"], event.target_id, deal["Id"][-6:]):
+        entries = ops_client.get(TIMELINE, {"q": query}).context["entries"]
+        assert deal["Id"] in {entry["event"].source_id for entry in entries}, query

@@ -19,6 +19,24 @@ def mark_idle_runs(apps, schema_editor):
     ).update(idle=True)
 
 
+def label_recorded_events(apps, schema_editor):
+    """Name the events recorded before labels existed, from their payloads (an invoice's poll
+    payload holds no name: those keep their ids until the deal changes again)."""
+    from integration.sync.engine import Change, describe
+
+    SyncEvent = apps.get_model("integration", "SyncEvent")
+    events = SyncEvent.objects.only("pk", "source_object", "source_id", "payload")
+    batch = []
+    for event in events.iterator(chunk_size=2000):
+        change = Change("", event.source_object, event.source_id, event.payload or {})
+        event.label, event.search_text = describe(change)
+        batch.append(event)
+        if len(batch) == 2000:
+            SyncEvent.objects.bulk_update(batch, ["label", "search_text"], batch_size=500)
+            batch = []
+    SyncEvent.objects.bulk_update(batch, ["label", "search_text"], batch_size=500)
+
+
 class Migration(migrations.Migration):
 
     dependencies = [
@@ -76,4 +94,5 @@ class Migration(migrations.Migration):
             field=models.ForeignKey(on_delete=django.db.models.deletion.CASCADE, related_name='attempt_lines', to='integration.syncevent'),
         ),
         migrations.RunPython(mark_idle_runs, migrations.RunPython.noop),
+        migrations.RunPython(label_recorded_events, migrations.RunPython.noop),
     ]

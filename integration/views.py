@@ -266,7 +266,7 @@ def runs(request):
 
 def _idle_runs_among(page) -> dict:
     """The idle runs hidden among this page's runs (from its oldest row, or the start, to its
-    newest, or now): one count over the (idle, created_at) index."""
+    newest, or now): one count over the partial index of idle runs."""
     span = SyncRun.objects.filter(idle=True)
     if page.older and page.rows:
         span = span.filter(created_at__gte=page.rows[-1].created_at)

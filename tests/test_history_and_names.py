@@ -155,6 +155,10 @@ def test_queue_timeline_and_run_rows_lead_with_the_deal_account_and_amount(ops_c
             },
         ),
         (
+            {"source_object": "salesforce.Opportunity", "source_id": DEAL},
+            {"Name": "Hafen", "Amount": 99.5, "CurrencyIsoCode": "EUR"},
+        ),
+        (
             {"source_object": "kashflow.Product", "source_id": "4000:WID"},
             {"Code": "WID", "Name": "Widget", "Price": "10"},
         ),
@@ -166,6 +170,7 @@ def test_labels_come_from_the_payload(change, label):
         "kashflow.Customer": "Harbour Freight Ltd (HARB01)",
         "kashflow.Invoice": "Invoice 1043 · Harbour Freight Ltd (HARB01) · £1,440.60",
         "kashflow.Product": "Widget (WID) · £10.00",
+        "salesforce.Opportunity": "Hafen · EUR 99.50",
     }[change["source_object"]]
     assert made == expected
     assert change["source_id"].lower() in search and search == search.lower()
@@ -269,3 +274,19 @@ def test_a_real_invoices_run_names_its_records_and_search_finds_them(ops_client,
     for query in (deal["Name"][3:12], deal["Account"]["Name"], event.target_id, deal["Id"][-6:]):
         entries = ops_client.get(TIMELINE, {"q": query}).context["entries"]
         assert deal["Id"] in {entry["event"].source_id for entry in entries}, query
+
+
+def test_a_deal_in_another_currency_is_labelled_in_it(sandbox):
+    from tests import test_invoice_vat_currency as vat
+
+    sandbox.reset(vat.SEED)
+    salesforce, _ = connect_both(sandbox)
+    org = vat.SimpleNamespace(sandbox=sandbox, salesforce=SalesforceClient(salesforce))
+    org.accounts = [a["Id"] for a in org.salesforce.query("SELECT Id FROM Account ORDER BY Name")]
+    vat.multi_currency(org, EUR="1.17")
+    deal = vat.won_deal(org, org.accounts[0], [vat.STANDARD], currency="EUR")
+
+    vat.run("invoices")
+
+    label = SyncEvent.objects.get(source_id=deal).label
+    assert label.endswith("· EUR 200.00") and "£" not in label

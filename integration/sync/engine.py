@@ -336,18 +336,24 @@ def describe(change: Change) -> tuple[str, str]:
         parts = [name or (codes[0] if codes else "")]
         if change.source_object.endswith(".Invoice"):
             parts.insert(0, f"Invoice {value('Number') or change.source_id}")
-        parts.append(next((a for a in map(_money, map(value, AMOUNT_KEYS)) if a), ""))
+        currency = value("CurrencyIsoCode") or value("Currency.Code")
+        amounts = (_money(value(key), currency) for key in AMOUNT_KEYS)
+        parts.append(next((amount for amount in amounts if amount), ""))
         label = " · ".join(part for part in parts if part)
     search = " ".join(dict.fromkeys([label, change.source_id, *names, *codes]))
     return label[:200], search.lower()[:400]
 
 
-def _money(text: str) -> str:
+def _money(text: str, currency: str = "") -> str:
+    """£1,200.50, or EUR 1,200.50 for a deal or invoice in another currency."""
     try:
         amount = Decimal(text)
     except (InvalidOperation, ValueError):
         return ""
-    return f"£{amount:,.2f}" if amount.is_finite() else ""
+    if not amount.is_finite():
+        return ""
+    symbol = "£" if currency.upper() in ("", "GBP") else f"{currency.upper()} "
+    return f"{symbol}{amount:,.2f}"
 
 
 def pages(items: Iterable, size: int = PAGE) -> Iterator[list]:

@@ -67,8 +67,11 @@ class InvoicesFlow:
         cursor = Cursor.get_value(self.name, connection)
         # Won deals with no amount to invoice are read too, so each leaves a ledger row saying
         # why it was not invoiced instead of no trace at all.
+        # The names and amount label the ledger row; the currency too where the org has more
+        # than one (describe is cached, and processing reads it anyway).
+        currency = ", CurrencyIsoCode" if "CurrencyIsoCode" in _opportunity_fields(ctx) else ""
         soql = (
-            "SELECT Id, Name, Account.Name, Amount, SystemModstamp FROM Opportunity "
+            f"SELECT Id, Name, Account.Name, Amount{currency}, SystemModstamp FROM Opportunity "
             f"WHERE (({_rule()}) OR ({NO_AMOUNT})) AND KashFlow_Invoice_Number__c = null"
         )
         if cursor and not ctx.run.full:
@@ -201,6 +204,13 @@ class _Rows:
             write_back=active_rows(ctx, "invoices", TARGET, SOURCE),
             fields=salesforce_fields(ctx, "Opportunity"),
         )
+
+
+def _opportunity_fields(ctx) -> dict:
+    try:
+        return salesforce_fields(ctx, "Opportunity")
+    except ApiError:
+        return {}  # the label goes without the currency; processing will say what is wrong
 
 
 def _rule() -> str:

@@ -332,6 +332,7 @@ class RunFilterForm(forms.Form):
     trigger = forms.ChoiceField(label="Started by", required=False)
     date_from = UKDateField(label="From", required=False)
     date_to = UKDateField(label="To", required=False)
+    idle = forms.BooleanField(label="Show idle runs", required=False)
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
@@ -340,7 +341,10 @@ class RunFilterForm(forms.Form):
         self.fields["trigger"].choices = [("", "Anything"), *Trigger.choices]
 
     def apply(self, runs):
-        data = self.cleaned_data
+        """The runs asked for; scheduled runs that read nothing only with "Show idle runs"."""
+        data = self.cleaned_data if self.is_bound and self.is_valid() else {}
+        if not data.get("idle"):
+            runs = runs.filter(idle=False)
         for key in ("flow", "status", "trigger"):
             if data.get(key):
                 runs = runs.filter(**{key: data[key]})
@@ -400,7 +404,11 @@ class ErrorFilterForm(forms.Form):
     )
     flow = forms.ChoiceField(label="Flow", required=False)
     source_object = forms.CharField(label="Object", required=False, max_length=80)
-    q = forms.CharField(label="Record id or words in the message", required=False, max_length=200)
+    q = forms.CharField(
+        label="Name, code, invoice number, id or words in the message",
+        required=False,
+        max_length=200,
+    )
     date_from = UKDateField(label="From", required=False)
     date_to = UKDateField(label="To", required=False)
     # Set by choosing a cause in the list of groups.

@@ -10,7 +10,7 @@ from django.contrib import messages
 from django.contrib.auth.decorators import login_not_required
 from django.core.cache import cache
 from django.db import connection as db_connection
-from django.db.models import Q
+from django.db.models import Count, Max, Min, Q
 from django.http import Http404, JsonResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.urls import reverse
@@ -48,12 +48,14 @@ from integration.models import (
     describe_vat_rule_changes,
 )
 from integration.paging import keyset_page
+from integration.templatetags.kashforce import object_label
 
 log = logging.getLogger(__name__)
 
 PAGE_SIZE = 50
 CHART_DAYS = 14
 TIMELINE_LIMIT = 200
+MATCHES = 20  # records a search by name may show at once
 
 
 @login_not_required
@@ -322,36 +324,38 @@ def _finance_overview() -> dict:
 @viewer_required
 def runs(request):
     form = RunFilterForm(request.GET or None)
-    queryset = SyncRun.objects.select_related("triggered_by")
-    if form.is_valid():
-        queryset = form.apply(queryset)
+    queryset = form.apply(SyncRun.objects.select_related("triggered_by"))
     page = keyset_page(
         queryset, PAGE_SIZE, request.GET.get("older", ""), request.GET.get("newer", "")
     )
-    return render(request, "integration/runs.html", {"form": form, "page": page, "flows": Flow})
+    context = {"form": form, "page": page, "flows": Flow}
+    if not form["idle"].value():
+        context["idle"] = _idle_runs_among(page)
+    return render(request, "integration/runs.html", context)
+
+
+def _idle_runs_among(page) -> dict:
+    """The idle runs hidden among this page's runs (from its oldest row, or the start, to its
+    newest, or now): one count over the partial index of idle runs."""
+    span = SyncRun.objects.filter(idle=True)
+    if page.older and page.rows:
+        span = span.filter(created_at__gte=page.rows[-1].created_at)
+    if page.newer and page.rows:
+        span = span.filter(created_at__lte=page.rows[0].created_at)
+    return span.order_by().aggregate(
+        count=Count("pk"), first=Min("created_at"), last=Max("created_at")
+    )
 
 
 @viewer_required
 def runs_csv(request):
     form = RunFilterForm(request.GET or None)
-    queryset = form.apply(SyncRun.objects.all()) if form.is_valid() else SyncRun.objects.all()
-    columns = [
-        "pk",
-        "flow",
-        "trigger",
-        "status",
-        "dry_run",
-        "created_at",
-        "started_at",
-        "finished_at",
-        "read_count",
-        "written_count",
-        "skipped_count",
-        "failed_count",
-        "triggered_by__username",
-        "summary",
-    ]
-    rows = queryset.order_by("-created_at", "-pk").values_list(*columns).iterator(chunk_size=2000)
+    queryset = form.apply(SyncRun.objects.all())
+    rows = (
+        queryset.select_related("triggered_by")
+        .order_by("-created_at", "-pk")
+        .iterator(chunk_size=2000)
+    )
     header = [
         "Run",
         "Flow",
@@ -362,13 +366,33 @@ def runs_csv(request):
         "Started",
         "Finished",
         "Read",
-        "Written",
+        "Synced",
         "Unchanged",
         "Failed",
         "Started by",
         "Summary",
     ]
-    return export.csv_response("kashforce-runs.csv", header, rows)
+    return export.csv_response("kashforce-runs.csv", header, map(_run_row, rows))
+
+
+def _run_row(run: SyncRun) -> list:
+    """A run as the runs page words it; Unchanged holds the records read with nothing new."""
+    return [
+        run.pk,
+        run.get_flow_display(),
+        run.get_trigger_display(),
+        run.get_status_display(),
+        "yes" if run.dry_run else "no",
+        run.created_at,
+        run.started_at,
+        run.finished_at,
+        run.read_count,
+        run.written_count,
+        run.unchanged_total,
+        run.failed_count,
+        run.started_by_label,
+        run.summary,
+    ]
 
 
 @viewer_required
@@ -481,6 +505,8 @@ def errors_csv(request):
         "resolved_by__username",
         "ignored_reason",
         "run_id",
+        "label",
+        "warning",
     ]
     rows = queryset.order_by("-created_at", "-pk").values_list(*columns).iterator(chunk_size=2000)
     header = [
@@ -491,17 +517,43 @@ def errors_csv(request):
         "Target object",
         "Target id",
         "Status",
-        "Error class",
-        "Error code",
+        "Kind",
+        "Cause",
         "Message",
         "Attempts",
         "First seen",
-        "Last change",
+        "Latest attempt",
         "Retried or ignored by",
         "Reason ignored",
         "Run",
+        "Record",
+        "Code for support",
     ]
-    return export.csv_response("kashforce-errors.csv", header, rows)
+    return export.csv_response("kashforce-errors.csv", header, map(_error_row, rows))
+
+
+def _error_row(row: tuple) -> list:
+    """A queue row as the page words it: labels, not the codes the database keeps."""
+    pk, flow, source, source_id, target, target_id, status, kind, code, message, *rest = row
+    *rest, label, warning = rest
+    status_label = SyncEvent.Status(status).label
+    if warning and status == SyncEvent.Status.SUCCEEDED:
+        status_label = "Synced with a warning"
+    return [
+        pk,
+        Flow(flow).label,
+        object_label(source),
+        source_id,
+        object_label(target),
+        target_id,
+        status_label,
+        SyncEvent.ErrorClass(kind).label if kind else "",
+        SyncEvent.cause_label(code, message) if kind else "",
+        message,
+        *rest,
+        label,
+        code,
+    ]
 
 
 def _selected_cause(causes: list[dict], filters: dict) -> dict | None:
@@ -583,13 +635,20 @@ def timeline(request):
         )
     if query:
         ids = {query, salesforce_id18(query)}
-        crossrefs = list(CrossRef.objects.filter(Q(salesforce_id__in=ids) | Q(kashflow_key=query)))
+        # A name ("Harbour"), a customer code, an invoice number or part of an id: the records
+        # whose names or ids hold it, a few at most.
+        ids |= set(SyncEvent.objects.named(query).values_list("source_id", flat=True)[:MATCHES])
+        crossrefs = list(
+            CrossRef.objects.filter(
+                Q(salesforce_id__in=ids) | Q(kashflow_key__in=ids - {salesforce_id18(query)})
+            )
+        )
         for crossref in crossrefs:
             ids |= {crossref.salesforce_id, crossref.kashflow_key} - {None}
         events = list(
-            SyncEvent.objects.for_records(sorted(ids)).select_related("run", "resolved_by")[
-                :TIMELINE_LIMIT
-            ]
+            SyncEvent.objects.for_records(sorted(ids))
+            .select_related("run", "resolved_by")
+            .prefetch_related("attempt_lines")[:TIMELINE_LIMIT]
         )
         links = RecordLinks.load()
         context |= {

@@ -4,6 +4,8 @@ from datetime import timedelta
 
 from django import template
 
+from integration import changes
+
 register = template.Library()
 
 
@@ -77,3 +79,15 @@ def money(value, currency: str = "GBP") -> str:
 @register.filter
 def get_item(mapping: dict, key):
     return (mapping or {}).get(key)
+
+
+@register.filter
+def mapping_attribute(attribute: str) -> str:
+    """'source_path' -> 'Filled from': a mapping row's attribute as its history names it."""
+    return changes.attribute_words(attribute)
+
+
+@register.filter
+def mapping_value(value: object, attribute: str = "") -> str:
+    """A mapping row's attribute value in words (the transform's label, settings spelt out)."""
+    return changes.value_words(value, attribute)

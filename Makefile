@@ -4,6 +4,9 @@ VENV := .venv
 PY := $(VENV)/bin/python
 HOST ?= 127.0.0.1
 PORT ?= 8000
+# The simulators' ports for `make run` (move them when something else uses 8443 or 8080).
+SANDBOX_SALESFORCE_PORT ?= 8443
+SANDBOX_KASHFLOW_PORT ?= 8080
 
 .PHONY: run test check chaos venv serve clean bench bench-small proto
 
@@ -19,7 +22,8 @@ venv: $(VENV)/.installed
 run: venv
 	$(PY) manage.py migrate --noinput
 	$(PY) manage.py demo_users
-	bash scripts/run-local.sh $(HOST) $(PORT)
+	SANDBOX_SALESFORCE_PORT=$(SANDBOX_SALESFORCE_PORT) SANDBOX_KASHFLOW_PORT=$(SANDBOX_KASHFLOW_PORT) \
+	  bash scripts/run-local.sh $(HOST) $(PORT)
 
 # The whole suite (set DATABASE_URL to run it on PostgreSQL).
 test: venv

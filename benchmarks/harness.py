@@ -74,6 +74,10 @@ class Lab:
         ).start()
         self.template_dir.mkdir(parents=True, exist_ok=True)
         self.manage("migrate", "--noinput", var_dir=self.template_dir)
+        # The children run with DEBUG off, as in production, where static files are served
+        # from collectstatic's manifest: without it every page is a 500 ("Missing staticfiles
+        # manifest entry"). The template's static/ is copied into each fresh kashforce.
+        self.manage("collectstatic", "--noinput", var_dir=self.template_dir, env={"DEBUG": "false"})
         return self
 
     def stop(self) -> None:

@@ -4,20 +4,21 @@ permissions below through these decorators, in one place."""
 import ipaddress
 import logging
 import math
+from functools import wraps
 
 from axes.models import AccessAttempt
 from axes.signals import user_locked_out
 from django import forms
 from django.conf import settings
 from django.contrib.admin.forms import AdminAuthenticationForm
-from django.contrib.auth.decorators import login_not_required, permission_required
+from django.contrib.auth.decorators import login_not_required
 from django.contrib.auth.forms import AuthenticationForm
 from django.contrib.auth.views import LoginView
-from django.core.exceptions import NON_FIELD_ERRORS, ValidationError
+from django.core.exceptions import NON_FIELD_ERRORS, PermissionDenied, ValidationError
 from django.db.models import Max
 from django.dispatch import receiver
 from django.http import HttpResponse
-from django.shortcuts import redirect
+from django.shortcuts import redirect, render
 from django.urls import reverse
 from django.utils import timezone
 from django.utils.decorators import method_decorator
@@ -33,12 +34,62 @@ OPERATE = "integration.operate_sync"
 # Edit connections and mappings.
 ADMINISTER = "integration.administer_integration"
 
-operator_required = permission_required(OPERATE, raise_exception=True)
-admin_required = permission_required(ADMINISTER, raise_exception=True)
-
 # See the dashboard's pages (both roles have it; a signed-in user with no role does not).
 VIEW = "integration.view_syncevent"
-viewer_required = permission_required(VIEW, raise_exception=True)
+
+# What a refused person reads on the 403 page: what needs the permission, and which role has it.
+REFUSALS = {
+    OPERATE: (
+        "start syncs, retry or ignore errors",
+        [OPERATIONS_GROUP, INTEGRATION_ADMIN_GROUP],
+    ),
+    ADMINISTER: (
+        "change connections, mappings or VAT rules, or read the audit trail",
+        [INTEGRATION_ADMIN_GROUP],
+    ),
+    VIEW: ("see the dashboard", [OPERATIONS_GROUP, INTEGRATION_ADMIN_GROUP]),
+}
+
+
+def _requires(permission: str):
+    """permission_required(raise_exception=True), with the permission in the PermissionDenied,
+    so the 403 page can say what is refused and who may do it."""
+
+    def decorator(view):
+        @wraps(view)
+        def checked(request, *args, **kwargs):
+            if not request.user.has_perm(permission):
+                raise PermissionDenied(permission)
+            return view(request, *args, **kwargs)
+
+        return checked
+
+    return decorator
+
+
+operator_required = _requires(OPERATE)
+admin_required = _requires(ADMINISTER)
+viewer_required = _requires(VIEW)
+
+
+def permission_denied(request, exception=None):
+    """handler403: a styled page that says what needs another role, which role, and who has it."""
+    from django.contrib.auth.models import User
+
+    what, roles = REFUSALS.get(str(exception or ""), ("open this page", [INTEGRATION_ADMIN_GROUP]))
+    people = list(
+        User.objects.filter(groups__name__in=roles, is_active=True)
+        .order_by("username")
+        .values_list("username", flat=True)
+        .distinct()[:5]
+    )
+    mine = (
+        list(request.user.groups.values_list("name", flat=True))
+        if request.user.is_authenticated
+        else []
+    )
+    context = {"what": what, "roles": roles, "people": people, "my_roles": mine}
+    return render(request, "403.html", context, status=403)
 
 
 # --------------------------------------------------------------------------------------------

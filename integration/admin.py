@@ -28,6 +28,7 @@ from integration.models import (
     FinanceHold,
     MappingSet,
     Reconciliation,
+    SyncAttempt,
     SyncEvent,
     SyncRun,
     WriteRecord,
@@ -176,13 +177,33 @@ class SyncRunAdmin(ReadOnlyAdmin):
     raw_id_fields = ["triggered_by"]
 
 
+class SyncAttemptInline(admin.TabularInline):
+    """Every attempt at the event, as the record's timeline lists them; read-only."""
+
+    model = SyncAttempt
+    fields = ["number", "finished_at", "status", "error_code", "message"]
+    readonly_fields = fields
+    extra = 0
+
+    def has_add_permission(self, request, obj=None):
+        return False
+
+    def has_change_permission(self, request, obj=None):
+        return False
+
+    def has_delete_permission(self, request, obj=None):
+        return False
+
+
 @admin.register(SyncEvent)
 class SyncEventAdmin(ReadOnlyAdmin):
+    inlines = [SyncAttemptInline]
     list_display = [
         "pk",
         "flow",
         "source_object",
         "source_id",
+        "label",
         "target_id",
         "status",
         "attempts",

@@ -71,13 +71,50 @@ def _row_details(old: dict, new: dict) -> list[Change]:
 
 
 def describe_mapping_changes(changes: list[RowChange]) -> str:
-    """One line for the audit trail: "added Phone; changed Name (transform, default)"."""
+    """One line for the audit trail: "added Phone; changed Name (how, when empty)"."""
     if not changes:
         return "no field changed"
     parts = []
     for change in changes:
         attrs = (
-            f" ({', '.join(d.field for d in change.details)})" if change.kind == "changed" else ""
+            f" ({', '.join(attribute_words(d.field).lower() for d in change.details)})"
+            if change.kind == "changed"
+            else ""
         )
         parts.append(f"{change.kind} {change.target}{attrs}")
     return "; ".join(parts)
+
+
+# How a mapping row's attributes read on its history page.
+ROW_ATTRIBUTE_WORDS = {
+    "source_path": "Filled from",
+    "transform": "How",
+    "params": "Settings",
+    "default": "When empty",
+    "required": "Required",
+}
+
+
+def attribute_words(attribute: str) -> str:
+    return ROW_ATTRIBUTE_WORDS.get(attribute, attribute.replace("_", " ").capitalize())
+
+
+def value_words(value: object, attribute: str = "") -> str:
+    """A mapping row's attribute value in words: the transform's label, settings as
+    "Max length: 40; Separator: ' '", yes or no; never a Python dict."""
+    from integration.models import Transform
+
+    if value in (None, "", {}, [], MISSING):
+        return MISSING
+    if attribute == "transform" and value in Transform.values:
+        return Transform(value).label
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, dict):
+        return "; ".join(
+            f"{str(key).replace('_', ' ').capitalize()}: {value_words(item)}"
+            for key, item in value.items()
+        )
+    if isinstance(value, list | tuple):
+        return ", ".join(value_words(item) for item in value)
+    return str(value)

@@ -23,7 +23,8 @@ FORMULA_STARTS = frozenset("=+-@|\uff1d\uff0b\uff0d\uff20")
 
 
 def safe_cell(value: object, zone=None) -> object:
-    """A cell as text: a formula start neutralised, a datetime in local time, None empty."""
+    """A cell as text: a formula start neutralised, a datetime in local time with its zone's
+    name, None empty."""
     if isinstance(value, str):
         # lstrip() takes tabs, CR, LF and non-breaking spaces too: a cell starting with any of
         # them, then a formula character, is neutralised (issue #15).
@@ -31,14 +32,16 @@ def safe_cell(value: object, zone=None) -> object:
         starts_formula = bare[:1] in FORMULA_STARTS or value[:1] in ("\t", "\r")
         return "'" + value if starts_formula else value
     if isinstance(value, datetime):
-        return value.astimezone(zone or timezone.get_current_timezone()).isoformat("T", "seconds")
+        # The site's time with its zone named (GMT or BST), as the pages show it; sortable.
+        local = value.astimezone(zone or timezone.get_current_timezone())
+        return local.strftime("%Y-%m-%d %H:%M:%S %Z")
     return "" if value is None else value
 
 
 def csv_response(
     filename: str, header: list[str], rows: Iterable[Iterable]
 ) -> StreamingHttpResponse:
-    """Rows of plain values; a datetime becomes local ISO time to the second."""
+    """Rows of plain values; a datetime becomes local time to the second, its zone named."""
     response = StreamingHttpResponse(_lines(header, rows), content_type="text/csv; charset=utf-8")
     response["Content-Disposition"] = f'attachment; filename="{filename}"'
     return response

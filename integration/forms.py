@@ -249,20 +249,90 @@ class ConnectionForm(forms.ModelForm):
         return connection
 
 
+# What each kind of connection is asked for on the dashboard's page (the console shows all).
+KIND_FIELDS = {
+    Connection.Kind.SALESFORCE: (
+        *("name", "kind", "environment", "auth_method", "login_url", "instance_url"),
+        *("api_version", "organization_id", "ca_file", "username", "consumer_key", "is_active"),
+        *("password", "security_token", "consumer_secret", "private_key", "outbound_secret"),
+    ),
+    Connection.Kind.KASHFLOW: (
+        *("name", "kind", "environment", "auth_method", "base_url", "username", "is_active"),
+        *("password", "memorable_word"),
+    ),
+}
+KIND_LABELS = {
+    "name": ("Name", "How kashforce's pages call it, e.g. “Salesforce live”."),
+    "environment": ("Environment", ""),
+    "auth_method": ("Sign-in method", ""),
+    "login_url": ("Login URL", "https://login.salesforce.com, or your My Domain address."),
+    "instance_url": ("Instance URL", "Filled in at sign-in; leave blank."),
+    "api_version": ("API version", "e.g. 62.0"),
+    "organization_id": ("Organisation id", "Setup → Company Information: 15 or 18 characters."),
+    "ca_file": ("CA file", "Only for a test server with a certificate of its own."),
+    "consumer_key": ("Consumer key", "From the connected app (JWT and client credentials)."),
+    "is_active": ("In use", "kashforce syncs through the connection in use of each kind."),
+    "base_url": ("Base URL", "KashFlow's API address: https://api.kashflow.com/v2"),
+}
+
+
+class KindConnectionForm(ConnectionForm):
+    """The dashboard's connection page: only the fields of one kind of system, with labels a
+    person knows. The kind is fixed on the page (a new connection's comes from ?kind=)."""
+
+    def __init__(self, *args, kind: str, **kwargs):
+        super().__init__(*args, **kwargs)
+        keep = KIND_FIELDS[kind]
+        for name in list(self.fields):
+            base = name.removeprefix("clear_")
+            if base not in keep:
+                del self.fields[name]
+        for name, (label, help_text) in KIND_LABELS.items():
+            if name in self.fields:
+                self.fields[name].label = label
+                if help_text:
+                    self.fields[name].help_text = help_text
+        self.fields["kind"].widget = forms.HiddenInput()
+        self.fields["kind"].initial = kind
+        prefix = "sf_" if kind == Connection.Kind.SALESFORCE else "kf_"
+        self.fields["auth_method"].choices = [
+            (value, label)
+            for value, label in self.fields["auth_method"].choices
+            if value.startswith(prefix)
+        ]
+
+
 # --------------------------------------------------------------------------------------------
 # The dashboard's filters and actions
 
 
 class DateInput(forms.DateInput):
-    input_type = "date"
+    """A text box for a UK date (dd/mm/yyyy), not the browser's date input, whose format follows
+    the browser's locale (mm/dd/yyyy in an en-US browser) rather than the user's country."""
+
+    input_type = "text"
+
+    def __init__(self, attrs=None):
+        attrs = {"placeholder": "dd/mm/yyyy", "inputmode": "numeric", "size": 10, **(attrs or {})}
+        super().__init__(attrs, format="%d/%m/%Y")
+
+
+class UKDateField(forms.DateField):
+    widget = DateInput
+    # dd/mm/yyyy (and d/m/yy, 3-12-2026, 3.12.2026); ISO too, for addresses saved before.
+    input_formats = ["%d/%m/%Y", "%d/%m/%y", "%d-%m-%Y", "%d.%m.%Y", "%Y-%m-%d"]
+    default_error_messages = {
+        "invalid": "Write the date as day/month/year, for example 03/12/2026.",
+    }
 
 
 class RunFilterForm(forms.Form):
     flow = forms.ChoiceField(label="Flow", required=False)
     status = forms.ChoiceField(label="Status", required=False)
     trigger = forms.ChoiceField(label="Started by", required=False)
-    date_from = forms.DateField(label="From", required=False, widget=DateInput)
-    date_to = forms.DateField(label="To", required=False, widget=DateInput)
+    date_from = UKDateField(label="From", required=False)
+    date_to = UKDateField(label="To", required=False)
+    idle = forms.BooleanField(label="Show idle runs", required=False)
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
@@ -271,7 +341,10 @@ class RunFilterForm(forms.Form):
         self.fields["trigger"].choices = [("", "Anything"), *Trigger.choices]
 
     def apply(self, runs):
-        data = self.cleaned_data
+        """The runs asked for; scheduled runs that read nothing only with "Show idle runs"."""
+        data = self.cleaned_data if self.is_bound and self.is_valid() else {}
+        if not data.get("idle"):
+            runs = runs.filter(idle=False)
         for key in ("flow", "status", "trigger"):
             if data.get(key):
                 runs = runs.filter(**{key: data[key]})
@@ -287,8 +360,8 @@ class AuditFilterForm(forms.Form):
     object_type = forms.ChoiceField(label="On", required=False)
     username = forms.CharField(label="Who", required=False, max_length=150)
     q = forms.CharField(label="Name or id", required=False, max_length=200)
-    date_from = forms.DateField(label="From", required=False, widget=DateInput)
-    date_to = forms.DateField(label="To", required=False, widget=DateInput)
+    date_from = UKDateField(label="From", required=False)
+    date_to = UKDateField(label="To", required=False)
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
@@ -331,9 +404,13 @@ class ErrorFilterForm(forms.Form):
     )
     flow = forms.ChoiceField(label="Flow", required=False)
     source_object = forms.CharField(label="Object", required=False, max_length=80)
-    q = forms.CharField(label="Record id or words in the message", required=False, max_length=200)
-    date_from = forms.DateField(label="From", required=False, widget=DateInput)
-    date_to = forms.DateField(label="To", required=False, widget=DateInput)
+    q = forms.CharField(
+        label="Name, code, invoice number, id or words in the message",
+        required=False,
+        max_length=200,
+    )
+    date_from = UKDateField(label="From", required=False)
+    date_to = UKDateField(label="To", required=False)
     # Set by choosing a cause in the list of groups.
     code = forms.CharField(required=False, max_length=100, widget=forms.HiddenInput)
     error_class = forms.ChoiceField(
@@ -392,7 +469,10 @@ class FieldMappingForm(forms.Form):
         label="Transform", choices=Transform.choices, initial=Transform.COPY
     )
     params = forms.CharField(
-        label="Parameters", required=False, help_text='JSON, e.g. {"length": 80}'
+        label="Parameters",
+        required=False,
+        help_text='JSON, e.g. {"length": 80}',
+        widget=forms.Textarea(attrs={"rows": 2, "spellcheck": "false", "class": "params"}),
     )
     default = forms.CharField(label="Default", required=False, max_length=255)
     required = forms.BooleanField(label="Required", required=False)

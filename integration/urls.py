@@ -7,6 +7,7 @@ app_name = "dashboard"
 urlpatterns = [
     path("", views.overview, name="overview"),
     path("health/", views.health, name="health"),
+    path("demo/close-a-deal/", views.demo_close_deal, name="demo_close_deal"),
     path("runs/", views.runs, name="runs"),
     path("runs.csv", views.runs_csv, name="runs_csv"),
     path("runs/start/", views.sync_now, name="sync_now"),

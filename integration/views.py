@@ -10,7 +10,7 @@ from django.contrib import messages
 from django.contrib.auth.decorators import login_not_required
 from django.core.cache import cache
 from django.db import connection as db_connection
-from django.db.models import Q
+from django.db.models import Count, Max, Min, Q
 from django.http import Http404, JsonResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.urls import reverse
@@ -25,16 +25,16 @@ from integration.forms import (
     NO_CODE,
     QUEUE_VIEWS,
     AuditFilterForm,
-    ConnectionForm,
     ErrorFilterForm,
     FieldMappingForm,
     IgnoreForm,
+    KindConnectionForm,
     MappingFormSet,
     MappingVersionForm,
     RunFilterForm,
     VatRulesForm,
 )
-from integration.links import RecordLinks, salesforce_id18
+from integration.links import SALESFORCE_ID, RecordLinks, salesforce_id18
 from integration.models import (
     AuditEntry,
     Connection,
@@ -48,12 +48,14 @@ from integration.models import (
     describe_vat_rule_changes,
 )
 from integration.paging import keyset_page
+from integration.templatetags.kashforce import object_label
 
 log = logging.getLogger(__name__)
 
 PAGE_SIZE = 50
 CHART_DAYS = 14
 TIMELINE_LIMIT = 200
+MATCHES = 20  # records a search by name may show at once
 
 
 @login_not_required
@@ -249,8 +251,60 @@ def overview(request):
             )
         ),
     }
+    context["demo"] = _demo_guide(request)
     context |= _finance_overview()
     return render(request, "integration/overview.html", context)
+
+
+def _demo_guide(request) -> dict | None:
+    """What the guided first run shows on the overview of a trial on the sandbox."""
+    from integration import demo
+
+    if demo.demo_connections() is None:
+        return None
+    latest_invoice = (
+        SyncEvent.objects.filter(flow=Flow.INVOICES, status=SyncEvent.Status.SUCCEEDED)
+        .order_by("-created_at")
+        .values_list("source_id", flat=True)
+        .first()
+    )
+    return {
+        "holds": demo.DEMO_HOLDS,
+        "deal": request.session.get("demo_deal"),
+        "record": latest_invoice,
+    }
+
+
+@require_POST
+@operator_required
+def demo_close_deal(request):
+    """The guided first run's button: close one demo deal in the sandbox (never elsewhere)."""
+    from integration import demo
+    from integration.clients.errors import ApiError
+
+    try:
+        deal = demo.close_a_demo_deal()
+    except demo.NotTheSandbox:
+        messages.error(
+            request,
+            "Only a trial connected to the sandbox can close demo deals; "
+            "these connections point somewhere else.",
+        )
+        return redirect("dashboard:overview")
+    except ApiError as exc:
+        messages.error(request, f"The demo Salesforce did not close the deal: {exc}")
+        return redirect("dashboard:overview")
+    if deal is None:
+        messages.info(request, "Every demo deal is closed already.")
+        return redirect("dashboard:overview")
+    timeline = f"{reverse('dashboard:timeline')}?{urlencode({'q': deal.id})}"
+    messages.success(
+        request,
+        f"Closed “{deal.name}” ({deal.account}) as won in the demo Salesforce. Its invoice "
+        "appears in KashFlow within a minute or two; its timeline shows each step.",
+    )
+    request.session["demo_deal"] = {"id": deal.id, "name": deal.name, "timeline": timeline}
+    return redirect("dashboard:overview")
 
 
 def _finance_overview() -> dict:
@@ -270,36 +324,38 @@ def _finance_overview() -> dict:
 @viewer_required
 def runs(request):
     form = RunFilterForm(request.GET or None)
-    queryset = SyncRun.objects.select_related("triggered_by")
-    if form.is_valid():
-        queryset = form.apply(queryset)
+    queryset = form.apply(SyncRun.objects.select_related("triggered_by"))
     page = keyset_page(
         queryset, PAGE_SIZE, request.GET.get("older", ""), request.GET.get("newer", "")
     )
-    return render(request, "integration/runs.html", {"form": form, "page": page, "flows": Flow})
+    context = {"form": form, "page": page, "flows": Flow}
+    if not form["idle"].value():
+        context["idle"] = _idle_runs_among(page)
+    return render(request, "integration/runs.html", context)
+
+
+def _idle_runs_among(page) -> dict:
+    """The idle runs hidden among this page's runs (from its oldest row, or the start, to its
+    newest, or now): one count over the partial index of idle runs."""
+    span = SyncRun.objects.filter(idle=True)
+    if page.older and page.rows:
+        span = span.filter(created_at__gte=page.rows[-1].created_at)
+    if page.newer and page.rows:
+        span = span.filter(created_at__lte=page.rows[0].created_at)
+    return span.order_by().aggregate(
+        count=Count("pk"), first=Min("created_at"), last=Max("created_at")
+    )
 
 
 @viewer_required
 def runs_csv(request):
     form = RunFilterForm(request.GET or None)
-    queryset = form.apply(SyncRun.objects.all()) if form.is_valid() else SyncRun.objects.all()
-    columns = [
-        "pk",
-        "flow",
-        "trigger",
-        "status",
-        "dry_run",
-        "created_at",
-        "started_at",
-        "finished_at",
-        "read_count",
-        "written_count",
-        "skipped_count",
-        "failed_count",
-        "triggered_by__username",
-        "summary",
-    ]
-    rows = queryset.order_by("-created_at", "-pk").values_list(*columns).iterator(chunk_size=2000)
+    queryset = form.apply(SyncRun.objects.all())
+    rows = (
+        queryset.select_related("triggered_by")
+        .order_by("-created_at", "-pk")
+        .iterator(chunk_size=2000)
+    )
     header = [
         "Run",
         "Flow",
@@ -310,13 +366,33 @@ def runs_csv(request):
         "Started",
         "Finished",
         "Read",
-        "Written",
+        "Synced",
         "Unchanged",
         "Failed",
         "Started by",
         "Summary",
     ]
-    return export.csv_response("kashforce-runs.csv", header, rows)
+    return export.csv_response("kashforce-runs.csv", header, map(_run_row, rows))
+
+
+def _run_row(run: SyncRun) -> list:
+    """A run as the runs page words it; Unchanged holds the records read with nothing new."""
+    return [
+        run.pk,
+        run.get_flow_display(),
+        run.get_trigger_display(),
+        run.get_status_display(),
+        "yes" if run.dry_run else "no",
+        run.created_at,
+        run.started_at,
+        run.finished_at,
+        run.read_count,
+        run.written_count,
+        run.unchanged_total,
+        run.failed_count,
+        run.started_by_label,
+        run.summary,
+    ]
 
 
 @viewer_required
@@ -429,6 +505,8 @@ def errors_csv(request):
         "resolved_by__username",
         "ignored_reason",
         "run_id",
+        "label",
+        "warning",
     ]
     rows = queryset.order_by("-created_at", "-pk").values_list(*columns).iterator(chunk_size=2000)
     header = [
@@ -439,17 +517,43 @@ def errors_csv(request):
         "Target object",
         "Target id",
         "Status",
-        "Error class",
-        "Error code",
+        "Kind",
+        "Cause",
         "Message",
         "Attempts",
         "First seen",
-        "Last change",
+        "Latest attempt",
         "Retried or ignored by",
         "Reason ignored",
         "Run",
+        "Record",
+        "Code for support",
     ]
-    return export.csv_response("kashforce-errors.csv", header, rows)
+    return export.csv_response("kashforce-errors.csv", header, map(_error_row, rows))
+
+
+def _error_row(row: tuple) -> list:
+    """A queue row as the page words it: labels, not the codes the database keeps."""
+    pk, flow, source, source_id, target, target_id, status, kind, code, message, *rest = row
+    *rest, label, warning = rest
+    status_label = SyncEvent.Status(status).label
+    if warning and status == SyncEvent.Status.SUCCEEDED:
+        status_label = "Synced with a warning"
+    return [
+        pk,
+        Flow(flow).label,
+        object_label(source),
+        source_id,
+        object_label(target),
+        target_id,
+        status_label,
+        SyncEvent.ErrorClass(kind).label if kind else "",
+        SyncEvent.cause_label(code, message) if kind else "",
+        message,
+        *rest,
+        label,
+        code,
+    ]
 
 
 def _selected_cause(causes: list[dict], filters: dict) -> dict | None:
@@ -531,13 +635,20 @@ def timeline(request):
         )
     if query:
         ids = {query, salesforce_id18(query)}
-        crossrefs = list(CrossRef.objects.filter(Q(salesforce_id__in=ids) | Q(kashflow_key=query)))
+        # A name ("Harbour"), a customer code, an invoice number or part of an id: the records
+        # whose names or ids hold it, a few at most.
+        ids |= set(SyncEvent.objects.named(query).values_list("source_id", flat=True)[:MATCHES])
+        crossrefs = list(
+            CrossRef.objects.filter(
+                Q(salesforce_id__in=ids) | Q(kashflow_key__in=ids - {salesforce_id18(query)})
+            )
+        )
         for crossref in crossrefs:
             ids |= {crossref.salesforce_id, crossref.kashflow_key} - {None}
         events = list(
-            SyncEvent.objects.for_records(sorted(ids)).select_related("run", "resolved_by")[
-                :TIMELINE_LIMIT
-            ]
+            SyncEvent.objects.for_records(sorted(ids))
+            .select_related("run", "resolved_by")
+            .prefetch_related("attempt_lines")[:TIMELINE_LIMIT]
         )
         links = RecordLinks.load()
         context |= {
@@ -595,7 +706,11 @@ def connections(request):
 @admin_required
 def connection_edit(request, pk: int | None = None):
     connection = get_object_or_404(Connection, pk=pk) if pk else Connection()
-    form = ConnectionForm(request.POST or None, instance=connection)
+    kind = connection.kind if pk else request.POST.get("kind") or request.GET.get("kind", "")
+    if kind not in Connection.Kind.values:
+        return render(request, "integration/connection_form.html", {"choose_kind": True})
+    connection.kind = kind
+    form = KindConnectionForm(request.POST or None, instance=connection, kind=kind)
     if request.method == "POST" and form.is_valid():
         connection = form.save()
         form.audit(request.user, created=pk is None)
@@ -685,6 +800,25 @@ def _editor_context(mapping_set: MappingSet, formset, version_form) -> dict:
         "target_fields": sorted(_field_info(mapping_set.target_object) or ()),
         "recent_records": list(dict.fromkeys(recent))[:20],
         "preview_available": _mapping_engine() is not None,
+        **_params_reference(),
+    }
+
+
+def _params_reference() -> dict:
+    """Each transform's parameters in words ("length (a positive number)"), for the editor."""
+    mapping = _mapping_engine()
+    if mapping is None:
+        return {"transform_params": {}, "common_params": ""}
+
+    def words(rules: dict) -> str:
+        return "; ".join(
+            f"{name}{' (required)' if required else ''}: {expected}"
+            for name, (required, _, expected) in rules.items()
+        )
+
+    return {
+        "transform_params": {name: words(rules) for name, rules in mapping.PARAM_RULES.items()},
+        "common_params": words(mapping.COMMON_RULES),
     }
 
 
@@ -813,21 +947,30 @@ def mapping_preview(request, pk: int):
     mapping_set = get_object_or_404(MappingSet, pk=pk)
     formset = MappingFormSet(request.POST, prefix="rows")
     record_id = request.POST.get("record_id", "").strip()
-    context = {"record_id": record_id, "mapping_set": mapping_set}
+    version_form = MappingVersionForm()
+    # The rows go back with the preview (an out-of-band swap), so their red marks are the ones
+    # this check found: a row fixed since the last save or preview is no longer marked.
+    context = {
+        "record_id": record_id,
+        "mapping_set": mapping_set,
+        "formset": formset,
+        **_params_reference(),
+    }
     mapping = _mapping_engine()
     source = _source_record(mapping_set, record_id) if record_id else None
     if mapping is None:
         context["problem"] = "Preview needs the mapping engine, which is not installed here."
     elif not record_id:
         context["problem"] = "Type or pick the id of a record to preview with."
-    elif not formset.is_valid():
-        context["problem"] = "Fix the rows marked in red first."
+    elif not (formset.is_valid() and _validate(mapping_set, formset, version_form)):
+        context["problem"] = "Fix the rows marked in red first:"
+        context["row_problems"] = _named_row_problems(formset, version_form)
     elif source is None:
         context["problem"] = (
             f"No {mapping_set.source_object} with id {record_id} has reached kashforce yet."
         )
     else:
-        target = _current_target(mapping_set, record_id)
+        target = _current_target(mapping_set, record_id, formset.rows())
         mapping_context = mapping.MappingContext(
             lookup=_crossref_lookup, target_fields=_field_info(mapping_set.target_object)
         )
@@ -863,9 +1006,32 @@ def _source_record(mapping_set: MappingSet, record_id: str) -> dict | None:
     return event.payload if event else None
 
 
-def _current_target(mapping_set: MappingSet, record_id: str) -> dict | None:
-    """The KashFlow record as it is now, for the diff; None when there is none (or it cannot
+def _named_row_problems(formset, version_form) -> list[str]:
+    """Each marked row by its number on the page and its target field, with what is wrong."""
+    named = []
+    for number, form in enumerate(formset.forms, start=1):
+        if not form.errors:
+            continue
+        target = form.data.get(form.add_prefix("target_path"), "").strip() or "no target field"
+        for name, errors in form.errors.items():
+            label = "" if name == "__all__" else f"{form.fields[name].label}: "
+            named += [f"Row {number} ({target}): {label}{error}" for error in errors]
+    return named + list(formset.non_form_errors()) + list(version_form.non_field_errors())
+
+
+# A Salesforce target of a mapping, and the cross-reference that holds its id.
+SALESFORCE_TARGETS = {
+    "Account": CrossRef.ObjectType.CUSTOMER,
+    "Opportunity": CrossRef.ObjectType.INVOICE,
+    "Product2": CrossRef.ObjectType.PRODUCT,
+}
+
+
+def _current_target(mapping_set: MappingSet, record_id: str, rows=()) -> dict | None:
+    """The target record as it is now, for the diff; None when there is none (or it cannot
     be read: the preview then shows everything the mapping writes)."""
+    if mapping_set.target_object.startswith("salesforce."):
+        return _current_salesforce_target(mapping_set, record_id, rows)
     object_type = mapping_set.target_object.partition(".")[2].lower()
     if not mapping_set.target_object.startswith("kashflow.") or object_type not in (
         "customer",
@@ -885,6 +1051,30 @@ def _current_target(mapping_set: MappingSet, record_id: str) -> dict | None:
     except Exception:
         log.warning("reading KashFlow %s %s for a preview failed", object_type, key, exc_info=True)
         return None
+
+
+def _current_salesforce_target(mapping_set: MappingSet, record_id: str, rows) -> dict | None:
+    """The Salesforce record the source record is linked to, read with the fields the rows
+    write (those the object has: a typo in a row must not make the whole read fail)."""
+    name = mapping_set.target_object.partition(".")[2]
+    object_type = SALESFORCE_TARGETS.get(name)
+    salesforce_id = object_type and _crossref_lookup(object_type, "kashflow", record_id)
+    fields = _field_info(mapping_set.target_object)
+    if not salesforce_id or not fields or not SALESFORCE_ID.fullmatch(salesforce_id):
+        return None
+    wanted = sorted({row["target_path"].split(".")[0] for row in rows} & set(fields) - {"Id"})
+    try:
+        from integration.clients.salesforce import SalesforceClient
+
+        client = SalesforceClient(Connection.active(Connection.Kind.SALESFORCE))
+        soql = f"SELECT {', '.join(['Id', *wanted])} FROM {name} WHERE Id = '{salesforce_id}'"
+        record = next(iter(client.query(soql)), None)
+    except Exception:
+        log.warning(
+            "reading Salesforce %s %s for a preview failed", name, salesforce_id, exc_info=True
+        )
+        return None
+    return None if record is None else {k: v for k, v in record.items() if k != "attributes"}
 
 
 @admin_required

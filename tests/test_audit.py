@@ -146,7 +146,7 @@ def test_saving_a_mapping_records_which_fields_changed(admin_client_, admin_user
     entry = only_entry(action=Action.MAPPING_SAVED)
     assert entry.user == admin_user and entry.object_label == "Suppliers to Accounts v2"
     assert entry.summary == (
-        "Phones too. Against v1: changed Name (transform); removed Email__c; added Phone."
+        "Phones too. Against v1: changed Name (how); removed Email__c; added Phone."
     )
 
 

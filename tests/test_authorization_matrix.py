@@ -59,6 +59,9 @@ class Url:
 
 TABLE = {
     "login": Url(get=row(OK, AWAY, AWAY, AWAY, AWAY), post=row(OK, AWAY, AWAY, AWAY, AWAY)),
+    "favicon": Url(get=everyone(AWAY), post=everyone(NOT_ALLOWED)),
+    # Without a sandbox running it only says so, and goes back to the overview.
+    "dashboard:demo_close_deal": Url(get=POST_ONLY, post=OPERATE),
     # Signing out is POST only; it lands on the sign-in page.
     "logout": Url(get=POST_ONLY, post=everyone(LOGIN)),
     "dashboard:health": Url(get=everyone(OK), post=everyone(NOT_ALLOWED)),

@@ -78,7 +78,7 @@ def test_a_run_writes_every_record_and_counts_them(flow):
     assert (run.progress_done, run.progress_total, run.progress_percent) == (5, 5, 100)
     assert len(flow.target) == 5
     assert SyncEvent.objects.filter(status=SyncEvent.Status.SUCCEEDED).count() == 5
-    assert run.summary == "5 read, 5 written, 0 unchanged, 0 failed."
+    assert run.summary == "5 read: 5 synced, 0 unchanged, 0 failed."
 
 
 def test_the_same_change_seen_twice_is_one_event(flow):
@@ -413,7 +413,7 @@ def test_sync_command_runs_in_the_foreground_and_exits_1_on_failures(flow):
         call_command("sync", "products", stdout=out)
     assert failed.value.returncode == 1
     assert "P2: Product bad has no KashFlow nominal code." in out.getvalue()
-    assert "1 written" in out.getvalue()
+    assert "1 synced" in out.getvalue()
 
 
 def test_sync_command_retries_transient_failures_at_once(flow):
@@ -442,7 +442,9 @@ def test_a_full_run_is_not_swallowed_by_a_running_incremental_one_and_says_what_
     flow.source = [{"Code": "P1", "Name": "x"}]
     engine.execute_run(full.pk)
     full.refresh_from_db()
-    assert full.summary == "Full comparison: 1 compared, 1 differed and were put right, 0 failed."
+    assert full.summary == (
+        "Full comparison: 1 compared, 1 differed and were put right, 0 matched, 0 failed."
+    )
 
 
 def test_nul_characters_never_reach_the_database(flow):
@@ -495,16 +497,16 @@ def recording_context(run=None) -> engine.RunContext:
 
 def test_recording_a_page_of_200_changes_takes_a_few_queries(django_assert_num_queries):
     # A savepoint, the known keys, the waiting events, one write, the release. SQLite makes the
-    # write several statements: Django keeps each under 999 parameters (45 rows an INSERT, 71
-    # an UPDATE of the 12 replaced fields).
+    # write several statements: Django keeps each under 999 parameters (39 rows an INSERT, 58
+    # an UPDATE of the 14 replaced fields, the record's label and search text among them).
     sqlite = connection.vendor == "sqlite"
     ctx = recording_context()
-    with django_assert_num_queries(4 + (5 if sqlite else 1)):
+    with django_assert_num_queries(4 + (6 if sqlite else 1)):
         events = engine.record_changes(ctx, [change(f"P{i:03}") for i in range(200)])
     assert SyncEvent.objects.filter(run=ctx.run).count() == 200 == len(events) == ctx.recorded
     # The next page replaces all 200 waiting events in place.
     renamed = [change(f"P{i:03}", Name="Renamed") for i in range(200)]
-    with django_assert_num_queries(4 + (3 if sqlite else 1)):
+    with django_assert_num_queries(4 + (4 if sqlite else 1)):
         engine.record_changes(ctx, renamed)
     assert SyncEvent.objects.filter(payload__Name="Renamed").count() == 200
     assert SyncEvent.objects.count() == 200
@@ -760,16 +762,16 @@ def claimed(count: int, **fields) -> list[SyncEvent]:
 def test_a_batch_of_outcomes_is_recorded_with_a_few_statements_whatever_its_size(
     django_assert_num_queries,
 ):
-    # One read of the claims, then one UPDATE per status: 200 events, not 200 saves. Then the
-    # kept history of the 150 writes: a read of their runs and an INSERT (two on SQLite, whose
-    # 999 parameters hold about 76 rows of it).
+    # One read of the claims, one UPDATE per status, one INSERT … SELECT of the attempts'
+    # lines: 200 events, not 200 saves. Then the kept history of the 150 writes: a read of
+    # their runs and an INSERT (two on SQLite, whose 999 parameters hold about 76 rows of it).
     batch = claimed(200, target_id="old-id", message="old")
     outcomes = [
         event.succeeded(target_id=f"01t{i:03}", content_hash=f"hash{i}", message=f"Note {i}.")
         for i, event in enumerate(batch[:150])
     ] + [event.skipped(target_id="") for event in batch[150:]]
     sqlite = connection.vendor == "sqlite"
-    with django_assert_num_queries(3 + 1 + (2 if sqlite else 1)):
+    with django_assert_num_queries(4 + 1 + (2 if sqlite else 1)):
         recorded = SyncEvent.objects.finish(outcomes)
     assert recorded == batch
     stored = {event.pk: event for event in SyncEvent.objects.all()}
@@ -846,10 +848,11 @@ def test_a_slow_worker_does_not_undo_a_newer_change_recorded_in_its_swept_event(
     assert held is False
 
 
-def test_a_single_outcome_is_one_conditional_update(django_assert_num_queries):
+def test_a_single_outcome_is_one_conditional_update_and_its_attempt(django_assert_num_queries):
     (event,) = claimed(1)
-    # The UPDATE, then the kept history of the write: its run (who triggered it), an INSERT.
-    with django_assert_num_queries(3):
+    # The UPDATE, the attempt's line, then the kept history of the write: its run (who
+    # triggered it) and an INSERT.
+    with django_assert_num_queries(4):
         assert event.mark_succeeded(target_id="01tX", content_hash="h", message="Fine.")
     row = SyncEvent.objects.get(pk=event.pk)
     assert (row.status, row.target_id, row.content_hash, row.message, row.claimed_at) == (

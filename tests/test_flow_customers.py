@@ -71,8 +71,8 @@ def test_collect_records_the_customers_a_page_at_a_time(org):
     assert SyncEvent.objects.count() == 450 == ctx.recorded
     ledger = [q["sql"] for q in queries if '"integration_syncevent"' in q["sql"]]
     # Per page of 200: read the known keys and the waiting events, insert (SQLite: in statements
-    # of 45 rows). One customer at a time, it was three queries each.
-    assert len(ledger) == 3 * 2 + (5 + 5 + 2 if connection.vendor == "sqlite" else 3)
+    # of 39 rows). One customer at a time, it was three queries each.
+    assert len(ledger) == 3 * 2 + (6 + 6 + 2 if connection.vendor == "sqlite" else 3)
 
 
 def test_nothing_changed_costs_a_handful_of_calls_and_writes_nothing(org):

@@ -59,9 +59,9 @@ def test_what_happened_to_invoice_1043(ops_client, invoice_1043, query):
 
 
 def test_timeline_query_count_is_fixed(ops_client, invoice_1043, django_assert_num_queries):
-    # session, user, permissions (2), cross-refs, events with their runs and resolvers, links,
-    # the kept history of writes
-    with django_assert_num_queries(8):
+    # session, user, permissions (2), records by name, cross-refs, events with their runs and
+    # resolvers, their attempts, links, the kept history of writes
+    with django_assert_num_queries(10):
         ops_client.get(TIMELINE, {"q": "1043"})
 
 

@@ -7,7 +7,6 @@ from django.db import migrations, models
 
 
 class Migration(migrations.Migration):
-
     initial = True
 
     dependencies = [
@@ -16,190 +15,529 @@ class Migration(migrations.Migration):
 
     operations = [
         migrations.CreateModel(
-            name='Connection',
+            name="Connection",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('name', models.CharField(max_length=100, unique=True)),
-                ('kind', models.CharField(choices=[('salesforce', 'Salesforce'), ('kashflow', 'KashFlow')], max_length=20)),
-                ('environment', models.CharField(choices=[('production', 'Production'), ('sandbox', 'Sandbox / test')], default='production', max_length=20)),
-                ('auth_method', models.CharField(choices=[('sf_jwt', 'Salesforce: JWT bearer (connected app + certificate)'), ('sf_client_credentials', 'Salesforce: client credentials'), ('sf_password', 'Salesforce: username, password and security token'), ('kf_password', 'KashFlow: username, password and memorable word')], max_length=30)),
-                ('login_url', models.URLField(blank=True)),
-                ('instance_url', models.URLField(blank=True)),
-                ('api_version', models.CharField(blank=True, default='59.0', max_length=10)),
-                ('organization_id', models.CharField(blank=True, help_text='Salesforce org id, checked on Outbound Messages.', max_length=18)),
-                ('base_url', models.URLField(blank=True, help_text='KashFlow: https://api.kashflow.com/v2')),
-                ('ca_file', models.CharField(blank=True, max_length=500)),
-                ('username', models.CharField(blank=True, max_length=255)),
-                ('consumer_key', models.CharField(blank=True, help_text="Salesforce connected app's consumer key.", max_length=255)),
-                ('encrypted_secrets', models.TextField(blank=True, editable=False)),
-                ('encrypted_session', models.TextField(blank=True, editable=False)),
-                ('session_obtained_at', models.DateTimeField(blank=True, editable=False, null=True)),
-                ('status', models.CharField(choices=[('unchecked', 'Not checked yet'), ('ok', 'Working'), ('failing', 'Failing')], default='unchecked', max_length=20)),
-                ('last_checked_at', models.DateTimeField(blank=True, null=True)),
-                ('last_check_message', models.TextField(blank=True)),
-                ('api_usage_used', models.PositiveIntegerField(blank=True, null=True)),
-                ('api_usage_limit', models.PositiveIntegerField(blank=True, null=True)),
-                ('api_usage_at', models.DateTimeField(blank=True, null=True)),
-                ('is_active', models.BooleanField(default=True)),
-                ('created_at', models.DateTimeField(auto_now_add=True)),
-                ('updated_at', models.DateTimeField(auto_now=True)),
+                (
+                    "id",
+                    models.BigAutoField(
+                        auto_created=True, primary_key=True, serialize=False, verbose_name="ID"
+                    ),
+                ),
+                ("name", models.CharField(max_length=100, unique=True)),
+                (
+                    "kind",
+                    models.CharField(
+                        choices=[("salesforce", "Salesforce"), ("kashflow", "KashFlow")],
+                        max_length=20,
+                    ),
+                ),
+                (
+                    "environment",
+                    models.CharField(
+                        choices=[("production", "Production"), ("sandbox", "Sandbox / test")],
+                        default="production",
+                        max_length=20,
+                    ),
+                ),
+                (
+                    "auth_method",
+                    models.CharField(
+                        choices=[
+                            ("sf_jwt", "Salesforce: JWT bearer (connected app + certificate)"),
+                            ("sf_client_credentials", "Salesforce: client credentials"),
+                            ("sf_password", "Salesforce: username, password and security token"),
+                            ("kf_password", "KashFlow: username, password and memorable word"),
+                        ],
+                        max_length=30,
+                    ),
+                ),
+                ("login_url", models.URLField(blank=True)),
+                ("instance_url", models.URLField(blank=True)),
+                ("api_version", models.CharField(blank=True, default="59.0", max_length=10)),
+                (
+                    "organization_id",
+                    models.CharField(
+                        blank=True,
+                        help_text="Salesforce org id, checked on Outbound Messages.",
+                        max_length=18,
+                    ),
+                ),
+                (
+                    "base_url",
+                    models.URLField(blank=True, help_text="KashFlow: https://api.kashflow.com/v2"),
+                ),
+                ("ca_file", models.CharField(blank=True, max_length=500)),
+                ("username", models.CharField(blank=True, max_length=255)),
+                (
+                    "consumer_key",
+                    models.CharField(
+                        blank=True,
+                        help_text="Salesforce connected app's consumer key.",
+                        max_length=255,
+                    ),
+                ),
+                ("encrypted_secrets", models.TextField(blank=True, editable=False)),
+                ("encrypted_session", models.TextField(blank=True, editable=False)),
+                (
+                    "session_obtained_at",
+                    models.DateTimeField(blank=True, editable=False, null=True),
+                ),
+                (
+                    "status",
+                    models.CharField(
+                        choices=[
+                            ("unchecked", "Not checked yet"),
+                            ("ok", "Working"),
+                            ("failing", "Failing"),
+                        ],
+                        default="unchecked",
+                        max_length=20,
+                    ),
+                ),
+                ("last_checked_at", models.DateTimeField(blank=True, null=True)),
+                ("last_check_message", models.TextField(blank=True)),
+                ("api_usage_used", models.PositiveIntegerField(blank=True, null=True)),
+                ("api_usage_limit", models.PositiveIntegerField(blank=True, null=True)),
+                ("api_usage_at", models.DateTimeField(blank=True, null=True)),
+                ("is_active", models.BooleanField(default=True)),
+                ("created_at", models.DateTimeField(auto_now_add=True)),
+                ("updated_at", models.DateTimeField(auto_now=True)),
             ],
             options={
-                'ordering': ['kind', 'name'],
-                'constraints': [models.UniqueConstraint(condition=models.Q(('is_active', True)), fields=('kind',), name='one_active_connection_per_kind')],
+                "ordering": ["kind", "name"],
+                "constraints": [
+                    models.UniqueConstraint(
+                        condition=models.Q(("is_active", True)),
+                        fields=("kind",),
+                        name="one_active_connection_per_kind",
+                    )
+                ],
             },
         ),
         migrations.CreateModel(
-            name='CrossRef',
+            name="CrossRef",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('object_type', models.CharField(choices=[('customer', 'Customer / Account'), ('contact', 'Contact'), ('invoice', 'Invoice / Opportunity'), ('payment', 'Payment'), ('product', 'Product')], max_length=20)),
-                ('salesforce_id', models.CharField(blank=True, max_length=18, null=True)),
-                ('kashflow_key', models.CharField(blank=True, max_length=100, null=True)),
-                ('salesforce_hash', models.CharField(blank=True, max_length=64)),
-                ('kashflow_hash', models.CharField(blank=True, max_length=64)),
-                ('salesforce_synced_at', models.DateTimeField(blank=True, null=True)),
-                ('kashflow_synced_at', models.DateTimeField(blank=True, null=True)),
-                ('created_at', models.DateTimeField(auto_now_add=True)),
-                ('updated_at', models.DateTimeField(auto_now=True)),
+                (
+                    "id",
+                    models.BigAutoField(
+                        auto_created=True, primary_key=True, serialize=False, verbose_name="ID"
+                    ),
+                ),
+                (
+                    "object_type",
+                    models.CharField(
+                        choices=[
+                            ("customer", "Customer / Account"),
+                            ("contact", "Contact"),
+                            ("invoice", "Invoice / Opportunity"),
+                            ("payment", "Payment"),
+                            ("product", "Product"),
+                        ],
+                        max_length=20,
+                    ),
+                ),
+                ("salesforce_id", models.CharField(blank=True, max_length=18, null=True)),
+                ("kashflow_key", models.CharField(blank=True, max_length=100, null=True)),
+                ("salesforce_hash", models.CharField(blank=True, max_length=64)),
+                ("kashflow_hash", models.CharField(blank=True, max_length=64)),
+                ("salesforce_synced_at", models.DateTimeField(blank=True, null=True)),
+                ("kashflow_synced_at", models.DateTimeField(blank=True, null=True)),
+                ("created_at", models.DateTimeField(auto_now_add=True)),
+                ("updated_at", models.DateTimeField(auto_now=True)),
             ],
             options={
-                'constraints': [models.UniqueConstraint(condition=models.Q(('salesforce_id__isnull', False)), fields=('object_type', 'salesforce_id'), name='crossref_unique_salesforce_id'), models.UniqueConstraint(condition=models.Q(('kashflow_key__isnull', False)), fields=('object_type', 'kashflow_key'), name='crossref_unique_kashflow_key'), models.CheckConstraint(condition=models.Q(('salesforce_id__isnull', False), ('kashflow_key__isnull', False), _connector='OR'), name='crossref_has_a_side')],
+                "constraints": [
+                    models.UniqueConstraint(
+                        condition=models.Q(("salesforce_id__isnull", False)),
+                        fields=("object_type", "salesforce_id"),
+                        name="crossref_unique_salesforce_id",
+                    ),
+                    models.UniqueConstraint(
+                        condition=models.Q(("kashflow_key__isnull", False)),
+                        fields=("object_type", "kashflow_key"),
+                        name="crossref_unique_kashflow_key",
+                    ),
+                    models.CheckConstraint(
+                        condition=models.Q(
+                            ("salesforce_id__isnull", False),
+                            ("kashflow_key__isnull", False),
+                            _connector="OR",
+                        ),
+                        name="crossref_has_a_side",
+                    ),
+                ],
             },
         ),
         migrations.CreateModel(
-            name='MappingSet',
+            name="MappingSet",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('name', models.CharField(max_length=100)),
-                ('flow', models.CharField(choices=[('customers', 'Customers'), ('invoices', 'Closed Won → invoices'), ('payments', 'Payments'), ('products', 'Products')], max_length=20)),
-                ('source_object', models.CharField(help_text='e.g. kashflow.Customer', max_length=80)),
-                ('target_object', models.CharField(help_text='e.g. salesforce.Account', max_length=80)),
-                ('version', models.PositiveIntegerField(default=1)),
-                ('is_active', models.BooleanField(default=False)),
-                ('note', models.CharField(blank=True, max_length=255)),
-                ('created_at', models.DateTimeField(default=django.utils.timezone.now)),
-                ('created_by', models.ForeignKey(blank=True, null=True, on_delete=django.db.models.deletion.SET_NULL, to=settings.AUTH_USER_MODEL)),
+                (
+                    "id",
+                    models.BigAutoField(
+                        auto_created=True, primary_key=True, serialize=False, verbose_name="ID"
+                    ),
+                ),
+                ("name", models.CharField(max_length=100)),
+                (
+                    "flow",
+                    models.CharField(
+                        choices=[
+                            ("customers", "Customers"),
+                            ("invoices", "Closed Won → invoices"),
+                            ("payments", "Payments"),
+                            ("products", "Products"),
+                        ],
+                        max_length=20,
+                    ),
+                ),
+                (
+                    "source_object",
+                    models.CharField(help_text="e.g. kashflow.Customer", max_length=80),
+                ),
+                (
+                    "target_object",
+                    models.CharField(help_text="e.g. salesforce.Account", max_length=80),
+                ),
+                ("version", models.PositiveIntegerField(default=1)),
+                ("is_active", models.BooleanField(default=False)),
+                ("note", models.CharField(blank=True, max_length=255)),
+                ("created_at", models.DateTimeField(default=django.utils.timezone.now)),
+                (
+                    "created_by",
+                    models.ForeignKey(
+                        blank=True,
+                        null=True,
+                        on_delete=django.db.models.deletion.SET_NULL,
+                        to=settings.AUTH_USER_MODEL,
+                    ),
+                ),
             ],
             options={
-                'ordering': ['flow', 'source_object', 'target_object', '-version'],
+                "ordering": ["flow", "source_object", "target_object", "-version"],
             },
         ),
         migrations.CreateModel(
-            name='FieldMapping',
+            name="FieldMapping",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('order', models.PositiveIntegerField(default=0)),
-                ('source_path', models.CharField(blank=True, help_text='Dotted path in the source record, e.g. Contacts.0.Email', max_length=255)),
-                ('target_path', models.CharField(max_length=255)),
-                ('transform', models.CharField(choices=[('copy', 'Copy as it is'), ('constant', 'Fixed value'), ('date', 'Date (calendar day)'), ('datetime', 'Date and time (UTC)'), ('concat', 'Join several fields'), ('split_name', "Split a person's name"), ('split_street', 'Split a street into address lines'), ('join_street', 'Join address lines into a street'), ('lookup', "Look up the other system's id"), ('decimal', 'Money / decimal number'), ('vat_rate', 'VAT rate by country or product'), ('truncate', 'Cut to a maximum length'), ('lower', 'Lower case'), ('upper', 'Upper case')], default='copy', max_length=20)),
-                ('params', models.JSONField(blank=True, default=dict)),
-                ('default', models.CharField(blank=True, max_length=255)),
-                ('required', models.BooleanField(default=False)),
-                ('mapping_set', models.ForeignKey(on_delete=django.db.models.deletion.CASCADE, related_name='fields', to='integration.mappingset')),
+                (
+                    "id",
+                    models.BigAutoField(
+                        auto_created=True, primary_key=True, serialize=False, verbose_name="ID"
+                    ),
+                ),
+                ("order", models.PositiveIntegerField(default=0)),
+                (
+                    "source_path",
+                    models.CharField(
+                        blank=True,
+                        help_text="Dotted path in the source record, e.g. Contacts.0.Email",
+                        max_length=255,
+                    ),
+                ),
+                ("target_path", models.CharField(max_length=255)),
+                (
+                    "transform",
+                    models.CharField(
+                        choices=[
+                            ("copy", "Copy as it is"),
+                            ("constant", "Fixed value"),
+                            ("date", "Date (calendar day)"),
+                            ("datetime", "Date and time (UTC)"),
+                            ("concat", "Join several fields"),
+                            ("split_name", "Split a person's name"),
+                            ("split_street", "Split a street into address lines"),
+                            ("join_street", "Join address lines into a street"),
+                            ("lookup", "Look up the other system's id"),
+                            ("decimal", "Money / decimal number"),
+                            ("vat_rate", "VAT rate by country or product"),
+                            ("truncate", "Cut to a maximum length"),
+                            ("lower", "Lower case"),
+                            ("upper", "Upper case"),
+                        ],
+                        default="copy",
+                        max_length=20,
+                    ),
+                ),
+                ("params", models.JSONField(blank=True, default=dict)),
+                ("default", models.CharField(blank=True, max_length=255)),
+                ("required", models.BooleanField(default=False)),
+                (
+                    "mapping_set",
+                    models.ForeignKey(
+                        on_delete=django.db.models.deletion.CASCADE,
+                        related_name="fields",
+                        to="integration.mappingset",
+                    ),
+                ),
             ],
             options={
-                'ordering': ['mapping_set', 'order', 'pk'],
+                "ordering": ["mapping_set", "order", "pk"],
             },
         ),
         migrations.CreateModel(
-            name='SyncRun',
+            name="SyncRun",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('flow', models.CharField(choices=[('customers', 'Customers'), ('invoices', 'Closed Won → invoices'), ('payments', 'Payments'), ('products', 'Products')], max_length=20)),
-                ('trigger', models.CharField(choices=[('schedule', 'Schedule'), ('poll', 'Poll'), ('push', 'Push from Salesforce'), ('manual', 'Started by a person'), ('retry', 'Retry')], max_length=20)),
-                ('status', models.CharField(choices=[('queued', 'Queued'), ('running', 'Running'), ('succeeded', 'Succeeded'), ('partial', 'Finished with errors'), ('failed', 'Failed'), ('waiting', 'Waiting (API budget)')], default='queued', max_length=20)),
-                ('dry_run', models.BooleanField(default=False)),
-                ('full', models.BooleanField(default=False, help_text='Compare everything, not just changes.')),
-                ('created_at', models.DateTimeField(default=django.utils.timezone.now)),
-                ('started_at', models.DateTimeField(blank=True, null=True)),
-                ('finished_at', models.DateTimeField(blank=True, null=True)),
-                ('heartbeat_at', models.DateTimeField(blank=True, null=True)),
-                ('read_count', models.PositiveIntegerField(default=0)),
-                ('written_count', models.PositiveIntegerField(default=0)),
-                ('skipped_count', models.PositiveIntegerField(default=0)),
-                ('failed_count', models.PositiveIntegerField(default=0)),
-                ('progress_done', models.PositiveIntegerField(default=0)),
-                ('progress_total', models.PositiveIntegerField(blank=True, null=True)),
-                ('summary', models.TextField(blank=True)),
-                ('triggered_by', models.ForeignKey(blank=True, null=True, on_delete=django.db.models.deletion.SET_NULL, to=settings.AUTH_USER_MODEL)),
+                (
+                    "id",
+                    models.BigAutoField(
+                        auto_created=True, primary_key=True, serialize=False, verbose_name="ID"
+                    ),
+                ),
+                (
+                    "flow",
+                    models.CharField(
+                        choices=[
+                            ("customers", "Customers"),
+                            ("invoices", "Closed Won → invoices"),
+                            ("payments", "Payments"),
+                            ("products", "Products"),
+                        ],
+                        max_length=20,
+                    ),
+                ),
+                (
+                    "trigger",
+                    models.CharField(
+                        choices=[
+                            ("schedule", "Schedule"),
+                            ("poll", "Poll"),
+                            ("push", "Push from Salesforce"),
+                            ("manual", "Started by a person"),
+                            ("retry", "Retry"),
+                        ],
+                        max_length=20,
+                    ),
+                ),
+                (
+                    "status",
+                    models.CharField(
+                        choices=[
+                            ("queued", "Queued"),
+                            ("running", "Running"),
+                            ("succeeded", "Succeeded"),
+                            ("partial", "Finished with errors"),
+                            ("failed", "Failed"),
+                            ("waiting", "Waiting (API budget)"),
+                        ],
+                        default="queued",
+                        max_length=20,
+                    ),
+                ),
+                ("dry_run", models.BooleanField(default=False)),
+                (
+                    "full",
+                    models.BooleanField(
+                        default=False, help_text="Compare everything, not just changes."
+                    ),
+                ),
+                ("created_at", models.DateTimeField(default=django.utils.timezone.now)),
+                ("started_at", models.DateTimeField(blank=True, null=True)),
+                ("finished_at", models.DateTimeField(blank=True, null=True)),
+                ("heartbeat_at", models.DateTimeField(blank=True, null=True)),
+                ("read_count", models.PositiveIntegerField(default=0)),
+                ("written_count", models.PositiveIntegerField(default=0)),
+                ("skipped_count", models.PositiveIntegerField(default=0)),
+                ("failed_count", models.PositiveIntegerField(default=0)),
+                ("progress_done", models.PositiveIntegerField(default=0)),
+                ("progress_total", models.PositiveIntegerField(blank=True, null=True)),
+                ("summary", models.TextField(blank=True)),
+                (
+                    "triggered_by",
+                    models.ForeignKey(
+                        blank=True,
+                        null=True,
+                        on_delete=django.db.models.deletion.SET_NULL,
+                        to=settings.AUTH_USER_MODEL,
+                    ),
+                ),
             ],
             options={
-                'ordering': ['-created_at', '-pk'],
+                "ordering": ["-created_at", "-pk"],
             },
         ),
         migrations.CreateModel(
-            name='SyncEvent',
+            name="SyncEvent",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('flow', models.CharField(choices=[('customers', 'Customers'), ('invoices', 'Closed Won → invoices'), ('payments', 'Payments'), ('products', 'Products')], max_length=20)),
-                ('direction', models.CharField(choices=[('kf_to_sf', 'KashFlow → Salesforce'), ('sf_to_kf', 'Salesforce → KashFlow')], max_length=10)),
-                ('source_object', models.CharField(max_length=80)),
-                ('source_id', models.CharField(max_length=100)),
-                ('target_object', models.CharField(blank=True, max_length=80)),
-                ('target_id', models.CharField(blank=True, max_length=100)),
-                ('payload', models.JSONField(blank=True, default=dict)),
-                ('content_hash', models.CharField(blank=True, max_length=64)),
-                ('dedupe_key', models.CharField(max_length=255, unique=True)),
-                ('status', models.CharField(choices=[('pending', 'Waiting'), ('running', 'In progress'), ('succeeded', 'Synced'), ('skipped', 'Unchanged'), ('failed_transient', 'Failed, will retry'), ('failed_permanent', 'Needs attention'), ('ignored', 'Ignored')], default='pending', max_length=20)),
-                ('attempts', models.PositiveIntegerField(default=0)),
-                ('next_attempt_at', models.DateTimeField(blank=True, null=True)),
-                ('claimed_at', models.DateTimeField(blank=True, null=True)),
-                ('error_class', models.CharField(blank=True, choices=[('', '—'), ('transient', 'Temporary (network, rate limit, outage)'), ('permanent', 'Needs a fix')], max_length=20)),
-                ('error_code', models.CharField(blank=True, max_length=100)),
-                ('message', models.TextField(blank=True)),
-                ('ignored_reason', models.CharField(blank=True, max_length=255)),
-                ('created_at', models.DateTimeField(default=django.utils.timezone.now)),
-                ('updated_at', models.DateTimeField(auto_now=True)),
-                ('finished_at', models.DateTimeField(blank=True, null=True)),
-                ('resolved_by', models.ForeignKey(blank=True, null=True, on_delete=django.db.models.deletion.SET_NULL, related_name='+', to=settings.AUTH_USER_MODEL)),
-                ('run', models.ForeignKey(blank=True, null=True, on_delete=django.db.models.deletion.SET_NULL, related_name='events', to='integration.syncrun')),
+                (
+                    "id",
+                    models.BigAutoField(
+                        auto_created=True, primary_key=True, serialize=False, verbose_name="ID"
+                    ),
+                ),
+                (
+                    "flow",
+                    models.CharField(
+                        choices=[
+                            ("customers", "Customers"),
+                            ("invoices", "Closed Won → invoices"),
+                            ("payments", "Payments"),
+                            ("products", "Products"),
+                        ],
+                        max_length=20,
+                    ),
+                ),
+                (
+                    "direction",
+                    models.CharField(
+                        choices=[
+                            ("kf_to_sf", "KashFlow → Salesforce"),
+                            ("sf_to_kf", "Salesforce → KashFlow"),
+                        ],
+                        max_length=10,
+                    ),
+                ),
+                ("source_object", models.CharField(max_length=80)),
+                ("source_id", models.CharField(max_length=100)),
+                ("target_object", models.CharField(blank=True, max_length=80)),
+                ("target_id", models.CharField(blank=True, max_length=100)),
+                ("payload", models.JSONField(blank=True, default=dict)),
+                ("content_hash", models.CharField(blank=True, max_length=64)),
+                ("dedupe_key", models.CharField(max_length=255, unique=True)),
+                (
+                    "status",
+                    models.CharField(
+                        choices=[
+                            ("pending", "Waiting"),
+                            ("running", "In progress"),
+                            ("succeeded", "Synced"),
+                            ("skipped", "Unchanged"),
+                            ("failed_transient", "Failed, will retry"),
+                            ("failed_permanent", "Needs attention"),
+                            ("ignored", "Ignored"),
+                        ],
+                        default="pending",
+                        max_length=20,
+                    ),
+                ),
+                ("attempts", models.PositiveIntegerField(default=0)),
+                ("next_attempt_at", models.DateTimeField(blank=True, null=True)),
+                ("claimed_at", models.DateTimeField(blank=True, null=True)),
+                (
+                    "error_class",
+                    models.CharField(
+                        blank=True,
+                        choices=[
+                            ("", "—"),
+                            ("transient", "Temporary (network, rate limit, outage)"),
+                            ("permanent", "Needs a fix"),
+                        ],
+                        max_length=20,
+                    ),
+                ),
+                ("error_code", models.CharField(blank=True, max_length=100)),
+                ("message", models.TextField(blank=True)),
+                ("ignored_reason", models.CharField(blank=True, max_length=255)),
+                ("created_at", models.DateTimeField(default=django.utils.timezone.now)),
+                ("updated_at", models.DateTimeField(auto_now=True)),
+                ("finished_at", models.DateTimeField(blank=True, null=True)),
+                (
+                    "resolved_by",
+                    models.ForeignKey(
+                        blank=True,
+                        null=True,
+                        on_delete=django.db.models.deletion.SET_NULL,
+                        related_name="+",
+                        to=settings.AUTH_USER_MODEL,
+                    ),
+                ),
+                (
+                    "run",
+                    models.ForeignKey(
+                        blank=True,
+                        null=True,
+                        on_delete=django.db.models.deletion.SET_NULL,
+                        related_name="events",
+                        to="integration.syncrun",
+                    ),
+                ),
             ],
             options={
-                'ordering': ['-created_at', '-pk'],
-                'permissions': [('operate_sync', 'Can start syncs and retry or ignore errors'), ('administer_integration', 'Can edit connections and mappings')],
+                "ordering": ["-created_at", "-pk"],
+                "permissions": [
+                    ("operate_sync", "Can start syncs and retry or ignore errors"),
+                    ("administer_integration", "Can edit connections and mappings"),
+                ],
             },
         ),
         migrations.CreateModel(
-            name='Cursor',
+            name="Cursor",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('flow', models.CharField(choices=[('customers', 'Customers'), ('invoices', 'Closed Won → invoices'), ('payments', 'Payments'), ('products', 'Products')], max_length=20)),
-                ('name', models.CharField(default='default', help_text='A flow may keep several.', max_length=50)),
-                ('value', models.CharField(blank=True, max_length=100)),
-                ('updated_at', models.DateTimeField(auto_now=True)),
-                ('connection', models.ForeignKey(on_delete=django.db.models.deletion.CASCADE, related_name='cursors', to='integration.connection')),
+                (
+                    "id",
+                    models.BigAutoField(
+                        auto_created=True, primary_key=True, serialize=False, verbose_name="ID"
+                    ),
+                ),
+                (
+                    "flow",
+                    models.CharField(
+                        choices=[
+                            ("customers", "Customers"),
+                            ("invoices", "Closed Won → invoices"),
+                            ("payments", "Payments"),
+                            ("products", "Products"),
+                        ],
+                        max_length=20,
+                    ),
+                ),
+                (
+                    "name",
+                    models.CharField(
+                        default="default", help_text="A flow may keep several.", max_length=50
+                    ),
+                ),
+                ("value", models.CharField(blank=True, max_length=100)),
+                ("updated_at", models.DateTimeField(auto_now=True)),
+                (
+                    "connection",
+                    models.ForeignKey(
+                        on_delete=django.db.models.deletion.CASCADE,
+                        related_name="cursors",
+                        to="integration.connection",
+                    ),
+                ),
             ],
             options={
-                'constraints': [models.UniqueConstraint(fields=('flow', 'connection', 'name'), name='cursor_unique')],
+                "constraints": [
+                    models.UniqueConstraint(
+                        fields=("flow", "connection", "name"), name="cursor_unique"
+                    )
+                ],
             },
         ),
         migrations.AddConstraint(
-            model_name='mappingset',
-            constraint=models.UniqueConstraint(fields=('flow', 'source_object', 'target_object', 'version'), name='mapping_version_unique'),
+            model_name="mappingset",
+            constraint=models.UniqueConstraint(
+                fields=("flow", "source_object", "target_object", "version"),
+                name="mapping_version_unique",
+            ),
         ),
         migrations.AddConstraint(
-            model_name='mappingset',
-            constraint=models.UniqueConstraint(condition=models.Q(('is_active', True)), fields=('flow', 'source_object', 'target_object'), name='one_active_mapping_version'),
+            model_name="mappingset",
+            constraint=models.UniqueConstraint(
+                condition=models.Q(("is_active", True)),
+                fields=("flow", "source_object", "target_object"),
+                name="one_active_mapping_version",
+            ),
         ),
         migrations.AddIndex(
-            model_name='syncrun',
-            index=models.Index(fields=['flow', '-created_at'], name='run_flow_recent'),
+            model_name="syncrun",
+            index=models.Index(fields=["flow", "-created_at"], name="run_flow_recent"),
         ),
         migrations.AddIndex(
-            model_name='syncevent',
-            index=models.Index(fields=['status', '-created_at'], name='event_status_recent'),
+            model_name="syncevent",
+            index=models.Index(fields=["status", "-created_at"], name="event_status_recent"),
         ),
         migrations.AddIndex(
-            model_name='syncevent',
-            index=models.Index(fields=['source_id', '-created_at'], name='event_source_recent'),
+            model_name="syncevent",
+            index=models.Index(fields=["source_id", "-created_at"], name="event_source_recent"),
         ),
         migrations.AddIndex(
-            model_name='syncevent',
-            index=models.Index(fields=['target_id', '-created_at'], name='event_target_recent'),
+            model_name="syncevent",
+            index=models.Index(fields=["target_id", "-created_at"], name="event_target_recent"),
         ),
         migrations.AddIndex(
-            model_name='syncevent',
-            index=models.Index(fields=['run', 'status'], name='event_run_status'),
+            model_name="syncevent",
+            index=models.Index(fields=["run", "status"], name="event_run_status"),
         ),
     ]

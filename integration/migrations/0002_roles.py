@@ -2,7 +2,15 @@
 
 from django.db import migrations
 
-VIEW_MODELS = ["connection", "mappingset", "fieldmapping", "crossref", "syncrun", "syncevent", "cursor"]
+VIEW_MODELS = [
+    "connection",
+    "mappingset",
+    "fieldmapping",
+    "crossref",
+    "syncrun",
+    "syncevent",
+    "cursor",
+]
 ADMIN_CHANGE_MODELS = ["connection", "mappingset", "fieldmapping"]
 
 
@@ -26,7 +34,9 @@ def create_roles(apps, schema_editor):
     operations, _ = Group.objects.get_or_create(name="Operations")
     operations.permissions.set(codenames(*view, "operate_sync", "change_syncevent"))
 
-    admin_perms = [f"{verb}_{m}" for m in ADMIN_CHANGE_MODELS for verb in ("add", "change", "delete")]
+    admin_perms = [
+        f"{verb}_{m}" for m in ADMIN_CHANGE_MODELS for verb in ("add", "change", "delete")
+    ]
     admins, _ = Group.objects.get_or_create(name="Integration admin")
     admins.permissions.set(
         codenames(*view, *admin_perms, "operate_sync", "administer_integration", "change_syncevent")
@@ -34,7 +44,9 @@ def create_roles(apps, schema_editor):
 
 
 def remove_roles(apps, schema_editor):
-    apps.get_model("auth", "Group").objects.filter(name__in=["Operations", "Integration admin"]).delete()
+    apps.get_model("auth", "Group").objects.filter(
+        name__in=["Operations", "Integration admin"]
+    ).delete()
 
 
 class Migration(migrations.Migration):

@@ -4,25 +4,24 @@ from django.db import migrations, models
 
 
 class Migration(migrations.Migration):
-
     dependencies = [
-        ('integration', '0002_roles'),
+        ("integration", "0002_roles"),
     ]
 
     operations = [
         migrations.AddField(
-            model_name='syncrun',
-            name='collect_started_at',
+            model_name="syncrun",
+            name="collect_started_at",
             field=models.DateTimeField(blank=True, null=True),
         ),
         migrations.AddField(
-            model_name='syncrun',
-            name='collected_at',
+            model_name="syncrun",
+            name="collected_at",
             field=models.DateTimeField(blank=True, null=True),
         ),
         migrations.AddField(
-            model_name='syncrun',
-            name='params',
+            model_name="syncrun",
+            name="params",
             field=models.JSONField(blank=True, default=dict),
         ),
     ]

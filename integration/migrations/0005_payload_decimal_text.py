@@ -5,15 +5,16 @@ from django.db import migrations, models
 
 
 class Migration(migrations.Migration):
-
     dependencies = [
-        ('integration', '0004_default_mappings'),
+        ("integration", "0004_default_mappings"),
     ]
 
     operations = [
         migrations.AlterField(
-            model_name='syncevent',
-            name='payload',
-            field=models.JSONField(blank=True, default=dict, encoder=django.core.serializers.json.DjangoJSONEncoder),
+            model_name="syncevent",
+            name="payload",
+            field=models.JSONField(
+                blank=True, default=dict, encoder=django.core.serializers.json.DjangoJSONEncoder
+            ),
         ),
     ]

@@ -26,30 +26,74 @@ def forget(apps, schema_editor):
 
 
 class Migration(migrations.Migration):
-
     dependencies = [
-        ('integration', '0005_payload_decimal_text'),
+        ("integration", "0005_payload_decimal_text"),
         migrations.swappable_dependency(settings.AUTH_USER_MODEL),
     ]
 
     operations = [
         migrations.CreateModel(
-            name='AuditEntry',
+            name="AuditEntry",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('created_at', models.DateTimeField(default=django.utils.timezone.now)),
-                ('username', models.CharField(blank=True, max_length=150)),
-                ('action', models.CharField(choices=[('connection_added', 'Connection added'), ('connection_changed', 'Connection changed'), ('connection_deleted', 'Connection deleted'), ('connection_tested', 'Connection tested'), ('mapping_saved', 'Mapping saved'), ('mapping_rolled_back', 'Mapping rolled back'), ('mapping_console', 'Mapping edited in the console'), ('error_retried', 'Error retried'), ('error_ignored', 'Error ignored'), ('group_retried', 'Group of errors retried')], max_length=30)),
-                ('object_type', models.CharField(choices=[('connection', 'Connection'), ('mapping', 'Mapping'), ('event', 'Sync event'), ('run', 'Run')], max_length=20)),
-                ('object_id', models.CharField(blank=True, max_length=100)),
-                ('object_label', models.CharField(blank=True, max_length=255)),
-                ('summary', models.TextField(blank=True)),
-                ('user', models.ForeignKey(blank=True, null=True, on_delete=django.db.models.deletion.SET_NULL, related_name='+', to=settings.AUTH_USER_MODEL)),
+                (
+                    "id",
+                    models.BigAutoField(
+                        auto_created=True, primary_key=True, serialize=False, verbose_name="ID"
+                    ),
+                ),
+                ("created_at", models.DateTimeField(default=django.utils.timezone.now)),
+                ("username", models.CharField(blank=True, max_length=150)),
+                (
+                    "action",
+                    models.CharField(
+                        choices=[
+                            ("connection_added", "Connection added"),
+                            ("connection_changed", "Connection changed"),
+                            ("connection_deleted", "Connection deleted"),
+                            ("connection_tested", "Connection tested"),
+                            ("mapping_saved", "Mapping saved"),
+                            ("mapping_rolled_back", "Mapping rolled back"),
+                            ("mapping_console", "Mapping edited in the console"),
+                            ("error_retried", "Error retried"),
+                            ("error_ignored", "Error ignored"),
+                            ("group_retried", "Group of errors retried"),
+                        ],
+                        max_length=30,
+                    ),
+                ),
+                (
+                    "object_type",
+                    models.CharField(
+                        choices=[
+                            ("connection", "Connection"),
+                            ("mapping", "Mapping"),
+                            ("event", "Sync event"),
+                            ("run", "Run"),
+                        ],
+                        max_length=20,
+                    ),
+                ),
+                ("object_id", models.CharField(blank=True, max_length=100)),
+                ("object_label", models.CharField(blank=True, max_length=255)),
+                ("summary", models.TextField(blank=True)),
+                (
+                    "user",
+                    models.ForeignKey(
+                        blank=True,
+                        null=True,
+                        on_delete=django.db.models.deletion.SET_NULL,
+                        related_name="+",
+                        to=settings.AUTH_USER_MODEL,
+                    ),
+                ),
             ],
             options={
-                'verbose_name_plural': 'audit entries',
-                'ordering': ['-created_at', '-pk'],
-                'indexes': [models.Index(fields=['-created_at'], name='audit_recent'), models.Index(fields=['object_type', 'object_id'], name='audit_object')],
+                "verbose_name_plural": "audit entries",
+                "ordering": ["-created_at", "-pk"],
+                "indexes": [
+                    models.Index(fields=["-created_at"], name="audit_recent"),
+                    models.Index(fields=["object_type", "object_id"], name="audit_object"),
+                ],
             },
         ),
         migrations.RunPython(let_admins_read_the_trail, forget),

@@ -5,23 +5,26 @@ from django.db import migrations, models
 
 
 class Migration(migrations.Migration):
-
     dependencies = [
-        ('integration', '0006_audit'),
+        ("integration", "0006_audit"),
         migrations.swappable_dependency(settings.AUTH_USER_MODEL),
     ]
 
     operations = [
         migrations.AddIndex(
-            model_name='syncevent',
-            index=models.Index(fields=['status', 'finished_at', 'flow'], name='event_status_finished'),
+            model_name="syncevent",
+            index=models.Index(
+                fields=["status", "finished_at", "flow"], name="event_status_finished"
+            ),
         ),
         migrations.AddIndex(
-            model_name='syncevent',
-            index=models.Index(fields=['flow', 'source_object', '-created_at'], name='event_object_recent'),
+            model_name="syncevent",
+            index=models.Index(
+                fields=["flow", "source_object", "-created_at"], name="event_object_recent"
+            ),
         ),
         migrations.AddIndex(
-            model_name='syncrun',
-            index=models.Index(fields=['created_at'], name='run_recent'),
+            model_name="syncrun",
+            index=models.Index(fields=["created_at"], name="run_recent"),
         ),
     ]

@@ -5,15 +5,14 @@ from django.db import migrations, models
 
 
 class Migration(migrations.Migration):
-
     dependencies = [
-        ('integration', '0007_dashboard_indexes'),
+        ("integration", "0007_dashboard_indexes"),
         migrations.swappable_dependency(settings.AUTH_USER_MODEL),
     ]
 
     operations = [
         migrations.AddIndex(
-            model_name='syncevent',
-            index=models.Index(fields=['flow', 'status', 'created_at'], name='event_flow_due'),
+            model_name="syncevent",
+            index=models.Index(fields=["flow", "status", "created_at"], name="event_flow_due"),
         ),
     ]

@@ -13,42 +13,85 @@ def import_vat_rules_variable(apps, schema_editor):
 
 
 class Migration(migrations.Migration):
-
     dependencies = [
-        ('integration', '0009_alerts'),
+        ("integration", "0009_alerts"),
         migrations.swappable_dependency(settings.AUTH_USER_MODEL),
     ]
 
     operations = [
         migrations.AddField(
-            model_name='syncevent',
-            name='warning',
+            model_name="syncevent",
+            name="warning",
             field=models.BooleanField(default=False),
         ),
         migrations.AlterField(
-            model_name='auditentry',
-            name='action',
-            field=models.CharField(choices=[('connection_added', 'Connection added'), ('connection_changed', 'Connection changed'), ('connection_deleted', 'Connection deleted'), ('connection_tested', 'Connection tested'), ('mapping_saved', 'Mapping saved'), ('mapping_rolled_back', 'Mapping rolled back'), ('mapping_console', 'Mapping edited in the console'), ('error_retried', 'Error retried'), ('error_ignored', 'Error ignored'), ('group_retried', 'Group of errors retried'), ('vat_rules_saved', 'VAT rules saved')], max_length=30),
+            model_name="auditentry",
+            name="action",
+            field=models.CharField(
+                choices=[
+                    ("connection_added", "Connection added"),
+                    ("connection_changed", "Connection changed"),
+                    ("connection_deleted", "Connection deleted"),
+                    ("connection_tested", "Connection tested"),
+                    ("mapping_saved", "Mapping saved"),
+                    ("mapping_rolled_back", "Mapping rolled back"),
+                    ("mapping_console", "Mapping edited in the console"),
+                    ("error_retried", "Error retried"),
+                    ("error_ignored", "Error ignored"),
+                    ("group_retried", "Group of errors retried"),
+                    ("vat_rules_saved", "VAT rules saved"),
+                ],
+                max_length=30,
+            ),
         ),
         migrations.AlterField(
-            model_name='auditentry',
-            name='object_type',
-            field=models.CharField(choices=[('connection', 'Connection'), ('mapping', 'Mapping'), ('event', 'Sync event'), ('run', 'Run'), ('vat_rules', 'VAT rules')], max_length=20),
+            model_name="auditentry",
+            name="object_type",
+            field=models.CharField(
+                choices=[
+                    ("connection", "Connection"),
+                    ("mapping", "Mapping"),
+                    ("event", "Sync event"),
+                    ("run", "Run"),
+                    ("vat_rules", "VAT rules"),
+                ],
+                max_length=20,
+            ),
         ),
         migrations.CreateModel(
-            name='VatRuleSet',
+            name="VatRuleSet",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('version', models.PositiveIntegerField(unique=True)),
-                ('is_active', models.BooleanField(default=False)),
-                ('rules', models.JSONField(blank=True, default=dict)),
-                ('note', models.CharField(blank=True, max_length=255)),
-                ('created_at', models.DateTimeField(default=django.utils.timezone.now)),
-                ('created_by', models.ForeignKey(blank=True, null=True, on_delete=django.db.models.deletion.SET_NULL, related_name='+', to=settings.AUTH_USER_MODEL)),
+                (
+                    "id",
+                    models.BigAutoField(
+                        auto_created=True, primary_key=True, serialize=False, verbose_name="ID"
+                    ),
+                ),
+                ("version", models.PositiveIntegerField(unique=True)),
+                ("is_active", models.BooleanField(default=False)),
+                ("rules", models.JSONField(blank=True, default=dict)),
+                ("note", models.CharField(blank=True, max_length=255)),
+                ("created_at", models.DateTimeField(default=django.utils.timezone.now)),
+                (
+                    "created_by",
+                    models.ForeignKey(
+                        blank=True,
+                        null=True,
+                        on_delete=django.db.models.deletion.SET_NULL,
+                        related_name="+",
+                        to=settings.AUTH_USER_MODEL,
+                    ),
+                ),
             ],
             options={
-                'ordering': ['-version'],
-                'constraints': [models.UniqueConstraint(condition=models.Q(('is_active', True)), fields=('is_active',), name='one_active_vat_rules')],
+                "ordering": ["-version"],
+                "constraints": [
+                    models.UniqueConstraint(
+                        condition=models.Q(("is_active", True)),
+                        fields=("is_active",),
+                        name="one_active_vat_rules",
+                    )
+                ],
             },
         ),
         migrations.AddIndex(

@@ -50,7 +50,6 @@ def remove_finance_role(apps, schema_editor):
 
 
 class Migration(migrations.Migration):
-
     dependencies = [
         ("integration", "0011_kf_customers"),
         migrations.swappable_dependency(settings.AUTH_USER_MODEL),
@@ -60,116 +59,345 @@ class Migration(migrations.Migration):
 
     operations = [
         migrations.CreateModel(
-            name='Reconciliation',
+            name="Reconciliation",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('created_at', models.DateTimeField(default=django.utils.timezone.now)),
-                ('finished_at', models.DateTimeField(blank=True, null=True)),
-                ('since', models.DateField(blank=True, null=True)),
-                ('trigger', models.CharField(choices=[('schedule', 'Schedule'), ('poll', 'Poll'), ('push', 'Push from Salesforce'), ('manual', 'Started by a person'), ('retry', 'Retry')], default='manual', max_length=20)),
-                ('differences', models.PositiveIntegerField(default=0)),
-                ('compared', models.PositiveIntegerField(default=0)),
-                ('api_calls', models.PositiveIntegerField(default=0)),
-                ('summary', models.JSONField(blank=True, default=dict, encoder=django.core.serializers.json.DjangoJSONEncoder)),
-                ('lines', models.JSONField(blank=True, default=list, encoder=django.core.serializers.json.DjangoJSONEncoder)),
-                ('error', models.TextField(blank=True)),
+                (
+                    "id",
+                    models.BigAutoField(
+                        auto_created=True, primary_key=True, serialize=False, verbose_name="ID"
+                    ),
+                ),
+                ("created_at", models.DateTimeField(default=django.utils.timezone.now)),
+                ("finished_at", models.DateTimeField(blank=True, null=True)),
+                ("since", models.DateField(blank=True, null=True)),
+                (
+                    "trigger",
+                    models.CharField(
+                        choices=[
+                            ("schedule", "Schedule"),
+                            ("poll", "Poll"),
+                            ("push", "Push from Salesforce"),
+                            ("manual", "Started by a person"),
+                            ("retry", "Retry"),
+                        ],
+                        default="manual",
+                        max_length=20,
+                    ),
+                ),
+                ("differences", models.PositiveIntegerField(default=0)),
+                ("compared", models.PositiveIntegerField(default=0)),
+                ("api_calls", models.PositiveIntegerField(default=0)),
+                (
+                    "summary",
+                    models.JSONField(
+                        blank=True,
+                        default=dict,
+                        encoder=django.core.serializers.json.DjangoJSONEncoder,
+                    ),
+                ),
+                (
+                    "lines",
+                    models.JSONField(
+                        blank=True,
+                        default=list,
+                        encoder=django.core.serializers.json.DjangoJSONEncoder,
+                    ),
+                ),
+                ("error", models.TextField(blank=True)),
             ],
             options={
-                'ordering': ['-created_at', '-pk'],
+                "ordering": ["-created_at", "-pk"],
             },
         ),
         migrations.AlterField(
-            model_name='auditentry',
-            name='action',
-            field=models.CharField(choices=[('connection_added', 'Connection added'), ('connection_changed', 'Connection changed'), ('connection_deleted', 'Connection deleted'), ('connection_tested', 'Connection tested'), ('mapping_saved', 'Mapping saved'), ('mapping_rolled_back', 'Mapping rolled back'), ('mapping_console', 'Mapping edited in the console'), ('error_retried', 'Error retried'), ('error_ignored', 'Error ignored'), ('group_retried', 'Group of errors retried'), ('vat_rules_saved', 'VAT rules saved'), ('amendment_decided', 'Change after invoicing decided'), ('hold_approved', 'Held invoice approved'), ('finance_settings', 'Finance settings changed')], max_length=30),
+            model_name="auditentry",
+            name="action",
+            field=models.CharField(
+                choices=[
+                    ("connection_added", "Connection added"),
+                    ("connection_changed", "Connection changed"),
+                    ("connection_deleted", "Connection deleted"),
+                    ("connection_tested", "Connection tested"),
+                    ("mapping_saved", "Mapping saved"),
+                    ("mapping_rolled_back", "Mapping rolled back"),
+                    ("mapping_console", "Mapping edited in the console"),
+                    ("error_retried", "Error retried"),
+                    ("error_ignored", "Error ignored"),
+                    ("group_retried", "Group of errors retried"),
+                    ("vat_rules_saved", "VAT rules saved"),
+                    ("amendment_decided", "Change after invoicing decided"),
+                    ("hold_approved", "Held invoice approved"),
+                    ("finance_settings", "Finance settings changed"),
+                ],
+                max_length=30,
+            ),
         ),
         migrations.AlterField(
-            model_name='auditentry',
-            name='object_type',
-            field=models.CharField(choices=[('connection', 'Connection'), ('mapping', 'Mapping'), ('event', 'Sync event'), ('run', 'Run'), ('vat_rules', 'VAT rules'), ('amendment', 'Change after invoicing'), ('hold', 'Finance hold'), ('finance_settings', 'Finance settings')], max_length=20),
+            model_name="auditentry",
+            name="object_type",
+            field=models.CharField(
+                choices=[
+                    ("connection", "Connection"),
+                    ("mapping", "Mapping"),
+                    ("event", "Sync event"),
+                    ("run", "Run"),
+                    ("vat_rules", "VAT rules"),
+                    ("amendment", "Change after invoicing"),
+                    ("hold", "Finance hold"),
+                    ("finance_settings", "Finance settings"),
+                ],
+                max_length=20,
+            ),
         ),
         migrations.CreateModel(
-            name='FinanceHold',
+            name="FinanceHold",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('opportunity_id', models.CharField(max_length=18, unique=True)),
-                ('opportunity_name', models.CharField(blank=True, max_length=255)),
-                ('reasons', models.JSONField(blank=True, default=list)),
-                ('amount', models.DecimalField(blank=True, decimal_places=2, max_digits=18, null=True)),
-                ('issued', models.DateField(blank=True, null=True)),
-                ('approved_at', models.DateTimeField(blank=True, null=True)),
-                ('created_at', models.DateTimeField(default=django.utils.timezone.now)),
-                ('approved_by', models.ForeignKey(blank=True, null=True, on_delete=django.db.models.deletion.SET_NULL, related_name='+', to=settings.AUTH_USER_MODEL)),
-                ('event', models.ForeignKey(blank=True, null=True, on_delete=django.db.models.deletion.SET_NULL, related_name='+', to='integration.syncevent')),
+                (
+                    "id",
+                    models.BigAutoField(
+                        auto_created=True, primary_key=True, serialize=False, verbose_name="ID"
+                    ),
+                ),
+                ("opportunity_id", models.CharField(max_length=18, unique=True)),
+                ("opportunity_name", models.CharField(blank=True, max_length=255)),
+                ("reasons", models.JSONField(blank=True, default=list)),
+                (
+                    "amount",
+                    models.DecimalField(blank=True, decimal_places=2, max_digits=18, null=True),
+                ),
+                ("issued", models.DateField(blank=True, null=True)),
+                ("approved_at", models.DateTimeField(blank=True, null=True)),
+                ("created_at", models.DateTimeField(default=django.utils.timezone.now)),
+                (
+                    "approved_by",
+                    models.ForeignKey(
+                        blank=True,
+                        null=True,
+                        on_delete=django.db.models.deletion.SET_NULL,
+                        related_name="+",
+                        to=settings.AUTH_USER_MODEL,
+                    ),
+                ),
+                (
+                    "event",
+                    models.ForeignKey(
+                        blank=True,
+                        null=True,
+                        on_delete=django.db.models.deletion.SET_NULL,
+                        related_name="+",
+                        to="integration.syncevent",
+                    ),
+                ),
             ],
             options={
-                'ordering': ['-created_at', '-pk'],
+                "ordering": ["-created_at", "-pk"],
             },
         ),
         migrations.CreateModel(
-            name='FinanceSettings',
+            name="FinanceSettings",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('hold_above', models.DecimalField(blank=True, decimal_places=2, help_text='Invoices with a net amount above this wait for Finance. Empty: no limit.', max_digits=18, null=True)),
-                ('vat_closed_until', models.DateField(blank=True, help_text='The last day of the latest VAT period submitted. Invoices dated on or before it wait for Finance.', null=True)),
-                ('updated_at', models.DateTimeField(auto_now=True)),
-                ('updated_by', models.ForeignKey(blank=True, null=True, on_delete=django.db.models.deletion.SET_NULL, related_name='+', to=settings.AUTH_USER_MODEL)),
+                (
+                    "id",
+                    models.BigAutoField(
+                        auto_created=True, primary_key=True, serialize=False, verbose_name="ID"
+                    ),
+                ),
+                (
+                    "hold_above",
+                    models.DecimalField(
+                        blank=True,
+                        decimal_places=2,
+                        help_text="Invoices with a net amount above this wait for Finance. Empty: no limit.",
+                        max_digits=18,
+                        null=True,
+                    ),
+                ),
+                (
+                    "vat_closed_until",
+                    models.DateField(
+                        blank=True,
+                        help_text="The last day of the latest VAT period submitted. Invoices dated on or before it wait for Finance.",
+                        null=True,
+                    ),
+                ),
+                ("updated_at", models.DateTimeField(auto_now=True)),
+                (
+                    "updated_by",
+                    models.ForeignKey(
+                        blank=True,
+                        null=True,
+                        on_delete=django.db.models.deletion.SET_NULL,
+                        related_name="+",
+                        to=settings.AUTH_USER_MODEL,
+                    ),
+                ),
             ],
             options={
-                'verbose_name_plural': 'finance settings',
+                "verbose_name_plural": "finance settings",
             },
         ),
         migrations.CreateModel(
-            name='WriteRecord',
+            name="WriteRecord",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('created_at', models.DateTimeField(default=django.utils.timezone.now)),
-                ('flow', models.CharField(choices=[('customers', 'Customers'), ('invoices', 'Closed Won → invoices'), ('payments', 'Payments'), ('products', 'Products')], max_length=20)),
-                ('action', models.CharField(choices=[('invoice_created', 'Invoice made'), ('credit_note_created', 'Credit note made'), ('replacement_created', 'Replacement invoice made'), ('change_accepted', 'Change after invoicing accepted'), ('record_written', 'Record written')], max_length=30)),
-                ('source_object', models.CharField(blank=True, max_length=80)),
-                ('source_id', models.CharField(blank=True, max_length=100)),
-                ('target_object', models.CharField(blank=True, max_length=80)),
-                ('target_id', models.CharField(blank=True, max_length=100)),
-                ('amount', models.DecimalField(blank=True, decimal_places=4, max_digits=18, null=True)),
-                ('currency', models.CharField(blank=True, max_length=3)),
-                ('details', models.JSONField(blank=True, default=dict, encoder=django.core.serializers.json.DjangoJSONEncoder)),
-                ('run_id', models.PositiveIntegerField(blank=True, null=True)),
-                ('trigger', models.CharField(blank=True, max_length=20)),
-                ('username', models.CharField(blank=True, max_length=150)),
+                (
+                    "id",
+                    models.BigAutoField(
+                        auto_created=True, primary_key=True, serialize=False, verbose_name="ID"
+                    ),
+                ),
+                ("created_at", models.DateTimeField(default=django.utils.timezone.now)),
+                (
+                    "flow",
+                    models.CharField(
+                        choices=[
+                            ("customers", "Customers"),
+                            ("invoices", "Closed Won → invoices"),
+                            ("payments", "Payments"),
+                            ("products", "Products"),
+                        ],
+                        max_length=20,
+                    ),
+                ),
+                (
+                    "action",
+                    models.CharField(
+                        choices=[
+                            ("invoice_created", "Invoice made"),
+                            ("credit_note_created", "Credit note made"),
+                            ("replacement_created", "Replacement invoice made"),
+                            ("change_accepted", "Change after invoicing accepted"),
+                            ("record_written", "Record written"),
+                        ],
+                        max_length=30,
+                    ),
+                ),
+                ("source_object", models.CharField(blank=True, max_length=80)),
+                ("source_id", models.CharField(blank=True, max_length=100)),
+                ("target_object", models.CharField(blank=True, max_length=80)),
+                ("target_id", models.CharField(blank=True, max_length=100)),
+                (
+                    "amount",
+                    models.DecimalField(blank=True, decimal_places=4, max_digits=18, null=True),
+                ),
+                ("currency", models.CharField(blank=True, max_length=3)),
+                (
+                    "details",
+                    models.JSONField(
+                        blank=True,
+                        default=dict,
+                        encoder=django.core.serializers.json.DjangoJSONEncoder,
+                    ),
+                ),
+                ("run_id", models.PositiveIntegerField(blank=True, null=True)),
+                ("trigger", models.CharField(blank=True, max_length=20)),
+                ("username", models.CharField(blank=True, max_length=150)),
             ],
             options={
-                'ordering': ['-created_at', '-pk'],
-                'indexes': [models.Index(fields=['source_id', '-created_at'], name='write_source_recent'), models.Index(fields=['target_id', '-created_at'], name='write_target_recent'), models.Index(fields=['-created_at'], name='write_recent')],
+                "ordering": ["-created_at", "-pk"],
+                "indexes": [
+                    models.Index(fields=["source_id", "-created_at"], name="write_source_recent"),
+                    models.Index(fields=["target_id", "-created_at"], name="write_target_recent"),
+                    models.Index(fields=["-created_at"], name="write_recent"),
+                ],
             },
         ),
         migrations.CreateModel(
-            name='Amendment',
+            name="Amendment",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('opportunity_id', models.CharField(max_length=18)),
-                ('opportunity_name', models.CharField(blank=True, max_length=255)),
-                ('invoice_number', models.CharField(max_length=20)),
-                ('changes', models.JSONField(blank=True, default=list)),
-                ('invoiced', models.JSONField(blank=True, default=dict, encoder=django.core.serializers.json.DjangoJSONEncoder)),
-                ('current', models.JSONField(blank=True, default=dict, encoder=django.core.serializers.json.DjangoJSONEncoder)),
-                ('status', models.CharField(choices=[('open', 'Waiting for a decision'), ('credited', 'Credit note raised'), ('replaced', 'Replacement invoice raised'), ('accepted', 'Accepted as it is'), ('withdrawn', 'Deal changed back')], default='open', max_length=20)),
-                ('action', models.CharField(blank=True, choices=[('credit_difference', 'Credit note for the difference'), ('credit_whole', 'Credit note for the whole invoice'), ('replace', 'Credit the invoice and raise a replacement')], max_length=20)),
-                ('working_since', models.DateTimeField(blank=True, null=True)),
-                ('credit_note_number', models.CharField(blank=True, max_length=20)),
-                ('credit_amount', models.DecimalField(blank=True, decimal_places=4, max_digits=18, null=True)),
-                ('replacement_number', models.CharField(blank=True, max_length=20)),
-                ('reason', models.TextField(blank=True)),
-                ('message', models.TextField(blank=True)),
-                ('decided_at', models.DateTimeField(blank=True, null=True)),
-                ('created_at', models.DateTimeField(default=django.utils.timezone.now)),
-                ('updated_at', models.DateTimeField(auto_now=True)),
-                ('decided_by', models.ForeignKey(blank=True, null=True, on_delete=django.db.models.deletion.SET_NULL, related_name='+', to=settings.AUTH_USER_MODEL)),
+                (
+                    "id",
+                    models.BigAutoField(
+                        auto_created=True, primary_key=True, serialize=False, verbose_name="ID"
+                    ),
+                ),
+                ("opportunity_id", models.CharField(max_length=18)),
+                ("opportunity_name", models.CharField(blank=True, max_length=255)),
+                ("invoice_number", models.CharField(max_length=20)),
+                ("changes", models.JSONField(blank=True, default=list)),
+                (
+                    "invoiced",
+                    models.JSONField(
+                        blank=True,
+                        default=dict,
+                        encoder=django.core.serializers.json.DjangoJSONEncoder,
+                    ),
+                ),
+                (
+                    "current",
+                    models.JSONField(
+                        blank=True,
+                        default=dict,
+                        encoder=django.core.serializers.json.DjangoJSONEncoder,
+                    ),
+                ),
+                (
+                    "status",
+                    models.CharField(
+                        choices=[
+                            ("open", "Waiting for a decision"),
+                            ("credited", "Credit note raised"),
+                            ("replaced", "Replacement invoice raised"),
+                            ("accepted", "Accepted as it is"),
+                            ("withdrawn", "Deal changed back"),
+                        ],
+                        default="open",
+                        max_length=20,
+                    ),
+                ),
+                (
+                    "action",
+                    models.CharField(
+                        blank=True,
+                        choices=[
+                            ("credit_difference", "Credit note for the difference"),
+                            ("credit_whole", "Credit note for the whole invoice"),
+                            ("replace", "Credit the invoice and raise a replacement"),
+                        ],
+                        max_length=20,
+                    ),
+                ),
+                ("working_since", models.DateTimeField(blank=True, null=True)),
+                ("credit_note_number", models.CharField(blank=True, max_length=20)),
+                (
+                    "credit_amount",
+                    models.DecimalField(blank=True, decimal_places=4, max_digits=18, null=True),
+                ),
+                ("replacement_number", models.CharField(blank=True, max_length=20)),
+                ("reason", models.TextField(blank=True)),
+                ("message", models.TextField(blank=True)),
+                ("decided_at", models.DateTimeField(blank=True, null=True)),
+                ("created_at", models.DateTimeField(default=django.utils.timezone.now)),
+                ("updated_at", models.DateTimeField(auto_now=True)),
+                (
+                    "decided_by",
+                    models.ForeignKey(
+                        blank=True,
+                        null=True,
+                        on_delete=django.db.models.deletion.SET_NULL,
+                        related_name="+",
+                        to=settings.AUTH_USER_MODEL,
+                    ),
+                ),
             ],
             options={
-                'ordering': ['-created_at', '-pk'],
-                'permissions': [('decide_amendments', 'Can raise credit notes and replacement invoices for changed deals'), ('approve_finance_holds', 'Can approve invoices held for Finance')],
-                'indexes': [models.Index(fields=['status', '-created_at'], name='amendment_status_recent')],
-                'constraints': [models.UniqueConstraint(condition=models.Q(('status', 'open')), fields=('opportunity_id',), name='one_open_amendment_per_deal')],
+                "ordering": ["-created_at", "-pk"],
+                "permissions": [
+                    (
+                        "decide_amendments",
+                        "Can raise credit notes and replacement invoices for changed deals",
+                    ),
+                    ("approve_finance_holds", "Can approve invoices held for Finance"),
+                ],
+                "indexes": [
+                    models.Index(fields=["status", "-created_at"], name="amendment_status_recent")
+                ],
+                "constraints": [
+                    models.UniqueConstraint(
+                        condition=models.Q(("status", "open")),
+                        fields=("opportunity_id",),
+                        name="one_open_amendment_per_deal",
+                    )
+                ],
             },
         ),
         migrations.RunPython(create_finance_role, remove_finance_role),

@@ -4,35 +4,45 @@ from django.db import migrations, models
 
 
 class Migration(migrations.Migration):
-
     dependencies = [
-        ('integration', "0012_finance_amend"),
+        ("integration", "0012_finance_amend"),
     ]
 
     operations = [
         migrations.AddField(
-            model_name='connection',
-            name='busy_count',
+            model_name="connection",
+            name="busy_count",
             field=models.PositiveIntegerField(default=0, editable=False),
         ),
         migrations.AddField(
-            model_name='connection',
-            name='busy_until',
+            model_name="connection",
+            name="busy_until",
             field=models.DateTimeField(blank=True, editable=False, null=True),
         ),
         migrations.AddField(
-            model_name='connection',
-            name='sign_in_refused_at',
+            model_name="connection",
+            name="sign_in_refused_at",
             field=models.DateTimeField(blank=True, editable=False, null=True),
         ),
         migrations.AddField(
-            model_name='connection',
-            name='sign_in_refused_message',
+            model_name="connection",
+            name="sign_in_refused_message",
             field=models.TextField(blank=True, editable=False),
         ),
         migrations.AlterField(
-            model_name='syncrun',
-            name='status',
-            field=models.CharField(choices=[('queued', 'Queued'), ('running', 'Running'), ('succeeded', 'Succeeded'), ('partial', 'Finished with errors'), ('failed', 'Failed'), ('waiting', 'Waiting (API budget or a paused connection)')], default='queued', max_length=20),
+            model_name="syncrun",
+            name="status",
+            field=models.CharField(
+                choices=[
+                    ("queued", "Queued"),
+                    ("running", "Running"),
+                    ("succeeded", "Succeeded"),
+                    ("partial", "Finished with errors"),
+                    ("failed", "Failed"),
+                    ("waiting", "Waiting (API budget or a paused connection)"),
+                ],
+                default="queued",
+                max_length=20,
+            ),
         ),
     ]

@@ -5,40 +5,83 @@ from django.db import migrations, models
 
 
 class Migration(migrations.Migration):
-
     dependencies = [
-        ('integration', "0013_kf_rest"),
+        ("integration", "0013_kf_rest"),
     ]
 
     operations = [
         migrations.AddField(
-            model_name='connection',
-            name='pubsub_endpoint',
-            field=models.CharField(blank=True, help_text='host:port; empty for api.pubsub.salesforce.com:7443.', max_length=255, verbose_name='Pub/Sub API address'),
+            model_name="connection",
+            name="pubsub_endpoint",
+            field=models.CharField(
+                blank=True,
+                help_text="host:port; empty for api.pubsub.salesforce.com:7443.",
+                max_length=255,
+                verbose_name="Pub/Sub API address",
+            ),
         ),
         migrations.AddField(
-            model_name='connection',
-            name='realtime',
-            field=models.CharField(blank=True, choices=[('outbound', "Outbound Messages (Salesforce calls kashforce's public address)"), ('pubsub', 'Pub/Sub API (kashforce listens to Salesforce; no public address)'), ('poll', 'Poll only (every few minutes)')], default='outbound', max_length=10, verbose_name='real-time changes'),
+            model_name="connection",
+            name="realtime",
+            field=models.CharField(
+                blank=True,
+                choices=[
+                    ("outbound", "Outbound Messages (Salesforce calls kashforce's public address)"),
+                    ("pubsub", "Pub/Sub API (kashforce listens to Salesforce; no public address)"),
+                    ("poll", "Poll only (every few minutes)"),
+                ],
+                default="outbound",
+                max_length=10,
+                verbose_name="real-time changes",
+            ),
         ),
         migrations.CreateModel(
-            name='ChangeStream',
+            name="ChangeStream",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('topic', models.CharField(max_length=255)),
-                ('replay_id', models.CharField(blank=True, max_length=64)),
-                ('replay_saved_at', models.DateTimeField(blank=True, null=True)),
-                ('last_event_at', models.DateTimeField(blank=True, null=True)),
-                ('last_heard_at', models.DateTimeField(blank=True, null=True)),
-                ('events_received', models.PositiveBigIntegerField(default=0)),
-                ('state', models.CharField(choices=[('connecting', 'Connecting'), ('live', 'Live'), ('silent', 'Silent: the poll is covering'), ('down', 'Down: the poll is covering'), ('stopped', 'Stopped')], default='stopped', max_length=20)),
-                ('message', models.TextField(blank=True)),
-                ('holder', models.CharField(blank=True, max_length=100)),
-                ('lease_expires_at', models.DateTimeField(blank=True, null=True)),
-                ('connection', models.ForeignKey(on_delete=django.db.models.deletion.CASCADE, related_name='change_streams', to='integration.connection')),
+                (
+                    "id",
+                    models.BigAutoField(
+                        auto_created=True, primary_key=True, serialize=False, verbose_name="ID"
+                    ),
+                ),
+                ("topic", models.CharField(max_length=255)),
+                ("replay_id", models.CharField(blank=True, max_length=64)),
+                ("replay_saved_at", models.DateTimeField(blank=True, null=True)),
+                ("last_event_at", models.DateTimeField(blank=True, null=True)),
+                ("last_heard_at", models.DateTimeField(blank=True, null=True)),
+                ("events_received", models.PositiveBigIntegerField(default=0)),
+                (
+                    "state",
+                    models.CharField(
+                        choices=[
+                            ("connecting", "Connecting"),
+                            ("live", "Live"),
+                            ("silent", "Silent: the poll is covering"),
+                            ("down", "Down: the poll is covering"),
+                            ("stopped", "Stopped"),
+                        ],
+                        default="stopped",
+                        max_length=20,
+                    ),
+                ),
+                ("message", models.TextField(blank=True)),
+                ("holder", models.CharField(blank=True, max_length=100)),
+                ("lease_expires_at", models.DateTimeField(blank=True, null=True)),
+                (
+                    "connection",
+                    models.ForeignKey(
+                        on_delete=django.db.models.deletion.CASCADE,
+                        related_name="change_streams",
+                        to="integration.connection",
+                    ),
+                ),
             ],
             options={
-                'constraints': [models.UniqueConstraint(fields=('connection', 'topic'), name='change_stream_unique')],
+                "constraints": [
+                    models.UniqueConstraint(
+                        fields=("connection", "topic"), name="change_stream_unique"
+                    )
+                ],
             },
         ),
     ]

@@ -12,16 +12,24 @@ def install_order_mappings(apps, schema_editor):
 
 
 class Migration(migrations.Migration):
-
     dependencies = [
-        ('integration', '0014_pubsub'),
+        ("integration", "0014_pubsub"),
     ]
 
     operations = [
         migrations.AddField(
-            model_name='connection',
-            name='invoice_from',
-            field=models.CharField(blank=True, choices=[('opportunities', 'Closed Won Opportunities'), ('orders', 'Activated Orders'), ('both', 'Both (an Order of an invoiced Opportunity is not invoiced again)')], help_text='Salesforce: invoice Closed Won Opportunities, activated Orders or both. Empty: as KASHFORCE_INVOICE_FROM says.', max_length=20),
+            model_name="connection",
+            name="invoice_from",
+            field=models.CharField(
+                blank=True,
+                choices=[
+                    ("opportunities", "Closed Won Opportunities"),
+                    ("orders", "Activated Orders"),
+                    ("both", "Both (an Order of an invoiced Opportunity is not invoiced again)"),
+                ],
+                help_text="Salesforce: invoice Closed Won Opportunities, activated Orders or both. Empty: as KASHFORCE_INVOICE_FROM says.",
+                max_length=20,
+            ),
         ),
         migrations.RunPython(install_order_mappings, migrations.RunPython.noop),
     ]

@@ -20,6 +20,7 @@ import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
+from decimal import Decimal, InvalidOperation
 from typing import Protocol
 
 from django.conf import settings
@@ -306,6 +307,57 @@ class Change:
     payload: dict
     version: str = ""
     target_object: str = ""
+    # What people call the record, when the payload does not carry it (see `describe`).
+    label: str = ""
+
+
+# Payload keys that name a record, most telling first, its codes, and those of its amount.
+NAME_KEYS = ("Name", "CustomerName", "Account.Name")
+CODE_KEYS = ("Code", "ProductCode", "CustomerCode")
+AMOUNT_KEYS = ("Amount", "GrossAmount", "TotalAmount", "Price")
+
+
+def describe(change: Change) -> tuple[str, str]:
+    """The record's label as a person reads it ("Renewal · Harbour Freight Ltd · £1,200.00",
+    "Invoice 1043 · Acme Ltd (ACME01) · £120.00", "Acme Ltd (ACME01)") and its search text:
+    the label with the record's id and codes, in lower case. A flow's own `label` wins."""
+    payload = change.payload if isinstance(change.payload, dict) else {}
+
+    def value(key: str) -> str:
+        first, _, rest = key.partition(".")
+        found = payload.get(first)
+        if rest:
+            found = found.get(rest) if isinstance(found, dict) else payload.get(key)
+        return "" if found is None or isinstance(found, dict | list) else str(found).strip()
+
+    names = list(dict.fromkeys(v for v in map(value, NAME_KEYS) if v))
+    codes = list(dict.fromkeys(v for v in map(value, CODE_KEYS) if v))
+    label = change.label
+    if not label:
+        name = " · ".join(names)
+        if name and codes:
+            name = f"{name} ({codes[0]})"
+        parts = [name or (codes[0] if codes else "")]
+        if change.source_object.endswith(".Invoice"):
+            parts.insert(0, f"Invoice {value('Number') or change.source_id}")
+        currency = value("CurrencyIsoCode") or value("Currency.Code")
+        amounts = (_money(value(key), currency) for key in AMOUNT_KEYS)
+        parts.append(next((amount for amount in amounts if amount), ""))
+        label = " · ".join(part for part in parts if part)
+    search = " ".join(dict.fromkeys([label, change.source_id, *names, *codes]))
+    return label[:200], search.lower()[:400]
+
+
+def _money(text: str, currency: str = "") -> str:
+    """£1,200.50, or EUR 1,200.50 for a deal or invoice in another currency."""
+    try:
+        amount = Decimal(text)
+    except (InvalidOperation, ValueError):
+        return ""
+    if not amount.is_finite():
+        return ""
+    symbol = "£" if currency.upper() in ("", "GBP") else f"{currency.upper()} "
+    return f"{symbol}{amount:,.2f}"
 
 
 def pages(items: Iterable, size: int = PAGE) -> Iterator[list]:
@@ -409,7 +461,10 @@ def _known(keys: set[str]) -> set[str]:
 
 def _pending(run: SyncRun, change: Change, digest: str, key: str) -> dict:
     """An event's fields for a change waiting to be synced, new or replacing a waiting one."""
+    label, search_text = describe(change)
     return {
+        "label": label,
+        "search_text": search_text,
         "run": run,
         "direction": change.direction,
         "target_object": change.target_object,
@@ -837,15 +892,29 @@ def _finish_if_done(run: SyncRun) -> None:
         )
         if locked is None or busy.exists():
             return  # finished already, or work remains for another worker or task
-        summary = (
-            f"Full comparison: {locked.read_count} compared, {locked.written_count} differed and "
-            f"were put right, {locked.failed_count} failed."
-            if locked.full
-            else f"{locked.read_count} read, {locked.written_count} written, "
-            f"{locked.skipped_count} unchanged, {locked.failed_count} failed."
-        )
-        locked.finish(summary)
+        locked.finish(_summary(locked))
     run.refresh_from_db()
+
+
+def _summary(run: SyncRun) -> str:
+    """The finished run in words whose numbers add up (Read = Synced + Unchanged + Failed)."""
+    run.status = SyncRun.Status.SUCCEEDED  # as finished: the remainder is "seen before"
+    if run.is_empty:
+        return "Nothing to do: no record had changed since the last run."
+    retried = (
+        f" (and {run.from_earlier_count} retried from earlier runs)"
+        if run.from_earlier_count
+        else ""
+    )
+    if run.full:
+        return (
+            f"Full comparison: {run.read_count} compared{retried}, {run.written_count} differed "
+            f"and were put right, {run.unchanged_total} matched, {run.failed_count} failed."
+        )
+    return (
+        f"{run.read_count} read{retried}: {run.written_count} synced, {run.unchanged_total} "
+        f"unchanged, {run.failed_count} failed."
+    )
 
 
 # --------------------------------------------------------------------------------------------
@@ -885,15 +954,24 @@ def sweep() -> dict:
     return done
 
 
+CLEANUP_CHUNK = 2000
+
+
 def cleanup() -> dict:
     """Nightly: drop old successful ledger rows (errors and ignored rows are kept), then the old
     finished runs left with no rows (a run that still holds an error keeps its page)."""
     from django_q.models import Failure
 
     keep = timezone.now() - timedelta(days=_setting("LEDGER_RETENTION_DAYS"))
-    events, _ = SyncEvent.objects.filter(
+    old = SyncEvent.objects.filter(
         status__in=[SyncEvent.Status.SUCCEEDED, SyncEvent.Status.SKIPPED], created_at__lt=keep
-    ).delete()
+    )
+    events = 0
+    # An event's attempts go with it (CASCADE), so Django reads the events it deletes: a
+    # chunk at a time and their pks only, never every old row with its payload at once.
+    while ids := list(old.values_list("pk", flat=True)[:CLEANUP_CHUNK]):
+        _, deleted = SyncEvent.objects.filter(pk__in=ids).only("pk").delete()
+        events += deleted.get(SyncEvent._meta.label, 0)
     runs, _ = SyncRun.objects.empty_and_finished_before(keep).delete()
     failures, _ = Failure.objects.filter(stopped__lt=keep).delete()
     return {"events": events, "runs": runs, "queue_failures": failures}

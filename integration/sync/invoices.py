@@ -79,8 +79,11 @@ class InvoicesFlow:
         cursor = Cursor.get_value(self.name, connection)
         # Won deals with no amount to invoice are read too, so each leaves a ledger row saying
         # why it was not invoiced instead of no trace at all.
+        # The names and amount label the ledger row; the currency too where the org has more
+        # than one (describe is cached, and processing reads it anyway).
+        currency = ", CurrencyIsoCode" if "CurrencyIsoCode" in _opportunity_fields(ctx) else ""
         soql = (
-            "SELECT Id, Name, Amount, SystemModstamp FROM Opportunity "
+            f"SELECT Id, Name, Account.Name, Amount{currency}, SystemModstamp FROM Opportunity "
             f"WHERE (({_rule()}) OR ({NO_AMOUNT})) AND KashFlow_Invoice_Number__c = null"
         )
         if cursor and not ctx.run.full:
@@ -190,6 +193,8 @@ def _change(opportunity: dict) -> engine.Change:
         payload=payload,
         version=version,
         target_object=TARGET,
+        # The payload keeps only what decides the invoice; the names people know label it.
+        label=engine.describe(engine.Change("", SOURCE, opportunity["Id"], opportunity))[0],
     )
 
 
@@ -267,6 +272,13 @@ class _Rows:
             fields=salesforce_fields(ctx, sobject),
             sobject=sobject,
         )
+
+
+def _opportunity_fields(ctx) -> dict:
+    try:
+        return salesforce_fields(ctx, "Opportunity")
+    except ApiError:
+        return {}  # the label goes without the currency; processing will say what is wrong
 
 
 def _rule() -> str:

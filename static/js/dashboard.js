@@ -96,5 +96,36 @@
     document.getElementById("id_" + prefix + "-" + index + "-source_path").focus();
   });
 
+  // At phone width the tables become stacked cards (kashforce.css): each cell is labelled with
+  // its column's heading, so a card reads "Record: …", "Why: …". Done again after htmx swaps.
+  function labelCells(root) {
+    (root || document).querySelectorAll("table.table").forEach(function (table) {
+      var headings = Array.prototype.map.call(table.querySelectorAll("thead th"), function (th) {
+        return th.textContent.trim();
+      });
+      if (!headings.length) return;
+      table.querySelectorAll("tbody tr").forEach(function (row) {
+        var column = 0;
+        Array.prototype.forEach.call(row.children, function (cell) {
+          var heading = headings[column] || "";
+          if (heading && !cell.hasAttribute("data-label")) cell.setAttribute("data-label", heading);
+          column += cell.colSpan || 1;
+        });
+      });
+    });
+  }
+
+  // The mapping editor: the parameters a row's transform takes, named under its box.
+  document.addEventListener("change", function (event) {
+    var match = (event.target.id || "").match(/^(id_rows-\d+)-transform$/);
+    var source = document.getElementById("transform-params");
+    if (!match || !source) return;
+    var help = document.querySelector('[data-params-help="' + match[1] + '-params"]');
+    var known = JSON.parse(source.textContent)[event.target.value];
+    if (help) help.textContent = known ? "Known parameters: " + known : "This transform takes no parameters of its own.";
+  });
+
   document.addEventListener("DOMContentLoaded", drawCharts);
+  document.addEventListener("DOMContentLoaded", function () { labelCells(document); });
+  document.addEventListener("htmx:afterSettle", function (event) { labelCells(event.target); });
 })();

@@ -154,7 +154,8 @@ def test_an_outbound_secret_needs_the_org_id(admin_client_):
 
 
 def test_the_form_recommends_jwt_and_labels_password_sign_in_legacy(admin_client_):
-    page = admin_client_.get(reverse("dashboard:connection_new")).content.decode()
+    page = admin_client_.get(reverse("dashboard:connection_new"), {"kind": "salesforce"})
+    page = page.content.decode()
     assert "JWT bearer (recommended" in page
     assert "username, password and security token (legacy" in page
     assert "Password sign-in is legacy: new Salesforce orgs have it switched off" in page
